@@ -1,0 +1,311 @@
+//! The HTTP API: discovery, the external metrics handler, and `Status` errors.
+//!
+//! Sees only [`crate::provider`]; never AWS or cache types.
+
+pub mod quantity;
+pub mod selector;
+pub mod status;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    APIGroup, APIGroupList, APIResource, APIResourceList, GroupVersionForDiscovery,
+};
+use serde::Serialize;
+
+use crate::metrics::AdapterMetrics;
+use crate::provider::{ExternalMetricsProvider, MetricRequest, ProviderError};
+use status::ApiError;
+use types::{
+    ApiGroupDiscovery, ApiGroupDiscoveryList, ApiResourceDiscovery, ApiVersionDiscovery, EmptyMeta,
+    ExternalMetricValue, ExternalMetricValueList, GROUP, GROUP_VERSION, NameMeta, ResponseKind,
+    VERSION,
+};
+
+/// The content type of aggregated discovery (`apidiscovery.k8s.io/v2`).
+const AGGREGATED_DISCOVERY: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState<P> {
+    /// Where values come from.
+    pub provider: P,
+    /// The adapter's own metrics.
+    pub metrics: Arc<AdapterMetrics>,
+}
+
+/// The external metrics API router (served over HTTPS).
+pub fn router<P: ExternalMetricsProvider>(state: Arc<ApiState<P>>) -> Router {
+    Router::new()
+        .route("/apis", get(api_groups::<P>))
+        .route("/apis/external.metrics.k8s.io", get(api_group))
+        .route("/apis/external.metrics.k8s.io/", get(api_group))
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1",
+            get(api_resources::<P>),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1/",
+            get(api_resources::<P>),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
+            get(metric_values::<P>),
+        )
+        .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v3", get(openapi_v3))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    json_as(value, "application/json")
+}
+
+fn json_as<T: Serialize>(value: &T, content_type: &'static str) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = (StatusCode::OK, body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        Err(err) => ApiError::internal(format!("cannot encode response: {err}")).into_response(),
+    }
+}
+
+fn group_version_for_discovery() -> GroupVersionForDiscovery {
+    GroupVersionForDiscovery {
+        group_version: GROUP_VERSION.to_string(),
+        version: VERSION.to_string(),
+    }
+}
+
+fn api_group_document() -> APIGroup {
+    APIGroup {
+        name: GROUP.to_string(),
+        preferred_version: Some(group_version_for_discovery()),
+        server_address_by_client_cidrs: None,
+        versions: vec![group_version_for_discovery()],
+    }
+}
+
+async fn api_groups<P: ExternalMetricsProvider>(
+    State(state): State<Arc<ApiState<P>>>,
+    headers: HeaderMap,
+) -> Response {
+    let wants_aggregated = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|accept| accept.split(','))
+        .any(is_aggregated_discovery);
+    if wants_aggregated {
+        let resources = state
+            .provider
+            .list_metrics()
+            .into_iter()
+            .map(|metric| ApiResourceDiscovery {
+                resource: metric.name,
+                response_kind: ResponseKind {
+                    group: "",
+                    version: "",
+                    kind: "ExternalMetricValueList",
+                },
+                scope: "Namespaced",
+                singular_resource: "",
+                verbs: vec!["get"],
+            })
+            .collect();
+        let list = ApiGroupDiscoveryList {
+            kind: "APIGroupDiscoveryList",
+            api_version: "apidiscovery.k8s.io/v2",
+            metadata: EmptyMeta {},
+            items: vec![ApiGroupDiscovery {
+                metadata: NameMeta { name: GROUP },
+                versions: vec![ApiVersionDiscovery {
+                    version: VERSION,
+                    resources,
+                    freshness: "Current",
+                }],
+            }],
+        };
+        return json_as(&list, AGGREGATED_DISCOVERY);
+    }
+    json(&APIGroupList {
+        groups: vec![api_group_document()],
+    })
+}
+
+/// Whether one Accept media range asks for `apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`.
+fn is_aggregated_discovery(media_range: &str) -> bool {
+    let mut parts = media_range.split(';').map(str::trim);
+    if parts.next() != Some("application/json") {
+        return false;
+    }
+    let params: Vec<&str> = parts.collect();
+    ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"]
+        .iter()
+        .all(|wanted| params.contains(wanted))
+}
+
+async fn api_group() -> Response {
+    json(&api_group_document())
+}
+
+async fn api_resources<P: ExternalMetricsProvider>(
+    State(state): State<Arc<ApiState<P>>>,
+) -> Response {
+    let resources = state
+        .provider
+        .list_metrics()
+        .into_iter()
+        .map(|metric| APIResource {
+            name: metric.name,
+            singular_name: String::new(),
+            namespaced: true,
+            kind: "ExternalMetricValueList".to_string(),
+            verbs: vec!["get".to_string()],
+            ..APIResource::default()
+        })
+        .collect();
+    json(&APIResourceList {
+        group_version: GROUP_VERSION.to_string(),
+        resources,
+    })
+}
+
+async fn metric_values<P: ExternalMetricsProvider>(
+    State(state): State<Arc<ApiState<P>>>,
+    Path((namespace, metric)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let outcome = answer(&state.provider, namespace, metric.clone(), query.as_deref()).await;
+    // Only defined metric names become label values, so cardinality stays bounded.
+    let (label, response) = match outcome {
+        Ok(list) => (metric, json(&list)),
+        Err((known, error)) => {
+            let label = if known { metric } else { "unknown".to_string() };
+            (label, error.into_response())
+        }
+    };
+    state
+        .metrics
+        .observe_request(&label, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The value request, start to end. The error side says whether the metric name is defined.
+async fn answer<P: ExternalMetricsProvider>(
+    provider: &P,
+    namespace: String,
+    metric: String,
+    query: Option<&str>,
+) -> Result<ExternalMetricValueList, (bool, ApiError)> {
+    // Other list parameters (fieldSelector, limit, resourceVersion, pretty) are ignored.
+    let selector_text = query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(key, _)| key == "labelSelector")
+                .map(|(_, value)| value.into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let selector = selector::parse(&selector_text)
+        .map_err(|e| (true, ApiError::bad_request(e.to_string())))?;
+    fetch(
+        provider,
+        MetricRequest {
+            namespace,
+            metric,
+            selector,
+        },
+    )
+    .await
+}
+
+/// Ask the provider and render the list exactly as the server would (used by `query` too).
+pub async fn value_list<P: ExternalMetricsProvider>(
+    provider: &P,
+    request: MetricRequest,
+) -> Result<ExternalMetricValueList, ApiError> {
+    fetch(provider, request).await.map_err(|(_, error)| error)
+}
+
+async fn fetch<P: ExternalMetricsProvider>(
+    provider: &P,
+    request: MetricRequest,
+) -> Result<ExternalMetricValueList, (bool, ApiError)> {
+    let values = provider.get_values(request).await.map_err(|error| {
+        let known = !matches!(error, ProviderError::NotFound { .. });
+        (known, ApiError::from(error))
+    })?;
+    if values.is_empty() {
+        return Err((true, ApiError::internal("the provider returned no values")));
+    }
+    let mut items = Vec::with_capacity(values.len());
+    for value in values {
+        let quantity = quantity::format(value.value).map_err(|reason| {
+            (
+                true,
+                ApiError::from(ProviderError::Unrepresentable(format!(
+                    "metric {}: {reason}",
+                    value.metric_name
+                ))),
+            )
+        })?;
+        let seconds = value
+            .timestamp
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        items.push(ExternalMetricValue {
+            metric_name: value.metric_name,
+            metric_labels: (!value.labels.is_empty()).then_some(value.labels),
+            timestamp: humantime::format_rfc3339_seconds(
+                UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+            )
+            .to_string(),
+            window: value
+                .window
+                .map(|w| i64::try_from(w.as_secs()).unwrap_or(i64::MAX)),
+            value: quantity,
+        });
+    }
+    Ok(ExternalMetricValueList::new(items))
+}
+
+async fn openapi_v2() -> Response {
+    // A small valid document: the aggregator merges it into the cluster's spec.
+    json(&serde_json::json!({
+        "swagger": "2.0",
+        "info": {"title": "cloudwatch-metrics-adapter", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {},
+    }))
+}
+
+async fn openapi_v3() -> Response {
+    json(&serde_json::json!({"paths": {}}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("the server could not find the requested resource")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed(
+        "the server does not allow this method on the requested resource (external metrics are read with GET)",
+    )
+}

@@ -1,0 +1,204 @@
+//! Kubernetes label selector parsing (the `labelSelector` query parameter).
+//!
+//! Follows apimachinery's `labels.Parse` grammar: comma-separated requirements of the forms
+//! `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k` and `!k`.
+
+use crate::provider::{Operator, Requirement, Selector};
+
+/// A selector that does not parse, with a message for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid label selector {selector:?}: {reason}")]
+pub struct SelectorError {
+    selector: String,
+    reason: String,
+}
+
+/// Parse a label selector string.
+pub fn parse(text: &str) -> Result<Selector, SelectorError> {
+    let fail = |reason: String| SelectorError {
+        selector: text.to_string(),
+        reason,
+    };
+    let mut requirements = Vec::new();
+    for term in split_terms(text).map_err(fail)? {
+        let term = term.trim();
+        if term.is_empty() {
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Err(fail("empty requirement".into()));
+        }
+        requirements.push(parse_term(term).map_err(fail)?);
+    }
+    Ok(Selector { requirements })
+}
+
+/// Split on commas that are not inside parentheses.
+fn split_terms(text: &str) -> Result<Vec<&str>, String> {
+    let mut terms = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (index, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1).ok_or("unbalanced ')'")?,
+            ',' if depth == 0 => {
+                terms.push(&text[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unbalanced '('".into());
+    }
+    terms.push(&text[start..]);
+    Ok(terms)
+}
+
+fn parse_term(term: &str) -> Result<Requirement, String> {
+    if let Some(key) = term.strip_prefix('!') {
+        let key = check_key(key.trim())?;
+        return Ok(requirement(key, Operator::DoesNotExist, vec![]));
+    }
+    for (symbol, operator) in [
+        ("!=", Operator::NotEquals),
+        ("==", Operator::Equals),
+        ("=", Operator::Equals),
+    ] {
+        if let Some((key, value)) = term.split_once(symbol) {
+            let key = check_key(key.trim())?;
+            let value = check_value(value.trim())?;
+            return Ok(requirement(key, operator, vec![value]));
+        }
+    }
+    let mut words = term.splitn(2, char::is_whitespace);
+    let key = words.next().unwrap_or_default();
+    let rest = words.next().unwrap_or_default().trim_start();
+    if rest.is_empty() {
+        if key.contains(['(', ')', '<', '>']) {
+            return Err(format!("unsupported requirement {term:?}"));
+        }
+        return Ok(requirement(check_key(key)?, Operator::Exists, vec![]));
+    }
+    let (operator, list) = if let Some(list) = rest.strip_prefix("notin") {
+        (Operator::NotIn, list)
+    } else if let Some(list) = rest.strip_prefix("in") {
+        (Operator::In, list)
+    } else {
+        return Err(format!(
+            "unsupported operator in {term:?} (use =, ==, !=, in, notin, or exists)"
+        ));
+    };
+    let list = list.trim();
+    let inner = list
+        .strip_prefix('(')
+        .and_then(|l| l.strip_suffix(')'))
+        .ok_or_else(|| format!("expected a parenthesised value list in {term:?}"))?;
+    let values = inner
+        .split(',')
+        .map(|v| check_value(v.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if values.iter().all(String::is_empty) {
+        return Err(format!("empty value list in {term:?}"));
+    }
+    Ok(requirement(check_key(key)?, operator, values))
+}
+
+fn requirement(key: String, operator: Operator, values: Vec<String>) -> Requirement {
+    Requirement {
+        key,
+        operator,
+        values,
+    }
+}
+
+fn check_key(key: &str) -> Result<String, String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
+    });
+    if name_ok && prefix_ok {
+        Ok(key.to_string())
+    } else {
+        Err(format!("{key:?} is not a valid label key"))
+    }
+}
+
+fn check_value(value: &str) -> Result<String, String> {
+    let ok = value.is_empty()
+        || (value.len() <= 63
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!("{value:?} is not a valid label value"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn one(text: &str) -> Requirement {
+        let selector = parse(text).unwrap();
+        assert_eq!(selector.requirements.len(), 1, "{text}");
+        selector.requirements.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn parses_what_the_hpa_sends() {
+        let selector = parse("env=test,queue=orders").unwrap();
+        assert_eq!(selector.requirements.len(), 2);
+        assert_eq!(selector.requirements[0].key, "env");
+        assert_eq!(selector.requirements[1].values, vec!["orders"]);
+        assert!(parse("").unwrap().requirements.is_empty());
+    }
+
+    #[test]
+    fn parses_every_operator() {
+        assert_eq!(one("a==b").operator, Operator::Equals);
+        assert_eq!(one("a != b").operator, Operator::NotEquals);
+        assert_eq!(one("a in (x, y)").values, vec!["x", "y"]);
+        assert_eq!(one("a notin (x)").operator, Operator::NotIn);
+        assert_eq!(one("a").operator, Operator::Exists);
+        assert_eq!(one("!a").operator, Operator::DoesNotExist);
+        assert_eq!(
+            one("example.com/queue=orders.fifo").key,
+            "example.com/queue"
+        );
+        let both = parse("a in (x,y),b=c").unwrap();
+        assert_eq!(both.requirements.len(), 2);
+    }
+
+    #[test]
+    fn rejects_malformed_selectors_with_a_reason() {
+        for bad in [
+            "a in (x", "a in x", "=b", "a=b,", "a=b c", "a>1", "-a=b", "a=-b", "a in ()",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid label selector"),
+                "{bad}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Pure translation: definition + selector + clock -> `GetMetricData` request, and results -> value.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::definition::{Definition, render};
+use crate::provider::{Operator, ProviderError, Selector};
+
+use super::{Dimension, MetricDataRequest, MetricStat, Query, QueryKind, QueryResult, Target};
+
+/// Turn the selector into the exact label values the definition needs, or refuse.
+///
+/// Only equality (and `in` with a single value) can be translated into a CloudWatch dimension;
+/// anything else would silently widen or narrow the query, so it is a 400.
+pub fn selector_labels(
+    definition: &Definition,
+    selector: &Selector,
+) -> Result<BTreeMap<String, String>, ProviderError> {
+    let name = &definition.spec.name;
+    let mut labels = BTreeMap::new();
+    for requirement in &selector.requirements {
+        let key = &requirement.key;
+        if !definition.labels.contains(key) {
+            return Err(ProviderError::InvalidSelector(format!(
+                "label {key:?} in the selector is not used by metric {name} ({})",
+                describe_labels(definition)
+            )));
+        }
+        let value = match (requirement.operator, requirement.values.as_slice()) {
+            (Operator::Equals | Operator::In, [value]) => value,
+            (operator, _) => {
+                return Err(ProviderError::InvalidSelector(format!(
+                    "label {key:?} uses operator {:?}{}; metric {name} can only match a label exactly (use matchLabels: {{{key}: VALUE}})",
+                    operator.symbol(),
+                    if operator == Operator::In {
+                        " with several values"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        };
+        if labels.insert(key.clone(), value.clone()).is_some() {
+            return Err(ProviderError::InvalidSelector(format!(
+                "label {key:?} appears more than once in the selector"
+            )));
+        }
+    }
+    if let Some(missing) = definition.labels.iter().find(|l| !labels.contains_key(*l)) {
+        return Err(ProviderError::InvalidSelector(format!(
+            "metric {name} needs label {missing:?} in the HPA's metric selector (matchLabels: {{{missing}: VALUE}})"
+        )));
+    }
+    Ok(labels)
+}
+
+fn describe_labels(definition: &Definition) -> String {
+    if definition.labels.is_empty() {
+        "it takes no labels".to_string()
+    } else {
+        let names: Vec<&str> = definition.labels.iter().map(String::as_str).collect();
+        format!("it takes {}", names.join(", "))
+    }
+}
+
+/// Build the request for `definition` with `labels` at time `now`.
+///
+/// The window ends at `now - endOffset`, rounded up to the period so the newest bucket (possibly
+/// partial) is included unless an offset skips it; it starts `window` earlier, aligned to the
+/// period, because CloudWatch answers faster and more predictably for aligned times.
+pub fn build_request(
+    definition: &Definition,
+    labels: &BTreeMap<String, String>,
+    now: SystemTime,
+) -> Result<MetricDataRequest, ProviderError> {
+    let spec = &definition.spec;
+    let fill = |template: &str| {
+        render(template, labels).map_err(|label| {
+            ProviderError::InvalidSelector(format!(
+                "metric {} needs label {label:?} in the HPA's metric selector",
+                spec.name
+            ))
+        })
+    };
+    let mut queries = Vec::with_capacity(spec.queries.len());
+    for query in &spec.queries {
+        let kind = match (&query.expression, &query.metric_stat) {
+            (Some(expression), _) => QueryKind::Expression(fill(expression)?),
+            (None, Some(stat)) => QueryKind::MetricStat(MetricStat {
+                namespace: stat.metric.namespace.clone(),
+                metric_name: stat.metric.metric_name.clone(),
+                dimensions: stat
+                    .metric
+                    .dimensions
+                    .iter()
+                    .map(|d| {
+                        Ok(Dimension {
+                            name: d.name.clone(),
+                            value: fill(&d.value)?,
+                        })
+                    })
+                    .collect::<Result<_, ProviderError>>()?,
+                period: to_i32(stat.period.unwrap_or(definition.period)),
+                stat: stat.stat.clone().unwrap_or_default(),
+                unit: stat.unit.clone(),
+            }),
+            (None, None) => unreachable_query(),
+        };
+        queries.push(Query {
+            id: query.id.clone(),
+            label: query.label.clone(),
+            return_data: query.id == definition.value_query,
+            period: query.period.map(to_i32),
+            account_id: query.account_id.clone(),
+            kind,
+        });
+    }
+    let (start_time, end_time) = window(definition, now);
+    Ok(MetricDataRequest {
+        target: Target {
+            region: spec.region.clone(),
+            role_arn: spec.role_arn.clone(),
+            external_id: spec.external_id.clone(),
+        },
+        start_time,
+        end_time,
+        scan_by: "TimestampDescending",
+        metric_data_queries: queries,
+    })
+}
+
+// Validation guarantees one of expression/metricStat; an empty expression makes CloudWatch
+// answer with a clear error rather than this process panicking.
+fn unreachable_query() -> QueryKind {
+    QueryKind::Expression(String::new())
+}
+
+fn to_i32(period: i64) -> i32 {
+    i32::try_from(period).unwrap_or(i32::MAX)
+}
+
+/// The `[start, end)` window for `now`, aligned to the definition's period.
+pub fn window(definition: &Definition, now: SystemTime) -> (SystemTime, SystemTime) {
+    let period = u64::try_from(definition.period.max(1)).unwrap_or(60);
+    let now_secs = now
+        .checked_sub(definition.end_offset)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let end = now_secs.div_ceil(period) * period;
+    let start = end.saturating_sub(definition.window.as_secs()) / period * period;
+    (
+        UNIX_EPOCH + Duration::from_secs(start),
+        UNIX_EPOCH + Duration::from_secs(end),
+    )
+}
+
+/// The newest datapoint of the value query, if any.
+pub fn newest_point(definition: &Definition, results: &[QueryResult]) -> Option<(SystemTime, f64)> {
+    results
+        .iter()
+        .filter(|r| r.id == definition.value_query)
+        .flat_map(|r| r.points.iter().copied())
+        .filter(|(_, value)| value.is_finite())
+        .max_by_key(|(timestamp, _)| *timestamp)
+}
+
+/// A human description of what was queried, for no-data messages:
+/// `AWS/SQS ApproximateNumberOfMessagesVisible QueueName=orders`.
+pub fn describe_query(request: &MetricDataRequest, value_query: &str) -> String {
+    let query = request
+        .metric_data_queries
+        .iter()
+        .find(|q| q.id == value_query);
+    match query.map(|q| &q.kind) {
+        Some(QueryKind::MetricStat(stat)) => {
+            let mut text = format!("{} {}", stat.namespace, stat.metric_name);
+            for dimension in &stat.dimensions {
+                text.push_str(&format!(" {}={}", dimension.name, dimension.value));
+            }
+            text
+        }
+        Some(QueryKind::Expression(expression)) => format!("expression {expression:?}"),
+        None => value_query.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::definition::parse;
+    use crate::provider::Requirement;
+    use std::sync::Arc;
+
+    fn definition(yaml: &str) -> Arc<Definition> {
+        let set = parse(yaml).unwrap();
+        set.iter().next().unwrap().clone()
+    }
+
+    fn sqs() -> Arc<Definition> {
+        definition(
+            r#"
+metrics:
+  - name: sqs-visible
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+"#,
+        )
+    }
+
+    fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
+        Requirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn equality_selector_fills_the_dimension() {
+        let def = sqs();
+        let selector = Selector {
+            requirements: vec![req("QueueName", Operator::Equals, &["orders"])],
+        };
+        let labels = selector_labels(&def, &selector).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_790_000_030);
+        let request = build_request(&def, &labels, now).unwrap();
+        let QueryKind::MetricStat(stat) = &request.metric_data_queries[0].kind else {
+            panic!("metric stat expected");
+        };
+        assert_eq!(stat.dimensions[0].value, "orders");
+        assert!(request.metric_data_queries[0].return_data);
+        assert_eq!(
+            describe_query(&request, "visible"),
+            "AWS/SQS ApproximateNumberOfMessagesVisible QueueName=orders"
+        );
+    }
+
+    #[test]
+    fn selectors_that_cannot_be_exact_are_refused_naming_the_label() {
+        let def = sqs();
+        let cases = [
+            (
+                vec![req("QueueName", Operator::NotEquals, &["x"])],
+                "\"QueueName\" uses operator \"!=\"",
+            ),
+            (
+                vec![req("QueueName", Operator::In, &["a", "b"])],
+                "with several values",
+            ),
+            (
+                vec![req("QueueName", Operator::Exists, &[])],
+                "operator \"exists\"",
+            ),
+            (
+                vec![req("env", Operator::Equals, &["prod"])],
+                "label \"env\" in the selector is not used",
+            ),
+            (vec![], "needs label \"QueueName\""),
+        ];
+        for (requirements, needle) in cases {
+            let err = selector_labels(&def, &Selector { requirements }).unwrap_err();
+            let ProviderError::InvalidSelector(message) = err else {
+                panic!("expected InvalidSelector");
+            };
+            assert!(
+                message.contains(needle),
+                "{message} should contain {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_with_one_value_is_equality() {
+        let def = sqs();
+        let selector = Selector {
+            requirements: vec![req("QueueName", Operator::In, &["orders"])],
+        };
+        assert_eq!(
+            selector_labels(&def, &selector).unwrap()["QueueName"],
+            "orders"
+        );
+    }
+
+    #[test]
+    fn window_is_aligned_and_honours_the_end_offset() {
+        let def = definition(
+            "metrics:\n  - name: x\n    window: 5m\n    endOffset: 2m\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          period: 60\n          stat: Sum\n",
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(10_000 * 60 + 17);
+        let (start, end) = window(&def, now);
+        // now - 2m = minute 9998 + 17s -> rounded up to minute 9999.
+        assert_eq!(end, UNIX_EPOCH + Duration::from_secs(9_999 * 60));
+        assert_eq!(start, UNIX_EPOCH + Duration::from_secs(9_994 * 60));
+    }
+
+    #[test]
+    fn newest_point_ignores_other_queries_and_order() {
+        let def = sqs();
+        let t = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let results = vec![
+            QueryResult {
+                id: "other".into(),
+                points: vec![(t(500), 9.0)],
+                status: crate::cloudwatch::ResultStatus::Complete,
+                messages: vec![],
+            },
+            QueryResult {
+                id: "visible".into(),
+                points: vec![(t(120), 2.0), (t(180), 3.5), (t(60), 1.0)],
+                status: crate::cloudwatch::ResultStatus::Complete,
+                messages: vec![],
+            },
+        ];
+        assert_eq!(newest_point(&def, &results), Some((t(180), 3.5)));
+    }
+}

@@ -1,0 +1,276 @@
+//! Command line and environment: every flag has a `long` name and an environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Kubernetes external metrics API server backed by AWS CloudWatch.
+#[derive(Debug, Parser)]
+#[command(name = "cloudwatch-metrics-adapter", version, about)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve external.metrics.k8s.io over HTTPS.
+    Serve(ServeConfig),
+    /// Print the GetMetricData request a definition builds, and the JSON the server would serve.
+    Query(QueryConfig),
+}
+
+/// AWS settings shared by `serve` and `query`.
+#[derive(Debug, Clone, Args)]
+pub struct AwsConfig {
+    /// AWS region (else AWS_REGION, then AWS_DEFAULT_REGION; instance metadata is never used).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// CloudWatch endpoint override, e.g. a local emulator. The SDK's AWS_ENDPOINT_URL also works.
+    #[arg(long, env = "AWS_ENDPOINT_URL_CLOUDWATCH")]
+    pub cloudwatch_endpoint_url: Option<String>,
+    /// Timeout for one GetMetricData attempt.
+    #[arg(long, env = "CLOUDWATCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cloudwatch_timeout: Duration,
+}
+
+impl AwsConfig {
+    /// The region to use: the flag or AWS_REGION, else AWS_DEFAULT_REGION.
+    pub fn region(&self) -> Option<String> {
+        self.aws_region
+            .clone()
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        match self.region() {
+            None => problems.push(
+                "--aws-region: no region given (set --aws-region, AWS_REGION or AWS_DEFAULT_REGION; instance metadata is not used because Fargate has none)".to_string(),
+            ),
+            Some(region)
+                if !region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                problems.push(format!("--aws-region: {region:?} is not a region name such as us-east-1"))
+            }
+            Some(_) => {}
+        }
+        if let Some(url) = &self.cloudwatch_endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!(
+                "--cloudwatch-endpoint-url: {url:?} must start with http:// or https://"
+            ));
+        }
+        if self.cloudwatch_timeout.is_zero() {
+            problems.push("--cloudwatch-timeout must be greater than zero".to_string());
+        }
+    }
+}
+
+/// `serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// YAML file of metric definitions (a top-level `metrics:` list).
+    #[arg(long = "config", env = "ADAPTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTPS port for the external metrics API.
+    #[arg(long, env = "SECURE_PORT", default_value_t = 6443)]
+    pub secure_port: u16,
+    /// Address the HTTPS port binds to.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Serving certificate (PEM). With --tls-private-key-file; both absent means self-signed.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Serving private key (PEM).
+    #[arg(long, env = "TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// How often certificate files are re-read for rotation.
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Extra DNS names for the self-signed certificate (the Service's names), comma-separated.
+    #[arg(long, env = "SELF_SIGNED_NAMES", value_delimiter = ',')]
+    pub self_signed_names: Vec<String>,
+    /// Plain-HTTP port for /healthz, /livez, /readyz and /metrics.
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 8080)]
+    pub admin_port: u16,
+    /// Address the admin port binds to.
+    #[arg(long, env = "ADMIN_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub admin_bind_address: IpAddr,
+    /// After SIGTERM, how long to keep serving while reporting not-ready (endpoint propagation).
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// After that, how long in-flight requests get to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace_period: Duration,
+    /// AWS settings.
+    #[command(flatten)]
+    pub aws: AwsConfig,
+}
+
+impl ServeConfig {
+    /// Every problem with the flags, before any socket opens.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        match (&self.tls_cert_file, &self.tls_private_key_file) {
+            (Some(_), None) => problems.push(
+                "--tls-cert-file is set without --tls-private-key-file (give both, or neither for a self-signed certificate)".to_string(),
+            ),
+            (None, Some(_)) => problems.push(
+                "--tls-private-key-file is set without --tls-cert-file (give both, or neither for a self-signed certificate)".to_string(),
+            ),
+            _ => {}
+        }
+        for (flag, path) in [
+            ("--config", &self.config),
+            ("--tls-cert-file", &self.tls_cert_file),
+            ("--tls-private-key-file", &self.tls_private_key_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                problems.push(format!("{flag}: {} is not a readable file", path.display()));
+            }
+        }
+        if self.secure_port != 0
+            && self.secure_port == self.admin_port
+            && self.bind_address == self.admin_bind_address
+        {
+            problems.push(format!(
+                "--secure-port and --admin-port are both {}",
+                self.secure_port
+            ));
+        }
+        if self.tls_reload_interval.is_zero() {
+            problems.push("--tls-reload-interval must be greater than zero".to_string());
+        }
+        self.aws.problems(&mut problems);
+        ConfigError::from_problems(problems)
+    }
+}
+
+/// `query` flags.
+#[derive(Debug, Clone, Args)]
+pub struct QueryConfig {
+    /// YAML file of metric definitions.
+    #[arg(long = "config", env = "ADAPTER_CONFIG")]
+    pub config: PathBuf,
+    /// The HPA's namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// The metric name the HPA asks for.
+    #[arg(long)]
+    pub metric: String,
+    /// The HPA's metric selector, as kubectl writes it: `QueueName=orders,env=prod`.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// Print the request only; do not call CloudWatch.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// AWS settings.
+    #[command(flatten)]
+    pub aws: AwsConfig,
+}
+
+impl QueryConfig {
+    /// Every problem with the flags.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if !self.config.is_file() {
+            problems.push(format!(
+                "--config: {} is not a readable file",
+                self.config.display()
+            ));
+        }
+        if !self.dry_run {
+            self.aws.problems(&mut problems);
+        }
+        ConfigError::from_problems(problems)
+    }
+}
+
+/// Every configuration problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The problems, each naming its flag.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn from_problems(problems: Vec<String>) -> Result<(), ConfigError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeConfig {
+        let mut argv = vec!["cloudwatch-metrics-adapter", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(config) => config,
+            Command::Query(_) => panic!("expected serve"),
+        }
+    }
+
+    #[test]
+    fn reports_every_problem_naming_the_flag() {
+        let config = serve(&[
+            "--tls-cert-file",
+            "/nonexistent/cert.pem",
+            "--aws-region",
+            "US East",
+            "--admin-port",
+            "6443",
+            "--cloudwatch-endpoint-url",
+            "localhost:4599",
+        ]);
+        let err = config.validate().unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "--tls-cert-file is set without --tls-private-key-file",
+            "--tls-cert-file: /nonexistent/cert.pem is not a readable file",
+            "--aws-region: \"US East\"",
+            "--secure-port and --admin-port are both 6443",
+            "--cloudwatch-endpoint-url",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let config = serve(&["--aws-region", "eu-west-1"]);
+        assert_eq!(config.secure_port, 6443);
+        assert_eq!(config.admin_port, 8080);
+        assert_eq!(config.tls_reload_interval, Duration::from_secs(10));
+        config.validate().unwrap();
+    }
+}

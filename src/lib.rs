@@ -1,0 +1,16 @@
+//! cloudwatch-metrics-adapter: the Kubernetes external metrics API (`external.metrics.k8s.io`)
+//! answered from AWS CloudWatch `GetMetricData`.
+//!
+//! Layering: [`api`] (HTTP) sees only [`provider`]; [`cloudwatch`] translates definitions into
+//! queries and is the only module that touches the AWS SDK; [`app`] wires everything together.
+
+pub mod api;
+pub mod app;
+pub mod cloudwatch;
+pub mod config;
+pub mod definition;
+pub mod metrics;
+pub mod provider;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
