@@ -1,0 +1,428 @@
+//! The real server on 127.0.0.1:0 against the CloudWatch emulator, over HTTPS.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use cloudwatch_emulator::{Emulator, FaultKind};
+use common::{DEFINITIONS, TestServer, minute, put, rfc3339};
+use serde_json::json;
+
+const VALUES: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default";
+
+#[tokio::test]
+async fn discovery_documents_are_exactly_what_the_aggregator_expects() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+
+    let (status, body) = server.get("/apis/external.metrics.k8s.io/v1beta1").await;
+    assert_eq!(status, 200);
+    let resource = |name: &str| {
+        json!({"name": name, "singularName": "", "namespaced": true,
+               "kind": "ExternalMetricValueList", "verbs": ["get"]})
+    };
+    assert_eq!(
+        body,
+        json!({"kind": "APIResourceList", "apiVersion": "v1",
+               "groupVersion": "external.metrics.k8s.io/v1beta1",
+               "resources": [resource("api-latency-p90"), resource("sqs-backlog"),
+                             resource("sqs-idle-is-zero"), resource("sqs-visible")]})
+    );
+
+    let (status, body) = server.get("/apis/external.metrics.k8s.io").await;
+    assert_eq!(status, 200);
+    let version = json!({"groupVersion": "external.metrics.k8s.io/v1beta1", "version": "v1beta1"});
+    assert_eq!(
+        body,
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": "external.metrics.k8s.io",
+               "preferredVersion": version, "versions": [version]})
+    );
+
+    let (status, body) = server.get("/apis").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["kind"], "APIGroupList");
+    assert_eq!(body["groups"][0]["name"], "external.metrics.k8s.io");
+
+    // Aggregated discovery, with the Accept header kube-aggregator sends.
+    let response = server
+        .client()
+        .get(format!("{}/apis", server.base()))
+        .header(
+            "accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["kind"], "APIGroupDiscoveryList");
+    let resources = &body["items"][0]["versions"][0]["resources"];
+    assert_eq!(resources.as_array().unwrap().len(), 4);
+    assert_eq!(resources[3]["resource"], "sqs-visible");
+    assert_eq!(resources[3]["scope"], "Namespaced");
+
+    for path in ["/openapi/v2", "/openapi/v3"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body["paths"].is_object(), "{path}: {body}");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn serves_the_newest_datapoint_with_its_timestamp_labels_and_window() {
+    let emulator = Emulator::start().await.unwrap();
+    let dims = [("QueueName", "orders")];
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &dims,
+        minute(3),
+        900.0,
+    );
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &dims,
+        minute(2),
+        1250.0,
+    );
+    // Another queue must not leak in.
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &[("QueueName", "billing")],
+        minute(1),
+        7.0,
+    );
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+
+    let (status, body) = server
+        .get(&format!(
+            "{VALUES}/sqs-visible?labelSelector=QueueName%3Dorders"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"kind": "ExternalMetricValueList", "apiVersion": "external.metrics.k8s.io/v1beta1",
+               "metadata": {},
+               "items": [{"metricName": "sqs-visible", "metricLabels": {"QueueName": "orders"},
+                          "timestamp": rfc3339(minute(2)), "window": 60, "value": "1250"}]})
+    );
+    let (_, billing) = server
+        .get(&format!(
+            "{VALUES}/sqs-visible?labelSelector=QueueName%3Dbilling"
+        ))
+        .await;
+    assert_eq!(billing["items"][0]["value"], "7");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fractions_math_expressions_and_percentiles() {
+    let emulator = Emulator::start().await.unwrap();
+    let dims = [("QueueName", "orders")];
+    // Average of 1 and 2 in one minute is 1.5.
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &dims,
+        minute(1),
+        1.0,
+    );
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &dims,
+        minute(1) + Duration::from_secs(10),
+        2.0,
+    );
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesNotVisible",
+        &dims,
+        minute(1),
+        40.0,
+    );
+    for value in 1..=10 {
+        put(
+            &emulator,
+            "Shop/API",
+            "Latency",
+            &[],
+            minute(1),
+            f64::from(value) / 1000.0,
+        );
+    }
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+
+    let (status, body) = server
+        .get(&format!(
+            "{VALUES}/sqs-visible?labelSelector=QueueName%3Dorders"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "1500m");
+
+    // visible (Maximum 2) + inflight (Maximum 40)
+    let (status, body) = server
+        .get(&format!(
+            "{VALUES}/sqs-backlog?labelSelector=QueueName%3Dorders"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "42");
+    assert_eq!(body["items"][0]["timestamp"], rfc3339(minute(1)));
+
+    // p90 of 1..10 ms is 9 ms.
+    let (status, body) = server.get(&format!("{VALUES}/api-latency-p90")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "9m");
+    assert_eq!(body["items"][0]["metricLabels"], serde_json::Value::Null);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_data_is_an_error_by_default_and_the_configured_value_otherwise() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+
+    let (status, body) = server
+        .get(&format!(
+            "{VALUES}/sqs-visible?labelSelector=QueueName%3Didle"
+        ))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["reason"], "NotFound");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "no datapoints for AWS/SQS ApproximateNumberOfMessagesVisible QueueName=idle in the last 5m"
+        ),
+        "{message}"
+    );
+
+    let (status, body) = server
+        .get(&format!(
+            "{VALUES}/sqs-idle-is-zero?labelSelector=QueueName%3Didle"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "0");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_are_status_objects_with_actionable_messages() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+
+    let (status, body) = server.get(&format!("{VALUES}/sqs-orders")).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "the server could not find the metric sqs-orders for namespace default",
+               "reason": "NotFound", "code": 404})
+    );
+
+    let cases = [
+        ("sqs-visible", "", "needs label \"QueueName\""),
+        (
+            "sqs-visible",
+            "QueueName%21%3Dorders",
+            "uses operator \"!=\"",
+        ),
+        (
+            "sqs-visible",
+            "QueueName%3Dorders%2Cenv%3Dprod",
+            "label \"env\" in the selector is not used by metric sqs-visible",
+        ),
+        (
+            "sqs-visible",
+            "QueueName+in+%28a%2Cb%29",
+            "with several values",
+        ),
+        ("sqs-visible", "QueueName+in+%28a", "invalid label selector"),
+    ];
+    for (metric, selector, needle) in cases {
+        let (status, body) = server
+            .get(&format!("{VALUES}/{metric}?labelSelector={selector}"))
+            .await;
+        assert_eq!(status, 400, "{selector}: {body}");
+        assert_eq!(body["reason"], "BadRequest");
+        assert_eq!(body["kind"], "Status");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{selector}: {message}");
+    }
+
+    // Unknown paths and methods are Status objects too.
+    let (status, body) = server.get("/apis/other.group/v1").await;
+    assert_eq!((status, body["reason"].as_str()), (404, Some("NotFound")));
+    let response = server
+        .client()
+        .post(format!("{}{VALUES}/sqs-visible", server.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn cloudwatch_failures_are_5xx_without_aws_details() {
+    let emulator = Emulator::start().await.unwrap();
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &[("QueueName", "orders")],
+        minute(1),
+        5.0,
+    );
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+    let path = format!("{VALUES}/sqs-visible?labelSelector=QueueName%3Dorders");
+
+    emulator.faults().inject(FaultKind::AccessDenied, 10);
+    let (status, body) = server.get(&path).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (500, Some("InternalError")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("sqs-visible") && message.contains("access denied"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("AKIDTEST") && !message.contains("not authorized"),
+        "{message}"
+    );
+    emulator.faults().clear();
+
+    emulator.faults().inject(FaultKind::Throttling, 10);
+    let (status, body) = server.get(&path).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("throttled"),
+        "{body}"
+    );
+    emulator.faults().clear();
+
+    emulator.faults().inject(FaultKind::InternalFailure, 10);
+    let (status, body) = server.get(&path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("server error"),
+        "{body}"
+    );
+    emulator.faults().clear();
+
+    emulator.set_down(true).await.unwrap();
+    let (status, body) = server.get(&path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
+    emulator.set_down(false).await.unwrap();
+
+    // And it recovers with the real value, not a remembered or made-up one.
+    let (status, body) = server.get(&path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "5");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn serves_http2_and_http1() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+    let url = format!("{}/apis/external.metrics.k8s.io/v1beta1", server.base());
+
+    let h2 = server.client().get(&url).send().await.unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    assert_eq!(h2.status(), 200);
+
+    let h1 = common::client_trusting(&server.ca.pem)
+        .http1_only()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.status(), 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_port_serves_health_and_prometheus_metrics() {
+    let emulator = Emulator::start().await.unwrap();
+    put(
+        &emulator,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        &[("QueueName", "orders")],
+        minute(1),
+        5.0,
+    );
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+    server
+        .get(&format!(
+            "{VALUES}/sqs-visible?labelSelector=QueueName%3Dorders"
+        ))
+        .await;
+    server.get(&format!("{VALUES}/no-such-metric")).await;
+
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let response = client
+            .get(format!("http://{}{path}", server.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let text = client
+        .get(format!("http://{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"cloudwatch_adapter_requests_total{metric="sqs-visible",code="200"} 1"#),
+        "{text}"
+    );
+    // Unknown names are pooled so a scanner cannot blow up cardinality.
+    assert!(
+        text.contains(r#"cloudwatch_adapter_requests_total{metric="unknown",code="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cloudwatch_adapter_cloudwatch_calls_total{outcome="ok"} 1"#),
+        "{text}"
+    );
+    assert_eq!(emulator.stats().get_metric_data.calls, 1);
+    server.stop().await.unwrap();
+}
