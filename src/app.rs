@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::cache::{CacheConfig, QueryCache};
 use crate::cloudwatch::client::AwsCloudWatch;
-use crate::cloudwatch::provider::CloudWatchProvider;
 use crate::cloudwatch::translate;
 use crate::config::{AwsConfig, Command, QueryConfig, ServeConfig};
 use crate::definition::{self, DefinitionSet};
@@ -155,11 +155,15 @@ pub async fn serve(
     };
     readiness.certificates_loaded.store(true, Ordering::Release);
 
-    let provider = CloudWatchProvider::new(
+    let cache = QueryCache::new(
         Arc::new(ArcSwap::from_pointee(definitions)),
         AwsCloudWatch::new(sdk),
+        config.cache.to_config(),
         metrics.clone(),
     );
+    cache.register_gauges();
+    let refresher = tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let provider = cache;
     let router = api::router(Arc::new(ApiState {
         provider,
         metrics: metrics.clone(),
@@ -176,12 +180,17 @@ pub async fn serve(
     tracing::info!(%secure_addr, "serving external.metrics.k8s.io");
 
     tokio::pin!(shutdown);
+    let mut refresher = refresher;
     tokio::select! {
         () = &mut shutdown => {}
-        // A server task ending on its own is fatal: exit rather than limp on.
+        // A critical task ending on its own is fatal: exit rather than limp on.
         result = &mut api => {
             stop.cancel();
             anyhow::bail!("the API server stopped unexpectedly: {result:?}");
+        }
+        result = &mut refresher => {
+            stop.cancel();
+            anyhow::bail!("the CloudWatch refresher stopped unexpectedly: {result:?}");
         }
     }
     tracing::info!("shutting down: reporting not ready");
@@ -297,11 +306,14 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     let sdk = load_sdk_config(&config.aws).await;
-    let provider = CloudWatchProvider::new(
+    let provider = QueryCache::new(
         Arc::new(ArcSwap::from_pointee(definitions.clone())),
         AwsCloudWatch::new(sdk),
+        CacheConfig::default(),
         Arc::new(AdapterMetrics::default()),
     );
+    let stop = CancellationToken::new();
+    let refresher = tokio::spawn(provider.clone_handle().run(stop.clone()));
     let answer = api::value_list(
         &provider,
         MetricRequest {
@@ -311,6 +323,8 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
         },
     )
     .await;
+    stop.cancel();
+    refresher.await.context("refresher task failed")?;
     println!("# response");
     match answer {
         Ok(list) => {

@@ -122,9 +122,66 @@ pub struct ServeConfig {
     /// After that, how long in-flight requests get to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace_period: Duration,
+    /// Cache settings.
+    #[command(flatten)]
+    pub cache: CacheFlags,
     /// AWS settings.
     #[command(flatten)]
     pub aws: AwsConfig,
+}
+
+/// The cached query layer's settings.
+#[derive(Debug, Clone, Args)]
+pub struct CacheFlags {
+    /// Serve the last good value this long (since it was fetched) while refreshes fail; then
+    /// answer with an error. At least three refresh intervals; a definition's maxAge overrides.
+    #[arg(long, env = "MAX_VALUE_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_value_age: Duration,
+    /// Stop refreshing a series nobody has asked for in this long.
+    #[arg(long, env = "SERIES_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub series_idle_timeout: Duration,
+    /// Never make more GetMetricData calls per second than this (the account's quota is 50,
+    /// shared with everything else in the account and region).
+    #[arg(long, env = "CLOUDWATCH_CALLS_PER_SECOND", default_value_t = 10.0)]
+    pub cloudwatch_calls_per_second: f64,
+    /// Upper bound on tracked series, so a flood of distinct selectors cannot exhaust memory.
+    #[arg(long, env = "MAX_SERIES", default_value_t = 100_000)]
+    pub max_series: u64,
+}
+
+impl CacheFlags {
+    fn problems(&self, problems: &mut Vec<String>) {
+        if !(self.cloudwatch_calls_per_second.is_finite() && self.cloudwatch_calls_per_second > 0.0)
+        {
+            problems.push("--cloudwatch-calls-per-second must be a positive number".to_string());
+        }
+        if self.cloudwatch_calls_per_second > 50.0 {
+            problems.push(format!(
+                "--cloudwatch-calls-per-second {} is above CloudWatch's default GetMetricData quota of 50 per second",
+                self.cloudwatch_calls_per_second
+            ));
+        }
+        if self.max_value_age.is_zero() {
+            problems.push("--max-value-age must be greater than zero".to_string());
+        }
+        if self.series_idle_timeout.is_zero() {
+            problems.push("--series-idle-timeout must be greater than zero".to_string());
+        }
+        if self.max_series == 0 {
+            problems.push("--max-series must be greater than zero".to_string());
+        }
+    }
+
+    /// The cache configuration these flags describe.
+    pub fn to_config(&self) -> crate::cache::CacheConfig {
+        crate::cache::CacheConfig {
+            max_age: self.max_value_age,
+            idle_timeout: self.series_idle_timeout,
+            calls_per_second: self.cloudwatch_calls_per_second,
+            max_series: self.max_series,
+            ..crate::cache::CacheConfig::default()
+        }
+    }
 }
 
 impl ServeConfig {
@@ -163,6 +220,7 @@ impl ServeConfig {
         if self.tls_reload_interval.is_zero() {
             problems.push("--tls-reload-interval must be greater than zero".to_string());
         }
+        self.cache.problems(&mut problems);
         self.aws.problems(&mut problems);
         ConfigError::from_problems(problems)
     }

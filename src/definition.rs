@@ -110,6 +110,14 @@ pub struct MetricSpec {
     /// How far before now the window ends, to skip CloudWatch's still-filling newest bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_offset: Option<HumanDuration>,
+    /// How often the adapter refreshes this metric's series (default and minimum: the period,
+    /// because CloudWatch cannot have newer data sooner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<HumanDuration>,
+    /// How long the last good value may be served while refreshes fail (default: the adapter's
+    /// `--max-value-age`, and never less than three refresh intervals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
     /// The value to serve when CloudWatch has no datapoints in the window (an idle SQS queue
     /// publishes nothing). Absent means "answer with an error".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +319,12 @@ impl DefinitionSet {
         self.metrics.get(name)
     }
 
+    /// The definition serving `name` to an HPA in `namespace`. File definitions are
+    /// cluster-wide, so the namespace does not narrow them.
+    pub fn lookup(&self, _namespace: &str, name: &str) -> Option<&Arc<Definition>> {
+        self.metrics.get(name)
+    }
+
     /// Every definition, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Definition>> {
         self.metrics.values()
@@ -342,6 +356,13 @@ pub struct Definition {
     pub window: Duration,
     /// The effective end offset.
     pub end_offset: Duration,
+    /// How often its series are refreshed.
+    pub refresh_interval: Duration,
+    /// The definition's own max age, if set.
+    pub max_age: Option<Duration>,
+    /// The namespace of a namespaced definition (an `ExternalMetric` object); `None` for the
+    /// cluster-wide definitions file.
+    pub namespace: Option<String>,
 }
 
 impl Definition {
@@ -545,6 +566,28 @@ impl Definition {
             None => DEFAULT_WINDOW.max(period_duration * 3),
         };
 
+        let refresh_interval = match spec.refresh_interval {
+            Some(HumanDuration(interval)) => {
+                if interval < period_duration {
+                    problems.push(format!(
+                        "refreshInterval {} is shorter than the period ({period}s): CloudWatch cannot have newer data that often",
+                        HumanDuration(interval)
+                    ));
+                }
+                interval
+            }
+            None => period_duration,
+        };
+        let max_age = spec.max_age.map(|d| d.0);
+        if let Some(age) = max_age
+            && age < refresh_interval
+        {
+            problems.push(format!(
+                "maxAge {} is shorter than the refresh interval ({}): values would expire between refreshes",
+                HumanDuration(age),
+                HumanDuration(refresh_interval)
+            ));
+        }
         if problems.is_empty() {
             Ok(Definition {
                 spec,
@@ -553,6 +596,9 @@ impl Definition {
                 period,
                 window,
                 end_offset,
+                refresh_interval,
+                max_age,
+                namespace: None,
             })
         } else {
             Err(problems)

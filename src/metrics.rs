@@ -1,11 +1,13 @@
 //! The adapter's own Prometheus metrics, served on the admin port at `/metrics`.
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -20,14 +22,43 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetricLabels {
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// Dollars per metric requested from `GetMetricData` (us-east-1 list price, no free tier).
+pub const DOLLARS_PER_METRIC: f64 = 0.01 / 1000.0;
+
+/// Computes point-in-time gauges (value ages, active series) just before each scrape.
+pub type Collector = Box<dyn Fn(&AdapterMetrics) + Send + Sync>;
+
 /// Counters and histograms, registered once and shared.
-#[derive(Debug)]
 pub struct AdapterMetrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram>,
     cloudwatch_calls: Family<OutcomeLabels, Counter>,
     cloudwatch_queries: Counter,
+    cloudwatch_metrics_requested: Counter,
+    cloudwatch_datapoints: Counter,
+    estimated_cost: Counter<f64, AtomicU64>,
+    cache_lookups: Family<ResultLabels, Counter>,
+    active_series: Gauge,
+    value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    refresh_lag: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    collector: OnceLock<Collector>,
+}
+
+impl std::fmt::Debug for AdapterMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterMetrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for AdapterMetrics {
@@ -42,6 +73,13 @@ impl Default for AdapterMetrics {
         });
         let cloudwatch_calls = Family::<OutcomeLabels, Counter>::default();
         let cloudwatch_queries = Counter::default();
+        let cloudwatch_metrics_requested = Counter::default();
+        let cloudwatch_datapoints = Counter::default();
+        let estimated_cost = Counter::<f64, AtomicU64>::default();
+        let cache_lookups = Family::<ResultLabels, Counter>::default();
+        let active_series = Gauge::default();
+        let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
+        let refresh_lag = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "requests",
             "External metric value requests by metric and HTTP code",
@@ -62,12 +100,55 @@ impl Default for AdapterMetrics {
             "MetricDataQuery entries sent to CloudWatch (billed per metric requested)",
             cloudwatch_queries.clone(),
         );
+        registry.register(
+            "cloudwatch_metrics_requested",
+            "Metrics requested from GetMetricData (MetricStat queries), the billed unit",
+            cloudwatch_metrics_requested.clone(),
+        );
+        registry.register(
+            "cloudwatch_datapoints",
+            "Datapoints returned by GetMetricData",
+            cloudwatch_datapoints.clone(),
+        );
+        registry.register(
+            "estimated_cost_dollars",
+            "Estimated GetMetricData cost at $0.01 per 1,000 metrics requested",
+            estimated_cost.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Value requests answered from memory (hit), after a first fetch (miss), or refused as stale",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "active_series",
+            "Series kept fresh by the refresher",
+            active_series.clone(),
+        );
+        registry.register(
+            "value_age_seconds",
+            "Age of the oldest served datapoint per metric (now minus datapoint time)",
+            value_age.clone(),
+        );
+        registry.register(
+            "refresh_lag_seconds",
+            "How late the last refresh of a metric's series started, past its due time",
+            refresh_lag.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             request_duration,
             cloudwatch_calls,
             cloudwatch_queries,
+            cloudwatch_metrics_requested,
+            cloudwatch_datapoints,
+            estimated_cost,
+            cache_lookups,
+            active_series,
+            value_age,
+            refresh_lag,
+            collector: OnceLock::new(),
         }
     }
 }
@@ -96,8 +177,63 @@ impl AdapterMetrics {
         self.cloudwatch_queries.inc_by(queries as u64);
     }
 
+    /// Record what one call requested and returned (the billed part).
+    pub fn cloudwatch_usage(&self, metrics_requested: usize, datapoints: usize) {
+        self.cloudwatch_metrics_requested
+            .inc_by(metrics_requested as u64);
+        self.cloudwatch_datapoints.inc_by(datapoints as u64);
+        self.estimated_cost
+            .inc_by(metrics_requested as f64 * DOLLARS_PER_METRIC);
+    }
+
+    /// Count one cache lookup: `hit`, `miss` or `stale`.
+    pub fn cache_lookup(&self, result: &str) {
+        self.cache_lookups
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set the number of active series.
+    pub fn set_active_series(&self, count: usize) {
+        self.active_series
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Set a metric's value age; metrics without series are removed.
+    pub fn set_value_ages(&self, ages: &[(String, f64)]) {
+        self.value_age.clear();
+        for (metric, age) in ages {
+            self.value_age
+                .get_or_create(&MetricLabels {
+                    metric: metric.clone(),
+                })
+                .set(*age);
+        }
+    }
+
+    /// Record how late a metric's refresh started.
+    pub fn set_refresh_lag(&self, metric: &str, lag: Duration) {
+        self.refresh_lag
+            .get_or_create(&MetricLabels {
+                metric: metric.to_string(),
+            })
+            .set(lag.as_secs_f64());
+    }
+
+    /// Install the scrape-time collector (once).
+    pub fn set_collector(&self, collector: Collector) {
+        if self.collector.set(collector).is_err() {
+            tracing::warn!("a metrics collector is already installed");
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        if let Some(collector) = self.collector.get() {
+            collector(self);
+        }
         let mut text = String::new();
         let registry = self
             .registry

@@ -284,19 +284,22 @@ async fn errors_are_status_objects_with_actionable_messages() {
 #[tokio::test]
 async fn cloudwatch_failures_are_5xx_without_aws_details() {
     let emulator = Emulator::start().await.unwrap();
-    put(
-        &emulator,
-        "AWS/SQS",
-        "ApproximateNumberOfMessagesVisible",
-        &[("QueueName", "orders")],
-        minute(1),
-        5.0,
-    );
+    for queue in ["denied", "throttled", "broken", "down", "fine"] {
+        put(
+            &emulator,
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            &[("QueueName", queue)],
+            minute(1),
+            5.0,
+        );
+    }
     let server = TestServer::start(DEFINITIONS, &emulator).await;
-    let path = format!("{VALUES}/sqs-visible?labelSelector=QueueName%3Dorders");
+    // Each case is a different series, so each request is its series' first fetch.
+    let path = |queue: &str| format!("{VALUES}/sqs-visible?labelSelector=QueueName%3D{queue}");
 
     emulator.faults().inject(FaultKind::AccessDenied, 10);
-    let (status, body) = server.get(&path).await;
+    let (status, body) = server.get(&path("denied")).await;
     assert_eq!(
         (status, body["reason"].as_str()),
         (500, Some("InternalError")),
@@ -314,7 +317,7 @@ async fn cloudwatch_failures_are_5xx_without_aws_details() {
     emulator.faults().clear();
 
     emulator.faults().inject(FaultKind::Throttling, 10);
-    let (status, body) = server.get(&path).await;
+    let (status, body) = server.get(&path("throttled")).await;
     assert_eq!(
         (status, body["reason"].as_str()),
         (503, Some("ServiceUnavailable")),
@@ -327,7 +330,7 @@ async fn cloudwatch_failures_are_5xx_without_aws_details() {
     emulator.faults().clear();
 
     emulator.faults().inject(FaultKind::InternalFailure, 10);
-    let (status, body) = server.get(&path).await;
+    let (status, body) = server.get(&path("broken")).await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("server error"),
@@ -336,7 +339,7 @@ async fn cloudwatch_failures_are_5xx_without_aws_details() {
     emulator.faults().clear();
 
     emulator.set_down(true).await.unwrap();
-    let (status, body) = server.get(&path).await;
+    let (status, body) = server.get(&path("down")).await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("unreachable"),
@@ -344,8 +347,8 @@ async fn cloudwatch_failures_are_5xx_without_aws_details() {
     );
     emulator.set_down(false).await.unwrap();
 
-    // And it recovers with the real value, not a remembered or made-up one.
-    let (status, body) = server.get(&path).await;
+    // Back up: the real value, not a remembered or made-up one.
+    let (status, body) = server.get(&path("fine")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["items"][0]["value"], "5");
     server.stop().await.unwrap();

@@ -2,8 +2,9 @@
 //!
 //! Only `client.rs` imports AWS SDK types. Nothing here knows about HTTP.
 
+pub mod batch;
 pub mod client;
-pub mod provider;
+pub mod evaluate;
 pub mod translate;
 
 use std::future::Future;
@@ -189,4 +190,13 @@ fn serialize_time<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&humantime::format_rfc3339_seconds(*time).to_string())
+}
+
+impl<T: MetricDataSource> MetricDataSource for std::sync::Arc<T> {
+    fn get_metric_data(
+        &self,
+        request: &MetricDataRequest,
+    ) -> impl Future<Output = Result<Vec<QueryResult>, CloudWatchError>> + Send {
+        (**self).get_metric_data(request)
+    }
 }

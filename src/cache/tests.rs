@@ -1,0 +1,341 @@
+//! Cache behaviour under tokio's paused clock, against a scripted CloudWatch.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::cloudwatch::{QueryResult, ResultStatus};
+use crate::definition::parse;
+use crate::provider::{Operator, Requirement, Selector};
+
+/// Answers every returned query with the number in its `QueueName` (`q17` -> 17), or fails.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<(Instant, MetricDataRequest)>>,
+    failure: Mutex<Option<CloudWatchError>>,
+}
+
+impl Fake {
+    fn calls(&self) -> Vec<(Instant, MetricDataRequest)> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn fail_with(&self, error: Option<CloudWatchError>) {
+        *self.failure.lock().unwrap() = error;
+    }
+}
+
+impl MetricDataSource for Fake {
+    async fn get_metric_data(
+        &self,
+        request: &MetricDataRequest,
+    ) -> Result<Vec<QueryResult>, CloudWatchError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((Instant::now(), request.clone()));
+        if let Some(error) = self.failure.lock().unwrap().clone() {
+            return Err(error);
+        }
+        Ok(request
+            .metric_data_queries
+            .iter()
+            .filter(|q| q.return_data)
+            .map(|q| {
+                let QueryKind::MetricStat(stat) = &q.kind else {
+                    panic!("only metric stats in these tests");
+                };
+                let queue = &stat.dimensions[0].value;
+                QueryResult {
+                    id: q.id.clone(),
+                    points: vec![(request.start_time, queue[1..].parse().unwrap())],
+                    status: ResultStatus::Complete,
+                    messages: vec![],
+                }
+            })
+            .collect())
+    }
+}
+
+const SQS: &str = r#"
+metrics:
+  - name: depth
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+"#;
+
+fn setup(config: CacheConfig) -> (QueryCache<Arc<Fake>>, Arc<Fake>, CancellationToken) {
+    let fake = Arc::new(Fake::default());
+    let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
+    let cache = QueryCache::new(
+        definitions,
+        fake.clone(),
+        config,
+        Arc::new(AdapterMetrics::default()),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    (cache, fake, stop)
+}
+
+fn request(queue: &str) -> MetricRequest {
+    MetricRequest {
+        namespace: "default".into(),
+        metric: "depth".into(),
+        selector: Selector {
+            requirements: vec![Requirement {
+                key: "QueueName".into(),
+                operator: Operator::Equals,
+                values: vec![queue.into()],
+            }],
+        },
+    }
+}
+
+async fn value(cache: &QueryCache<Arc<Fake>>, queue: &str) -> Result<f64, ProviderError> {
+    cache
+        .get_values(request(queue))
+        .await
+        .map(|values| values[0].value)
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_than_500_cold_series_take_ceil_n_over_500_calls_and_map_back() {
+    let (cache, fake, stop) = setup(CacheConfig::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1201 {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { (i, value(&cache, &format!("q{i}")).await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.unwrap();
+        assert_eq!(
+            result.unwrap(),
+            f64::from(i),
+            "series q{i} got another series' value"
+        );
+    }
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 3, "expected ceil(1201/500) calls");
+    let sizes: Vec<usize> = calls
+        .iter()
+        .map(|(_, r)| r.metric_data_queries.len())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 1201);
+    assert!(sizes.iter().all(|&n| n <= 500), "{sizes:?}");
+    assert_eq!(cache.active_series(), 1201);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_first_requests_for_one_series_make_one_call() {
+    let (cache, fake, stop) = setup(CacheConfig::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { value(&cache, "q7").await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        assert_eq!(joined.unwrap().unwrap(), 7.0);
+    }
+    assert_eq!(fake.calls().len(), 1);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_requests_are_answered_from_memory_while_the_refresher_keeps_them_fresh() {
+    let (cache, fake, stop) = setup(CacheConfig::default());
+    assert_eq!(value(&cache, "q3").await.unwrap(), 3.0);
+    let before = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(value(&cache, "q3").await.unwrap(), 3.0);
+    }
+    assert_eq!(Instant::now(), before, "a warm request waited");
+    assert_eq!(fake.calls().len(), 1);
+    // Refreshed in the background every period (60 s), with nobody waiting on it.
+    tokio::time::sleep(Duration::from_secs(185)).await;
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 4, "one refresh per period");
+    for pair in calls.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_secs(60) && gap < Duration::from_secs(62),
+            "{gap:?}"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_backs_off_serves_last_good_until_max_age_then_fails_and_recovers() {
+    let config = CacheConfig::default();
+    let (cache, fake, stop) = setup(config.clone());
+    assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
+    let good_at = Instant::now();
+    fake.fail_with(Some(CloudWatchError::Throttled {
+        detail: "Rate exceeded".into(),
+    }));
+
+    // Within max age (5 min) the last good value is served while refreshes fail.
+    tokio::time::sleep(Duration::from_secs(240)).await;
+    assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
+
+    // Back-off: gaps after the first failure grow (2 s base, doubling, jittered 50-100%),
+    // capped at 4 refresh intervals.
+    let calls = fake.calls();
+    let failures: Vec<Instant> = calls.iter().skip(1).map(|(t, _)| *t).collect();
+    assert!(failures.len() >= 4, "{} failed refreshes", failures.len());
+    let gaps: Vec<Duration> = failures.windows(2).map(|w| w[1] - w[0]).collect();
+    for (k, gap) in gaps.iter().enumerate() {
+        let full = config.backoff_base * (1 << k.min(16));
+        let full = full.min(Duration::from_secs(240));
+        assert!(
+            *gap >= full / 2 && *gap <= full + Duration::from_millis(10),
+            "gap {k}: {gap:?} vs {full:?}"
+        );
+    }
+
+    // Past max age: an error that says the value is stale and why, never the old number.
+    tokio::time::sleep_until(good_at + Duration::from_secs(301)).await;
+    let err = value(&cache, "q5").await.unwrap_err();
+    let ProviderError::Backend { failure, message } = &err else {
+        panic!("expected a backend error, got {err:?}");
+    };
+    assert_eq!(*failure, BackendFailure::Throttled);
+    assert!(message.contains("throttled"), "{message}");
+    assert!(message.contains("past its max age of 5m"), "{message}");
+
+    // Recovery without a restart.
+    fake.fail_with(None);
+    tokio::time::sleep(Duration::from_secs(241)).await;
+    assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_series_stop_being_refreshed() {
+    let config = CacheConfig {
+        idle_timeout: Duration::from_secs(300),
+        ..CacheConfig::default()
+    };
+    let (cache, fake, stop) = setup(config);
+    value(&cache, "q1").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(cache.active_series(), 0);
+    let calls_after_idle = fake.calls().len();
+    assert!(
+        calls_after_idle <= 7,
+        "refreshed {calls_after_idle} times in 5 idle minutes"
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        fake.calls().len(),
+        calls_after_idle,
+        "an idle series was refreshed"
+    );
+    // Asking again makes it active again.
+    assert_eq!(value(&cache, "q1").await.unwrap(), 1.0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_budget_is_never_exceeded() {
+    let config = CacheConfig {
+        calls_per_second: 2.0,
+        ..CacheConfig::default()
+    };
+    let (cache, fake, stop) = setup(config);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..5000 {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { value(&cache, &format!("q{i}")).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    // Two refresh rounds as well.
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    let calls = fake.calls();
+    assert!(calls.len() >= 30, "{} calls", calls.len());
+    for pair in calls.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(500),
+            "two calls {gap:?} apart at 2 calls/s"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edited_definition_is_never_answered_with_the_old_specs_value() {
+    let fake = Arc::new(Fake::default());
+    let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
+    let cache = QueryCache::new(
+        definitions.clone(),
+        fake.clone(),
+        CacheConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    assert_eq!(value(&cache, "q2").await.unwrap(), 2.0);
+    definitions.store(Arc::new(parse(&SQS.replace("Average", "Maximum")).unwrap()));
+    assert_eq!(value(&cache, "q2").await.unwrap(), 2.0);
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 2, "the edit must trigger a fresh fetch");
+    let QueryKind::MetricStat(stat) = &calls[1].1.metric_data_queries[0].kind else {
+        panic!("metric stat expected");
+    };
+    assert_eq!(stat.stat, "Maximum");
+    // A deleted definition is not found, and its series is dropped.
+    definitions.store(Arc::new(DefinitionSet::default()));
+    assert!(matches!(
+        value(&cache, "q2").await,
+        Err(ProviderError::NotFound { .. })
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cache.active_series(), 0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_data_is_an_answer_not_a_failure() {
+    let fake = Arc::new(Fake::default());
+    let text = SQS.replace("AWS/SQS", "Empty");
+    let definitions = Arc::new(ArcSwap::from_pointee(parse(&text).unwrap()));
+    struct Empty(Arc<Fake>);
+    impl MetricDataSource for Empty {
+        async fn get_metric_data(
+            &self,
+            request: &MetricDataRequest,
+        ) -> Result<Vec<QueryResult>, CloudWatchError> {
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push((Instant::now(), request.clone()));
+            Ok(vec![])
+        }
+    }
+    let cache = QueryCache::new(
+        definitions,
+        Empty(fake.clone()),
+        CacheConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let err = cache.get_values(request("q1")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::NoData(_)), "{err:?}");
+    // Refreshed at the normal interval, not backed off.
+    tokio::time::sleep(Duration::from_secs(125)).await;
+    assert_eq!(fake.calls().len(), 3);
+    stop.cancel();
+}

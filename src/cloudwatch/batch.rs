@@ -1,0 +1,365 @@
+//! Packing many series' queries into as few `GetMetricData` calls as CloudWatch allows.
+//!
+//! One call carries one time window, so series are grouped by target (region and identity) and
+//! window, then packed first-fit up to 500 queries. Query ids are rewritten to be unique in the
+//! call (`s{n}_{id}`), including the references inside metric math expressions, and results are
+//! mapped back to each series under its own ids. Metrics Insights (SQL) queries are limited to one
+//! per call.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::SystemTime;
+
+use super::{MetricDataRequest, Query, QueryKind, QueryResult, Target};
+
+/// CloudWatch's limit of queries per `GetMetricData` call.
+pub const MAX_QUERIES_PER_CALL: usize = 500;
+
+/// One combined call and which series it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The combined request.
+    pub request: MetricDataRequest,
+    /// For each member: its index in the planned input.
+    pub members: Vec<usize>,
+}
+
+impl Batch {
+    /// Split the call's results back per member, with the member's original query ids.
+    pub fn distribute(&self, results: Vec<QueryResult>) -> BTreeMap<usize, Vec<QueryResult>> {
+        let mut out: BTreeMap<usize, Vec<QueryResult>> = BTreeMap::new();
+        for mut result in results {
+            let Some((slot, original)) = split_id(&result.id) else {
+                continue;
+            };
+            if let Some(&member) = self.members.get(slot) {
+                result.id = original.to_string();
+                out.entry(member).or_default().push(result);
+            }
+        }
+        out
+    }
+}
+
+fn split_id(id: &str) -> Option<(usize, &str)> {
+    let rest = id.strip_prefix('s')?;
+    let (slot, original) = rest.split_once('_')?;
+    Some((slot.parse().ok()?, original))
+}
+
+fn is_sql(query: &Query) -> bool {
+    matches!(&query.kind, QueryKind::Expression(e) if e.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select")))
+}
+
+/// Pack `requests` (one per series) into calls of at most `max_queries` queries each.
+pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
+    type GroupKey = (Target, SystemTime, SystemTime, &'static str);
+    let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
+    for (index, request) in requests.iter().enumerate() {
+        groups
+            .entry((
+                request.target.clone(),
+                request.start_time,
+                request.end_time,
+                request.scan_by,
+            ))
+            .or_default()
+            .push(index);
+    }
+    let mut batches = Vec::new();
+    for ((target, start_time, end_time, scan_by), members) in groups {
+        let mut open: Vec<(Batch, bool)> = Vec::new();
+        for index in members {
+            let request = requests[index];
+            let size = request.metric_data_queries.len();
+            let sql = request.metric_data_queries.iter().any(is_sql);
+            let fits = |(batch, has_sql): &(Batch, bool)| {
+                batch.request.metric_data_queries.len() + size <= max_queries && !(sql && *has_sql)
+            };
+            let slot = match open.iter().position(fits) {
+                Some(slot) => slot,
+                None => {
+                    open.push((
+                        Batch {
+                            request: MetricDataRequest {
+                                target: target.clone(),
+                                start_time,
+                                end_time,
+                                scan_by,
+                                metric_data_queries: Vec::new(),
+                            },
+                            members: Vec::new(),
+                        },
+                        false,
+                    ));
+                    open.len() - 1
+                }
+            };
+            let (batch, has_sql) = &mut open[slot];
+            let prefix = format!("s{}_", batch.members.len());
+            batch
+                .request
+                .metric_data_queries
+                .extend(rename(&request.metric_data_queries, &prefix));
+            batch.members.push(index);
+            *has_sql |= sql;
+        }
+        batches.extend(open.into_iter().map(|(batch, _)| batch));
+    }
+    batches
+}
+
+fn rename(queries: &[Query], prefix: &str) -> Vec<Query> {
+    let ids: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+    queries
+        .iter()
+        .map(|query| {
+            let mut renamed = query.clone();
+            renamed.id = format!("{prefix}{}", query.id);
+            if let QueryKind::Expression(expression) = &query.kind {
+                renamed.kind =
+                    QueryKind::Expression(rename_in_expression(expression, &ids, prefix));
+            }
+            renamed
+        })
+        .collect()
+}
+
+/// Prefix every identifier in `expression` that names one of `ids`, leaving string literals,
+/// function names (followed by `(`) and everything else untouched.
+pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str) -> String {
+    let mut out = String::with_capacity(expression.len() + 16);
+    let chars: Vec<char> = expression.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            // Copy a string literal verbatim, honouring backslash escapes.
+            let quote = c;
+            out.push(c);
+            i += 1;
+            while i < chars.len() {
+                out.push(chars[i]);
+                if chars[i] == '\\' && i + 1 < chars.len() {
+                    out.push(chars[i + 1]);
+                    i += 2;
+                    continue;
+                }
+                i += 1;
+                if chars[i - 1] == quote {
+                    break;
+                }
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            if ids.contains(word.as_str()) && next != Some(&'(') {
+                out.push_str(prefix);
+            }
+            out.push_str(&word);
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cloudwatch::{MetricStat, ResultStatus};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn stat(id: &str, value_query: bool) -> Query {
+        Query {
+            id: id.into(),
+            label: None,
+            return_data: value_query,
+            period: None,
+            account_id: None,
+            kind: QueryKind::MetricStat(MetricStat {
+                namespace: "AWS/SQS".into(),
+                metric_name: "ApproximateNumberOfMessagesVisible".into(),
+                dimensions: vec![],
+                period: 60,
+                stat: "Average".into(),
+                unit: None,
+            }),
+        }
+    }
+
+    fn expression(id: &str, text: &str) -> Query {
+        Query {
+            id: id.into(),
+            label: None,
+            return_data: true,
+            period: None,
+            account_id: None,
+            kind: QueryKind::Expression(text.into()),
+        }
+    }
+
+    fn request(queries: Vec<Query>, region: Option<&str>, start: u64) -> MetricDataRequest {
+        MetricDataRequest {
+            target: Target {
+                region: region.map(str::to_string),
+                role_arn: None,
+                external_id: None,
+            },
+            start_time: UNIX_EPOCH + Duration::from_secs(start),
+            end_time: UNIX_EPOCH + Duration::from_secs(start + 300),
+            scan_by: "TimestampDescending",
+            metric_data_queries: queries,
+        }
+    }
+
+    #[test]
+    fn packs_into_ceil_n_over_500_calls_with_unique_valid_ids() {
+        let requests: Vec<MetricDataRequest> = (0..1201)
+            .map(|_| request(vec![stat("visible", true)], None, 600))
+            .collect();
+        let refs: Vec<&MetricDataRequest> = requests.iter().collect();
+        let batches = plan(&refs, MAX_QUERIES_PER_CALL);
+        assert_eq!(batches.len(), 3);
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.request.metric_data_queries.len())
+                .collect::<Vec<_>>(),
+            vec![500, 500, 201]
+        );
+        let id = regex::Regex::new(r"^[a-z][a-zA-Z0-9_]*$").unwrap();
+        for batch in &batches {
+            let ids: HashSet<&str> = batch
+                .request
+                .metric_data_queries
+                .iter()
+                .map(|q| q.id.as_str())
+                .collect();
+            assert_eq!(
+                ids.len(),
+                batch.request.metric_data_queries.len(),
+                "ids unique"
+            );
+            assert!(ids.iter().all(|i| id.is_match(i)));
+        }
+        let members: usize = batches.iter().map(|b| b.members.len()).sum();
+        assert_eq!(members, 1201);
+    }
+
+    #[test]
+    fn separates_targets_and_windows() {
+        let requests = [
+            request(vec![stat("a", true)], None, 600),
+            request(vec![stat("a", true)], Some("eu-west-1"), 600),
+            request(vec![stat("a", true)], None, 660),
+            request(vec![stat("a", true)], None, 600),
+        ];
+        let refs: Vec<&MetricDataRequest> = requests.iter().collect();
+        let batches = plan(&refs, 500);
+        assert_eq!(batches.len(), 3);
+        let shared = batches.iter().find(|b| b.members.len() == 2).unwrap();
+        assert_eq!(shared.members, vec![0, 3]);
+    }
+
+    #[test]
+    fn a_series_is_never_split_across_calls() {
+        let requests = [
+            request(
+                (0..300).map(|i| stat(&format!("m{i}"), i == 0)).collect(),
+                None,
+                0,
+            ),
+            request(
+                (0..300).map(|i| stat(&format!("m{i}"), i == 0)).collect(),
+                None,
+                0,
+            ),
+        ];
+        let refs: Vec<&MetricDataRequest> = requests.iter().collect();
+        let batches = plan(&refs, 500);
+        assert_eq!(batches.len(), 2);
+    }
+
+    #[test]
+    fn only_one_metrics_insights_query_per_call() {
+        let sql = || {
+            request(
+                vec![expression(
+                    "q",
+                    "SELECT AVG(CPUUtilization) FROM \"AWS/EC2\"",
+                )],
+                None,
+                0,
+            )
+        };
+        let requests = [sql(), sql(), request(vec![stat("a", true)], None, 0)];
+        let refs: Vec<&MetricDataRequest> = requests.iter().collect();
+        let batches = plan(&refs, 500);
+        assert_eq!(batches.len(), 2);
+    }
+
+    #[test]
+    fn expressions_follow_their_renamed_ids() {
+        let ids = HashSet::from(["visible", "inflight", "m1"]);
+        assert_eq!(
+            rename_in_expression("visible + inflight * 2", &ids, "s3_"),
+            "s3_visible + s3_inflight * 2"
+        );
+        assert_eq!(
+            rename_in_expression("SUM([m1, other]) / FILL(m1, 0)", &ids, "s0_"),
+            "SUM([s0_m1, other]) / FILL(s0_m1, 0)"
+        );
+        // String literals and function names are left alone.
+        assert_eq!(
+            rename_in_expression("SEARCH('{AWS/SQS} visible', 'Sum', 60)", &ids, "s0_"),
+            "SEARCH('{AWS/SQS} visible', 'Sum', 60)"
+        );
+        let call = HashSet::from(["m1", "e1"]);
+        assert_eq!(rename_in_expression("m1(e1)", &call, "p_"), "m1(p_e1)");
+    }
+
+    #[test]
+    fn results_map_back_to_their_series_with_original_ids() {
+        let requests = [
+            request(
+                vec![
+                    stat("visible", false),
+                    stat("inflight", false),
+                    expression("backlog", "visible + inflight"),
+                ],
+                None,
+                0,
+            ),
+            request(vec![stat("visible", true)], None, 0),
+        ];
+        let refs: Vec<&MetricDataRequest> = requests.iter().collect();
+        let batches = plan(&refs, 500);
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        let QueryKind::Expression(text) = &batch.request.metric_data_queries[2].kind else {
+            panic!("expression expected");
+        };
+        assert_eq!(text, "s0_visible + s0_inflight");
+        let result = |id: &str, value: f64| QueryResult {
+            id: id.into(),
+            points: vec![(UNIX_EPOCH, value)],
+            status: ResultStatus::Complete,
+            messages: vec![],
+        };
+        let split = batch.distribute(vec![
+            result("s1_visible", 2.0),
+            result("s0_backlog", 9.0),
+            result("junk", 1.0),
+        ]);
+        assert_eq!(split[&0][0].id, "backlog");
+        assert_eq!(split[&0][0].points[0].1, 9.0);
+        assert_eq!(split[&1][0].id, "visible");
+        assert_eq!(split.len(), 2);
+    }
+}

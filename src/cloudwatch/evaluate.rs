@@ -1,0 +1,257 @@
+//! Turning a series' `GetMetricData` outcome into the value (or error) the HPA gets.
+//!
+//! Pure: the same function serves the cache's refresher and the `query` subcommand.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::definition::{Definition, HumanDuration};
+use crate::provider::{BackendFailure, MetricValue, ProviderError};
+
+use super::translate::{describe_query, newest_point};
+use super::{CloudWatchError, MetricDataRequest, QueryResult, ResultStatus};
+
+/// The value for one series from its call's outcome, as of `now`.
+///
+/// The newest datapoint wins and keeps its own timestamp. No datapoints means the definition's
+/// `noDataValue`, or a `NoData` error that says what was searched. Backend failures become
+/// user-facing messages (the AWS detail goes to the log only).
+pub fn evaluate(
+    definition: &Definition,
+    labels: &BTreeMap<String, String>,
+    request: &MetricDataRequest,
+    outcome: Result<&[QueryResult], &CloudWatchError>,
+    now: SystemTime,
+) -> Result<MetricValue, ProviderError> {
+    let name = &definition.spec.name;
+    let results = outcome.map_err(|error| {
+        let failure = failure_of(error);
+        tracing::warn!(metric = %name, error = %error, "GetMetricData failed");
+        backend_error(failure, name)
+    })?;
+    if let Some(result) = results.iter().find(|r| r.id == definition.value_query) {
+        let failure = match &result.status {
+            ResultStatus::Forbidden => Some(BackendFailure::AccessDenied),
+            ResultStatus::InternalError => Some(BackendFailure::ServiceError),
+            _ => None,
+        };
+        if let Some(failure) = failure {
+            tracing::warn!(metric = %name, status = ?result.status, messages = ?result.messages, "query result not usable");
+            return Err(backend_error(failure, name));
+        }
+    }
+    let window = Some(Duration::from_secs(
+        u64::try_from(definition.period).unwrap_or(0),
+    ));
+    let (timestamp, value) = match newest_point(definition, results) {
+        Some(point) => point,
+        None => match definition.spec.no_data_value {
+            // The user said what "no data" means; the timestamp is the newest time the
+            // statement is about: the end of the searched window, not a datapoint's.
+            Some(value) => (now.checked_sub(definition.end_offset).unwrap_or(now), value),
+            None => {
+                return Err(ProviderError::NoData(format!(
+                    "no datapoints for {} in the last {} (metric {name}); if no data means zero, as for an idle SQS queue, set noDataValue: 0 in the definition",
+                    describe_query(request, &definition.value_query),
+                    HumanDuration(definition.window),
+                )));
+            }
+        },
+    };
+    Ok(MetricValue {
+        metric_name: name.clone(),
+        labels: labels.clone(),
+        timestamp,
+        window,
+        value,
+    })
+}
+
+/// The backend failure kind of a CloudWatch error.
+pub fn failure_of(error: &CloudWatchError) -> BackendFailure {
+    match error {
+        CloudWatchError::Throttled { .. } => BackendFailure::Throttled,
+        CloudWatchError::AccessDenied { .. } => BackendFailure::AccessDenied,
+        CloudWatchError::NoCredentials { .. } => BackendFailure::NoCredentials,
+        CloudWatchError::InvalidQuery { .. } => BackendFailure::InvalidQuery,
+        CloudWatchError::Service { .. } => BackendFailure::ServiceError,
+        CloudWatchError::Unreachable { .. } => BackendFailure::Unreachable,
+    }
+}
+
+/// What the user sees: which metric, which kind of failure, what to do. No AWS text.
+pub fn backend_error(failure: BackendFailure, metric: &str) -> ProviderError {
+    ProviderError::Backend {
+        failure,
+        message: backend_message(failure, metric),
+    }
+}
+
+fn backend_message(failure: BackendFailure, metric: &str) -> String {
+    match failure {
+        BackendFailure::AccessDenied => format!(
+            "unable to fetch metric {metric} from CloudWatch: access denied; check that the adapter's IAM role allows cloudwatch:GetMetricData (and sts:AssumeRole for a definition's roleArn)"
+        ),
+        BackendFailure::NoCredentials => format!(
+            "unable to fetch metric {metric} from CloudWatch: no AWS credentials; configure IRSA (eks.amazonaws.com/role-arn on the service account) or another credentials source"
+        ),
+        BackendFailure::Throttled => format!(
+            "unable to fetch metric {metric} from CloudWatch: throttled (GetMetricData rate limit for the account and region); it will be retried"
+        ),
+        BackendFailure::Unreachable => format!(
+            "unable to fetch metric {metric} from CloudWatch: CloudWatch is unreachable (network, DNS or timeout)"
+        ),
+        BackendFailure::ServiceError => format!(
+            "unable to fetch metric {metric} from CloudWatch: CloudWatch returned a server error; it will be retried"
+        ),
+        BackendFailure::InvalidQuery => format!(
+            "unable to fetch metric {metric} from CloudWatch: the query was rejected; check the definition with `cloudwatch-metrics-adapter query`"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cloudwatch::translate::{build_request, selector_labels};
+    use crate::definition::parse;
+    use crate::provider::{Operator, Requirement, Selector};
+    use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
+
+    const DEFS: &str = r#"
+metrics:
+  - name: sqs-visible
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+  - name: sqs-idle-is-zero
+    noDataValue: 0
+    queries:
+      - id: visible
+        metricStat:
+          metric: {namespace: AWS/SQS, metricName: ApproximateNumberOfMessagesVisible}
+          period: 60
+          stat: Average
+"#;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_790_000_000)
+    }
+
+    fn run(
+        metric: &str,
+        queue: Option<&str>,
+        outcome: Result<Vec<QueryResult>, CloudWatchError>,
+    ) -> Result<MetricValue, ProviderError> {
+        let set = parse(DEFS).unwrap();
+        let definition: Arc<Definition> = set.get(metric).unwrap().clone();
+        let selector = Selector {
+            requirements: queue
+                .map(|q| Requirement {
+                    key: "QueueName".into(),
+                    operator: Operator::Equals,
+                    values: vec![q.into()],
+                })
+                .into_iter()
+                .collect(),
+        };
+        let labels = selector_labels(&definition, &selector).unwrap();
+        let request = build_request(&definition, &labels, now()).unwrap();
+        evaluate(&definition, &labels, &request, outcome.as_deref(), now())
+    }
+
+    fn result(points: Vec<(SystemTime, f64)>, status: ResultStatus) -> QueryResult {
+        QueryResult {
+            id: "visible".into(),
+            points,
+            status,
+            messages: vec![],
+        }
+    }
+
+    #[test]
+    fn serves_the_newest_point_with_its_own_timestamp() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_789_999_940);
+        let value = run(
+            "sqs-visible",
+            Some("orders"),
+            Ok(vec![result(
+                vec![(t, 12.5), (t - Duration::from_secs(60), 3.0)],
+                ResultStatus::Complete,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(value.value, 12.5);
+        assert_eq!(value.timestamp, t);
+        assert_eq!(value.window, Some(Duration::from_secs(60)));
+        assert_eq!(value.labels["QueueName"], "orders");
+    }
+
+    #[test]
+    fn no_data_is_an_actionable_error_by_default() {
+        let err = run(
+            "sqs-visible",
+            Some("orders"),
+            Ok(vec![result(vec![], ResultStatus::Complete)]),
+        )
+        .unwrap_err();
+        let ProviderError::NoData(message) = err else {
+            panic!("expected NoData, got {err:?}");
+        };
+        assert!(message.contains("no datapoints for AWS/SQS ApproximateNumberOfMessagesVisible QueueName=orders in the last 5m"), "{message}");
+        assert!(message.contains("noDataValue: 0"), "{message}");
+    }
+
+    #[test]
+    fn no_data_value_is_served_when_configured() {
+        let value = run("sqs-idle-is-zero", None, Ok(vec![])).unwrap();
+        assert_eq!(value.value, 0.0);
+        assert_eq!(value.timestamp, now());
+    }
+
+    #[test]
+    fn backend_errors_become_safe_messages() {
+        let err = run(
+            "sqs-visible",
+            Some("orders"),
+            Err(CloudWatchError::AccessDenied {
+                detail: "AccessDenied, HTTP 403: User arn:aws:sts::123:assumed-role/secret".into(),
+            }),
+        )
+        .unwrap_err();
+        let ProviderError::Backend { failure, message } = err else {
+            panic!("expected Backend");
+        };
+        assert_eq!(failure, BackendFailure::AccessDenied);
+        assert!(message.contains("sqs-visible") && message.contains("access denied"));
+        assert!(
+            !message.contains("arn:aws:sts"),
+            "AWS detail leaked: {message}"
+        );
+    }
+
+    #[test]
+    fn forbidden_result_status_is_not_a_value() {
+        let err = run(
+            "sqs-visible",
+            Some("orders"),
+            Ok(vec![result(vec![], ResultStatus::Forbidden)]),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ProviderError::Backend {
+                failure: BackendFailure::AccessDenied,
+                ..
+            }
+        ));
+    }
+}
