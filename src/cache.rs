@@ -67,6 +67,18 @@ impl Default for CacheConfig {
     }
 }
 
+/// Told about every refresh outcome (for `ExternalMetric` status and events). Called on the
+/// refresher's path, so it must not block: hand work off to a task.
+pub trait OutcomeObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// One series of `definition` (with `labels`) was refreshed with `outcome`.
+    fn observe(
+        &self,
+        definition: &Arc<Definition>,
+        labels: &BTreeMap<String, String>,
+        outcome: &Result<MetricValue, ProviderError>,
+    );
+}
+
 /// Identity of a series: which definition (namespace-scoped or cluster-wide) and which labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SeriesKey {
@@ -167,6 +179,7 @@ struct Inner<S> {
     wake: Notify,
     pacer: Pacer,
     calls: Arc<Semaphore>,
+    observer: std::sync::OnceLock<Arc<dyn OutcomeObserver>>,
 }
 
 impl<S: MetricDataSource> QueryCache<S> {
@@ -186,10 +199,18 @@ impl<S: MetricDataSource> QueryCache<S> {
             wake: Notify::new(),
             pacer: Pacer::new(config.calls_per_second),
             calls: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
+            observer: std::sync::OnceLock::new(),
             config,
             metrics,
         });
         Self { inner }
+    }
+
+    /// Install the observer told about every refresh outcome (once).
+    pub fn set_observer(&self, observer: Arc<dyn OutcomeObserver>) {
+        if self.inner.observer.set(observer).is_err() {
+            tracing::warn!("a cache outcome observer is already installed");
+        }
     }
 
     /// A handle for the refresher task (and to share the cache).
@@ -532,6 +553,9 @@ impl<S: MetricDataSource> Inner<S> {
             state.failures = 0;
             state.next_refresh = fetched + series.definition.refresh_interval;
             state.last_good = result.as_ref().ok().map(|value| (value.clone(), fetched));
+        }
+        if let Some(observer) = self.observer.get() {
+            observer.observe(&series.definition, &series.labels, &result);
         }
         state.latest = Some((result, fetched));
         drop(state);
