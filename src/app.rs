@@ -19,7 +19,8 @@ use crate::api::{self, ApiState};
 use crate::cache::{CacheConfig, QueryCache};
 use crate::cloudwatch::client::AwsCloudWatch;
 use crate::cloudwatch::translate;
-use crate::config::{AwsConfig, Command, QueryConfig, ServeConfig};
+use crate::config::{AwsConfig, Command, CrdFlags, QueryConfig, ServeConfig};
+use crate::controller::{self, Reconciler, status};
 use crate::definition::{self, DefinitionSet};
 use crate::metrics::AdapterMetrics;
 use crate::provider::MetricRequest;
@@ -30,6 +31,10 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(config) => run(config).await,
         Command::Query(config) => query(config).await,
+        Command::Crd => {
+            print!("{}", crate::crd::crd_yaml());
+            Ok(())
+        }
     }
 }
 
@@ -80,6 +85,7 @@ pub async fn load_sdk_config(aws: &AwsConfig) -> SdkConfig {
 #[derive(Debug, Default)]
 pub struct Readiness {
     definitions_loaded: AtomicBool,
+    external_metrics_synced: AtomicBool,
     certificates_loaded: AtomicBool,
     shutting_down: AtomicBool,
 }
@@ -91,6 +97,9 @@ impl Readiness {
         if !self.definitions_loaded.load(Ordering::Acquire) {
             blockers.push("metric definitions not loaded");
         }
+        if !self.external_metrics_synced.load(Ordering::Acquire) {
+            blockers.push("ExternalMetric objects not listed yet");
+        }
         if !self.certificates_loaded.load(Ordering::Acquire) {
             blockers.push("serving certificate not loaded");
         }
@@ -101,10 +110,29 @@ impl Readiness {
     }
 }
 
-/// Serve on the given listeners until `shutdown` resolves, then drain.
+/// Serve on the given listeners until `shutdown` resolves, then drain. With
+/// `--watch-external-metrics` (the default), the Kubernetes client comes from `--kubeconfig`,
+/// `KUBECONFIG` or the in-cluster service account.
 pub async fn serve(
     config: ServeConfig,
     sdk: SdkConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let kube = if config.crd.watch_external_metrics {
+        Some(controller::kube_client(config.crd.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+    serve_with_kube(config, sdk, kube, listeners, shutdown).await
+}
+
+/// As [`serve`], with the Kubernetes client given (tests pass a mocked API server). `None`
+/// turns the `ExternalMetric` watch off whatever the flags say.
+pub async fn serve_with_kube(
+    config: ServeConfig,
+    sdk: SdkConfig,
+    kube: Option<kube::Client>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -130,6 +158,8 @@ pub async fn serve(
     };
     tracing::info!(metrics = definitions.len(), "metric definitions loaded");
     readiness.definitions_loaded.store(true, Ordering::Release);
+    let file_definitions = Arc::new(definitions);
+    let definitions = Arc::new(ArcSwap::new(file_definitions.clone()));
 
     let store = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(cert), Some(key)) => {
@@ -156,12 +186,44 @@ pub async fn serve(
     readiness.certificates_loaded.store(true, Ordering::Release);
 
     let cache = QueryCache::new(
-        Arc::new(ArcSwap::from_pointee(definitions)),
+        definitions.clone(),
         AwsCloudWatch::new(sdk),
         config.cache.to_config(),
         metrics.clone(),
     );
     cache.register_gauges();
+    let mut external_metrics = match kube {
+        Some(client) => {
+            let (sender, receiver) = status::channel();
+            cache.set_observer(Arc::new(sender.clone()));
+            let writer =
+                status::StatusWriter::new(client.clone(), status_config(&config.crd), receiver);
+            let reconciler = Reconciler::new(file_definitions, definitions.clone(), Some(sender));
+            let synced = readiness.clone();
+            let watch = controller::run(
+                client,
+                reconciler,
+                move || {
+                    synced
+                        .external_metrics_synced
+                        .store(true, Ordering::Release)
+                },
+                stop.clone(),
+            );
+            let writer = writer.run(stop.clone());
+            tracing::info!("watching ExternalMetric objects in all namespaces");
+            tokio::spawn(async move {
+                tokio::join!(watch, writer);
+            })
+        }
+        None => {
+            tracing::info!("not watching ExternalMetric objects (--watch-external-metrics=false)");
+            readiness
+                .external_metrics_synced
+                .store(true, Ordering::Release);
+            tokio::spawn(std::future::pending())
+        }
+    };
     let refresher = tokio::spawn(cache.clone_handle().run(stop.clone()));
     let provider = cache;
     let router = api::router(Arc::new(ApiState {
@@ -192,6 +254,10 @@ pub async fn serve(
             stop.cancel();
             anyhow::bail!("the CloudWatch refresher stopped unexpectedly: {result:?}");
         }
+        result = &mut external_metrics => {
+            stop.cancel();
+            anyhow::bail!("the ExternalMetric watch stopped unexpectedly: {result:?}");
+        }
     }
     tracing::info!("shutting down: reporting not ready");
     readiness.shutting_down.store(true, Ordering::Release);
@@ -204,6 +270,22 @@ pub async fn serve(
         .context("admin server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn status_config(flags: &CrdFlags) -> status::StatusConfig {
+    // The pod name (downward API) tells replicas apart in Events; the hostname is the fallback.
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|name| !name.is_empty());
+    status::StatusConfig {
+        min_interval: flags.status_update_interval,
+        writes_per_second: flags.status_writes_per_second,
+        reporter: kube::runtime::events::Reporter {
+            controller: "cloudwatch-metrics-adapter".to_string(),
+            instance,
+        },
+    }
 }
 
 fn self_signed_names(config: &ServeConfig) -> Vec<String> {
@@ -286,7 +368,10 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
     config.validate()?;
     let definitions = definition::load_file(&config.config)?;
     let definition = definitions.get(&config.metric).with_context(|| {
-        let names: Vec<&str> = definitions.iter().map(|d| d.spec.name.as_str()).collect();
+        let names: Vec<&str> = definitions
+            .cluster_wide()
+            .map(|d| d.spec.name.as_str())
+            .collect();
         format!(
             "metric {:?} is not defined in {} (defined: {})",
             config.metric,

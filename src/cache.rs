@@ -582,12 +582,14 @@ impl<S: MetricDataSource> Inner<S> {
 
 impl<S: MetricDataSource> ExternalMetricsProvider for QueryCache<S> {
     fn list_metrics(&self) -> Vec<MetricInfo> {
+        // Discovery has no namespace: each name once, whichever namespaces define it.
         self.inner
             .definitions
             .load()
-            .iter()
-            .map(|d| MetricInfo {
-                name: d.spec.name.clone(),
+            .names()
+            .into_iter()
+            .map(|name| MetricInfo {
+                name: name.to_string(),
             })
             .collect()
     }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// Kubernetes external metrics API server backed by AWS CloudWatch.
 #[derive(Debug, Parser)]
@@ -34,6 +34,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Print the GetMetricData request a definition builds, and the JSON the server would serve.
     Query(QueryConfig),
+    /// Print the ExternalMetric CustomResourceDefinition (YAML) generated from the Rust types.
+    Crd,
 }
 
 /// AWS settings shared by `serve` and `query`.
@@ -125,9 +127,51 @@ pub struct ServeConfig {
     /// Cache settings.
     #[command(flatten)]
     pub cache: CacheFlags,
+    /// ExternalMetric objects.
+    #[command(flatten)]
+    pub crd: CrdFlags,
     /// AWS settings.
     #[command(flatten)]
     pub aws: AwsConfig,
+}
+
+/// `ExternalMetric` objects: the watch, and how their status is written.
+#[derive(Debug, Clone, Args)]
+pub struct CrdFlags {
+    /// Serve ExternalMetric objects from the cluster (needs the CRD and a Kubernetes client).
+    /// `--watch-external-metrics=false` serves only the definitions file, e.g. outside a cluster.
+    #[arg(long, env = "WATCH_EXTERNAL_METRICS", default_value_t = true, action = ArgAction::Set,
+          overrides_with = "watch_external_metrics")]
+    pub watch_external_metrics: bool,
+    /// Kubeconfig for the watch; without it: KUBECONFIG, ~/.kube/config, then the in-cluster
+    /// service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// At most one status update per ExternalMetric per this interval (newer states coalesce).
+    #[arg(long, env = "STATUS_UPDATE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub status_update_interval: Duration,
+    /// At most this many ExternalMetric status updates and Events per second, overall.
+    #[arg(long, env = "STATUS_WRITES_PER_SECOND", default_value_t = 5.0)]
+    pub status_writes_per_second: f64,
+}
+
+impl CrdFlags {
+    fn problems(&self, problems: &mut Vec<String>) {
+        if let Some(path) = &self.kubeconfig
+            && !path.is_file()
+        {
+            problems.push(format!(
+                "--kubeconfig: {} is not a readable file",
+                path.display()
+            ));
+        }
+        if self.status_update_interval.is_zero() {
+            problems.push("--status-update-interval must be greater than zero".to_string());
+        }
+        if !(self.status_writes_per_second.is_finite() && self.status_writes_per_second > 0.0) {
+            problems.push("--status-writes-per-second must be a positive number".to_string());
+        }
+    }
 }
 
 /// The cached query layer's settings.
@@ -221,6 +265,7 @@ impl ServeConfig {
             problems.push("--tls-reload-interval must be greater than zero".to_string());
         }
         self.cache.problems(&mut problems);
+        self.crd.problems(&mut problems);
         self.aws.problems(&mut problems);
         ConfigError::from_problems(problems)
     }
@@ -294,7 +339,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(config) => config,
-            Command::Query(_) => panic!("expected serve"),
+            _ => panic!("expected serve"),
         }
     }
 
@@ -329,6 +374,32 @@ mod tests {
         assert_eq!(config.secure_port, 6443);
         assert_eq!(config.admin_port, 8080);
         assert_eq!(config.tls_reload_interval, Duration::from_secs(10));
+        assert!(config.crd.watch_external_metrics);
+        assert_eq!(config.crd.status_update_interval, Duration::from_secs(15));
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_external_metric_watch_can_be_turned_off() {
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--watch-external-metrics=false",
+        ]);
+        assert!(!config.crd.watch_external_metrics);
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--status-writes-per-second",
+            "0",
+        ]);
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("--kubeconfig: /nonexistent/kubeconfig"),
+            "{text}"
+        );
+        assert!(text.contains("--status-writes-per-second"), "{text}");
     }
 }

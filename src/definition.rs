@@ -2,9 +2,12 @@
 //!
 //! The spec is the archived awslabs k8s-cloudwatch-adapter's `ExternalMetric` spec (so its users can
 //! paste their definitions in unchanged), extended with `${label}` placeholders, a look-back window,
-//! an end-time offset and a no-data policy. The same type backs the definitions file and, later, the
-//! `ExternalMetric` custom resource.
+//! an end-time offset and a no-data policy. The same types back the definitions file and the
+//! `ExternalMetric` custom resource ([`crate::crd`]): their `JsonSchema` (with the patterns, limits
+//! and CEL rules below) becomes the CRD's OpenAPI schema, so `kubectl apply` rejects what
+//! [`Definition::new`] would reject for the rules a schema can express.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
@@ -12,6 +15,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use regex::Regex;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Default look-back window when a definition does not set one.
@@ -26,8 +30,26 @@ const MAX_END_OFFSET: Duration = Duration::from_secs(3600);
 /// autoscaling signal older than a day is a configuration mistake).
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// CloudWatch's rule for `MetricDataQuery.Id` (also the CRD schema's pattern).
+pub const QUERY_ID_PATTERN: &str = r"^[a-z][a-zA-Z0-9_]*$";
+/// The statistics CloudWatch accepts: the basic ones, percentiles and the trimmed/windsorized
+/// family (also the CRD schema's pattern, so it is RE2-compatible).
+pub const STAT_PATTERN: &str = r"^(SampleCount|Average|Sum|Minimum|Maximum|IQM|[pP]\d{1,2}(\.\d{1,10})?|[pP]100|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)(\d{1,2}(\.\d{1,10})?|100)|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)\(\s*[-\d.%]*\s*:\s*[-\d.%]*\s*\))$";
+/// An AWS region name.
+pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-\d+$";
+/// An IAM role ARN.
+pub const ROLE_ARN_PATTERN: &str = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$";
+/// A 12-digit AWS account id.
+pub const ACCOUNT_ID_PATTERN: &str = r"^\d{12}$";
+/// What `humantime` accepts, loosely: numbers with unit words (`90s`, `5m`, `1h 30m`). The
+/// server parses it exactly; the schema only catches obvious mistakes at apply time.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*[a-zA-Z]+\s*)+$";
+/// The CEL rule for a period: 1, 5, 10, 30 or a positive multiple of 60 (what [`check_period`]
+/// checks), enforced by the apiserver at apply time.
+const PERIOD_RULE: &str = "self in [1, 5, 10, 30] || (self > 0 && self % 60 == 0)";
+
 static QUERY_ID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-z][a-zA-Z0-9_]*$").expect("static regex"));
+    LazyLock::new(|| Regex::new(QUERY_ID_PATTERN).expect("static regex"));
 static PLACEHOLDER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\$\{([^}]*)\}").expect("static regex"));
 static LABEL_NAME: LazyLock<Regex> = LazyLock::new(|| {
@@ -35,19 +57,13 @@ static LABEL_NAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
         .expect("static regex")
 });
-static STAT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"^(SampleCount|Average|Sum|Minimum|Maximum|IQM|[pP]\d{1,2}(\.\d{1,10})?|[pP]100|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)(\d{1,2}(\.\d{1,10})?|100)|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)\(\s*[-\d.%]*\s*:\s*[-\d.%]*\s*\))$",
-    )
-    .expect("static regex")
-});
+static STAT: LazyLock<Regex> = LazyLock::new(|| Regex::new(STAT_PATTERN).expect("static regex"));
 static REGION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-\d+$").expect("static regex"));
-static ROLE_ARN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$").expect("static regex")
-});
+    LazyLock::new(|| Regex::new(REGION_PATTERN).expect("static regex"));
+static ROLE_ARN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(ROLE_ARN_PATTERN).expect("static regex"));
 static ACCOUNT_ID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\d{12}$").expect("static regex"));
+    LazyLock::new(|| Regex::new(ACCOUNT_ID_PATTERN).expect("static regex"));
 
 /// The units CloudWatch accepts in `MetricStat.Unit`.
 const UNITS: &[&str] = &[
@@ -90,19 +106,27 @@ pub struct DefinitionsFile {
 }
 
 /// One metric: its name for the HPA and the CloudWatch queries that produce its value.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &["queries"]))]
 pub struct MetricSpec {
-    /// The metric name HPAs ask for (`external.metric.name`).
+    /// The metric name HPAs ask for (`external.metric.name`). Required in the definitions file.
+    /// In an ExternalMetric object the name is metadata.name; spec.name is accepted for
+    /// compatibility with the archived awslabs adapter and ignored.
+    #[serde(default)]
+    #[schemars(length(max = 253))]
     pub name: String,
     /// AWS region to query; the adapter's region when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = REGION_PATTERN))]
     pub region: Option<String>,
     /// IAM role to assume for this metric's queries (cross-account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ROLE_ARN_PATTERN))]
     pub role_arn: Option<String>,
     /// External id passed to STS when assuming `roleArn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224))]
     pub external_id: Option<String>,
     /// How far back to look for the newest datapoint (`5m` when absent, at least 3 periods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,84 +148,176 @@ pub struct MetricSpec {
     pub no_data_value: Option<f64>,
     /// The `GetMetricData` queries; exactly one must return data.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 500))]
     pub queries: Vec<QuerySpec>,
     /// Accepted for compatibility with awslabs k8s-cloudwatch-adapter configs; not used.
     #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "any_value")]
     pub resource: Option<serde_json::Value>,
 }
 
 /// One `MetricDataQuery`, in the awslabs adapter's field names.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.expression) != has(self.metricStat)",
+    "message": "set exactly one of expression or metricStat",
+}]))]
 pub struct QuerySpec {
     /// Query id, `^[a-z][a-zA-Z0-9_]*$`, unique within the metric.
+    #[schemars(regex(pattern = QUERY_ID_PATTERN), length(max = 255))]
     pub id: String,
     /// Human-readable label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub label: Option<String>,
     /// Whether this query's result is the metric's value (CloudWatch's default is true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_data: Option<bool>,
     /// A metric math expression over other query ids; `${label}` placeholders are filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
     pub expression: Option<String>,
     /// A single metric and statistic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_stat: Option<MetricStatSpec>,
     /// Period of an expression's result, in seconds (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": PERIOD_RULE,
+        "message": "period must be 1, 5, 10, 30 or a multiple of 60 seconds",
+    }]))]
     pub period: Option<i64>,
     /// Account to read from with CloudWatch cross-account observability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ACCOUNT_ID_PATTERN))]
     pub account_id: Option<String>,
     /// Accepted for compatibility with awslabs k8s-cloudwatch-adapter manifests; not used.
     #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "any_value")]
     pub resources: Option<serde_json::Value>,
 }
 
 /// `MetricStat`: a metric, a period and a statistic.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &["period", "stat"]))]
 pub struct MetricStatSpec {
     /// The metric identity.
     pub metric: MetricRef,
     /// Seconds: 1, 5, 10, 30 or a multiple of 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": PERIOD_RULE,
+        "message": "period must be 1, 5, 10, 30 or a multiple of 60 seconds",
+    }]))]
     pub period: Option<i64>,
     /// `Sum`, `Average`, `Minimum`, `Maximum`, `SampleCount`, `pNN`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = STAT_PATTERN))]
     pub stat: Option<String>,
     /// Only datapoints published with this unit are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "unit_schema")]
     pub unit: Option<String>,
 }
 
 /// A metric identity: namespace, name, and the full set of dimensions.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &[]))]
 pub struct MetricRef {
     /// e.g. `AWS/SQS`.
+    #[schemars(length(min = 1, max = 255))]
     pub namespace: String,
     /// e.g. `ApproximateNumberOfMessagesVisible`.
+    #[schemars(length(min = 1, max = 255))]
     pub metric_name: String,
     /// Dimension values may hold `${label}` placeholders.
     #[serde(default)]
+    #[schemars(length(max = 30))]
     pub dimensions: Vec<DimensionSpec>,
 }
 
 /// A dimension name and value.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DimensionSpec {
     /// Dimension name.
+    #[schemars(length(min = 1, max = 255))]
     pub name: String,
     /// Dimension value; may hold `${label}` placeholders.
+    #[schemars(length(min = 1, max = 1024))]
     pub value: String,
+}
+
+/// Shape a struct's schema for the CRD: `required` lists the fields the adapter requires although
+/// serde defaults them (so the error comes at apply time), and no `default`s are emitted
+/// (kube-apiserver would write them into every object, and refuses a CRD whose default does not
+/// itself validate, as `queries: []` would not).
+fn crd_fields(schema: &mut Schema, required: &[&str]) {
+    if let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for property in properties.values_mut() {
+            if let Some(property) = property.as_object_mut() {
+                property.remove("default");
+            }
+        }
+    }
+    if !required.is_empty() {
+        let list = schema
+            .ensure_object()
+            .entry("required")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let Some(list) = list.as_array_mut() {
+            for name in required {
+                if !list.iter().any(|existing| existing == name) {
+                    list.push((*name).into());
+                }
+            }
+        }
+    }
+}
+
+/// Any JSON value, kept as written (fields accepted only for compatibility).
+fn any_value(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// `MetricStat.Unit`: one of CloudWatch's units.
+fn unit_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": UNITS,
+        "description": "Only datapoints published with this unit are used.",
+    })
 }
 
 /// A duration written the human way (`90s`, `5m`, `1h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "HumanDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -301,43 +417,91 @@ pub fn parse(text: &str) -> Result<DefinitionSet, ParseError> {
         }
     }
     if problems.is_empty() {
-        Ok(DefinitionSet { metrics })
+        Ok(DefinitionSet {
+            metrics,
+            namespaced: BTreeMap::new(),
+        })
     } else {
         Err(ParseError::Invalid(problems))
     }
 }
 
-/// Validated definitions, by metric name.
+/// Validated definitions: the cluster-wide ones (the definitions file) by metric name, and the
+/// namespaced ones (`ExternalMetric` objects) by namespace and name.
+///
+/// Precedence: a cluster-wide definition wins over a namespaced one of the same name. The
+/// administrator's file decides what a name means everywhere; an `ExternalMetric` that would
+/// shadow it is never served and reports the conflict in its status (see [`crate::controller`]).
 #[derive(Debug, Clone, Default)]
 pub struct DefinitionSet {
     metrics: BTreeMap<String, Arc<Definition>>,
+    namespaced: BTreeMap<String, BTreeMap<String, Arc<Definition>>>,
 }
 
 impl DefinitionSet {
-    /// Look a metric up by the name the HPA uses.
+    /// Look a cluster-wide (definitions file) metric up by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Definition>> {
         self.metrics.get(name)
     }
 
-    /// The definition serving `name` to an HPA in `namespace`. File definitions are
-    /// cluster-wide, so the namespace does not narrow them.
-    pub fn lookup(&self, _namespace: &str, name: &str) -> Option<&Arc<Definition>> {
-        self.metrics.get(name)
+    /// The definition serving `name` to an HPA in `namespace`: a cluster-wide one if there is
+    /// one, else the `ExternalMetric` of that name in that namespace.
+    pub fn lookup(&self, namespace: &str, name: &str) -> Option<&Arc<Definition>> {
+        self.metrics.get(name).or_else(|| {
+            self.namespaced
+                .get(namespace)
+                .and_then(|metrics| metrics.get(name))
+        })
     }
 
-    /// Every definition, sorted by name.
+    /// This set's cluster-wide definitions plus `namespaced` ones (each with its namespace set).
+    /// A namespaced definition whose name is defined cluster-wide is left out (the caller
+    /// reports it); of two for the same namespace and name the last wins.
+    pub fn with_namespaced(&self, namespaced: impl IntoIterator<Item = Arc<Definition>>) -> Self {
+        let mut by_namespace: BTreeMap<String, BTreeMap<String, Arc<Definition>>> = BTreeMap::new();
+        for definition in namespaced {
+            let Some(namespace) = definition.namespace.clone() else {
+                continue;
+            };
+            if self.metrics.contains_key(&definition.spec.name) {
+                continue;
+            }
+            by_namespace
+                .entry(namespace)
+                .or_default()
+                .insert(definition.spec.name.clone(), definition);
+        }
+        Self {
+            metrics: self.metrics.clone(),
+            namespaced: by_namespace,
+        }
+    }
+
+    /// Every definition: cluster-wide ones by name, then namespaced ones by namespace and name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Definition>> {
+        self.metrics
+            .values()
+            .chain(self.namespaced.values().flat_map(BTreeMap::values))
+    }
+
+    /// The cluster-wide definitions, sorted by name.
+    pub fn cluster_wide(&self) -> impl Iterator<Item = &Arc<Definition>> {
         self.metrics.values()
     }
 
-    /// How many metrics are defined.
+    /// Every metric name served somewhere, once, sorted (for discovery, which has no namespace).
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.iter().map(|d| d.spec.name.as_str()).collect()
+    }
+
+    /// How many definitions there are, cluster-wide and namespaced.
     pub fn len(&self) -> usize {
-        self.metrics.len()
+        self.metrics.len() + self.namespaced.values().map(BTreeMap::len).sum::<usize>()
     }
 
     /// Whether no metric is defined.
     pub fn is_empty(&self) -> bool {
-        self.metrics.is_empty()
+        self.len() == 0
     }
 }
 
@@ -829,6 +993,45 @@ metrics:
         assert!(
             problems[0].contains("shorter than the period"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_wide_definitions_win_and_namespaced_ones_stay_in_their_namespace() {
+        let file = parse(SQS).unwrap();
+        let namespaced = |namespace: &str, name: &str| {
+            let mut spec = file.get("sqs-visible").unwrap().spec.clone();
+            spec.name = name.to_string();
+            let mut definition = Definition::new(spec).unwrap();
+            definition.namespace = Some(namespace.to_string());
+            Arc::new(definition)
+        };
+        let set = file.with_namespaced([
+            namespaced("team-a", "orders"),
+            namespaced("team-b", "orders"),
+            namespaced("team-a", "sqs-visible"),
+        ]);
+        assert_eq!(set.len(), 3);
+        assert_eq!(
+            set.lookup("team-a", "orders").unwrap().namespace.as_deref(),
+            Some("team-a")
+        );
+        assert!(set.lookup("team-c", "orders").is_none());
+        assert!(
+            set.lookup("team-a", "sqs-visible")
+                .unwrap()
+                .namespace
+                .is_none()
+        );
+        assert!(set.lookup("anywhere", "sqs-visible").is_some());
+        assert_eq!(
+            set.names().into_iter().collect::<Vec<_>>(),
+            ["orders", "sqs-visible"]
+        );
+        assert_eq!(set.cluster_wide().count(), 1);
+        assert!(
+            set.get("orders").is_none(),
+            "get() is the definitions file only"
         );
     }
 

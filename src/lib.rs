@@ -9,6 +9,8 @@ pub mod app;
 pub mod cache;
 pub mod cloudwatch;
 pub mod config;
+pub mod controller;
+pub mod crd;
 pub mod definition;
 pub mod metrics;
 pub mod provider;

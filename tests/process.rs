@@ -22,6 +22,8 @@ fn adapter(emulator: &Emulator) -> Command {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_CLOUDWATCH", emulator.endpoint_url())
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // No cluster here: serve the definitions file only.
+        .env("WATCH_EXTERNAL_METRICS", "false")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .kill_on_drop(true);

@@ -1,6 +1,8 @@
 //! Shared helpers for real-socket tests: generated certificates, the emulator, a running server.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -151,33 +153,78 @@ impl TestServer {
         ca: TestCa,
         dir: tempfile::TempDir,
     ) -> TestServer {
+        let server = Self::spawn(config, emulator, ca, dir, None).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Start with `definitions` and `extra` flags, watching ExternalMetric objects through
+    /// `kube` (a mocked API server); does not wait for readiness.
+    pub async fn start_with_kube(
+        definitions: &str,
+        emulator: &Emulator,
+        extra: &[&str],
+        kube: kube::Client,
+    ) -> TestServer {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("test-ca");
+        let (cert, key) = ca.leaf("first");
+        let config_path = dir.path().join("metrics.yaml");
+        std::fs::write(&config_path, definitions).unwrap();
+        let cert_path = dir.path().join("tls.crt");
+        let key_path = dir.path().join("tls.key");
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let mut flags = vec!["--watch-external-metrics=true"];
+        flags.extend_from_slice(extra);
+        let config = serve_config(&config_path, &cert_path, &key_path, &flags);
+        Self::spawn(config, emulator, ca, dir, Some(kube)).await
+    }
+
+    async fn spawn(
+        config: ServeConfig,
+        emulator: &Emulator,
+        ca: TestCa,
+        dir: tempfile::TempDir,
+        kube: Option<kube::Client>,
+    ) -> TestServer {
         let secure = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let secure_addr = secure.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let sdk = emulator_sdk_config(&emulator.endpoint_url()).await;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app::serve(
+        let task = tokio::spawn(app::serve_with_kube(
             config,
             sdk,
+            kube,
             Listeners { secure, admin },
             async {
                 let _ = stopped.await;
             },
         ));
-        let server = TestServer {
+        TestServer {
             secure: secure_addr,
             admin: admin_addr,
             ca,
             dir,
             stop: Some(stop),
             task: Some(task),
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// `/readyz`: status code and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/readyz", self.admin))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         for _ in 0..200 {
             if let Ok(response) = client
@@ -238,6 +285,8 @@ pub fn serve_config(config: &Path, cert: &Path, key: &Path, extra: &[&str]) -> S
         "200ms",
         "--shutdown-grace-period",
         "5s",
+        // No cluster here: tests that need ExternalMetric objects pass a mocked client.
+        "--watch-external-metrics=false",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -248,7 +297,7 @@ pub fn serve_config(config: &Path, cert: &Path, key: &Path, extra: &[&str]) -> S
     argv.extend(extra.iter().map(|s| s.to_string()));
     match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(config) => config,
-        Command::Query(_) => unreachable!(),
+        _ => unreachable!(),
     }
 }
 
