@@ -41,7 +41,7 @@ PY
 echo "==> starting the adapter on https://127.0.0.1:$SECURE_PORT (admin http://127.0.0.1:$ADMIN_PORT)"
 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
 AWS_ENDPOINT_URL_CLOUDWATCH="http://$EMULATOR_ADDR" \
-  target/debug/cloudwatch-metrics-adapter serve --config examples/metrics.yaml \
+  target/debug/cloudwatch-metrics-adapter serve --config examples/metrics.yaml --watch-external-metrics=false \
     --bind-address 127.0.0.1 --secure-port "$SECURE_PORT" \
     --admin-bind-address 127.0.0.1 --admin-port "$ADMIN_PORT" >"$STATE/adapter.log" 2>&1 &
 pids+=($!)
