@@ -65,7 +65,9 @@ pub struct Listeners {
 }
 
 /// The AWS SDK configuration: explicit region (never instance metadata), the default
-/// credentials chain (IRSA on EKS), standard retries, and an attempt timeout.
+/// credentials chain (IRSA on EKS), standard retries, and an attempt timeout. The CloudWatch
+/// endpoint override is not set here: it would also redirect STS (`AssumeRole` for a
+/// definition's `roleArn`), e.g. to a CloudWatch VPC endpoint; [`AwsCloudWatch`] applies it.
 pub async fn load_sdk_config(aws: &AwsConfig) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
         aws_config::timeout::TimeoutConfig::builder()
@@ -74,9 +76,6 @@ pub async fn load_sdk_config(aws: &AwsConfig) -> SdkConfig {
     );
     if let Some(region) = aws.region() {
         loader = loader.region(Region::new(region));
-    }
-    if let Some(url) = &aws.cloudwatch_endpoint_url {
-        loader = loader.endpoint_url(url);
     }
     loader.load().await
 }
@@ -187,7 +186,7 @@ pub async fn serve_with_kube(
 
     let cache = QueryCache::new(
         definitions.clone(),
-        AwsCloudWatch::new(sdk),
+        AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
         config.cache.to_config(),
         metrics.clone(),
     );
@@ -393,7 +392,7 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
     let sdk = load_sdk_config(&config.aws).await;
     let provider = QueryCache::new(
         Arc::new(ArcSwap::from_pointee(definitions.clone())),
-        AwsCloudWatch::new(sdk),
+        AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
         CacheConfig::default(),
         Arc::new(AdapterMetrics::default()),
     );

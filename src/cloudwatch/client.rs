@@ -33,6 +33,7 @@ const SESSION_NAME: &str = "cloudwatch-metrics-adapter";
 #[derive(Debug)]
 pub struct AwsCloudWatch {
     base: SdkConfig,
+    endpoint_url: Option<String>,
     clients: Mutex<HashMap<Target, Client>>,
 }
 
@@ -41,8 +42,15 @@ impl AwsCloudWatch {
     pub fn new(base: SdkConfig) -> Self {
         Self {
             base,
+            endpoint_url: None,
             clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Send CloudWatch calls (only those: STS `AssumeRole` keeps its own endpoint) to `url`.
+    pub fn with_endpoint_url(mut self, url: Option<String>) -> Self {
+        self.endpoint_url = url;
+        self
     }
 
     async fn client(&self, target: &Target) -> Client {
@@ -55,6 +63,9 @@ impl AwsCloudWatch {
             return client.clone();
         }
         let mut builder = aws_sdk_cloudwatch::config::Builder::from(&self.base);
+        if let Some(url) = &self.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
         if let Some(region) = &target.region {
             builder = builder.region(Region::new(region.clone()));
         }
