@@ -285,3 +285,33 @@ async fn without_certificate_files_it_serves_a_self_signed_certificate() {
     assert_eq!(body["resources"], serde_json::json!([]));
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn crd_prints_the_committed_custom_resource_definition() {
+    let output = Command::new(BINARY).arg("crd").output().await.unwrap();
+    assert!(output.status.success());
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/cloudwatch-metrics-adapter/crds/externalmetrics.metrics.aws.yaml"
+    ))
+    .unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
+}
+
+#[tokio::test]
+async fn watching_external_metrics_without_a_cluster_fails_saying_what_to_do() {
+    let emulator = Emulator::start().await.unwrap();
+    let output = adapter(&emulator)
+        .env("WATCH_EXTERNAL_METRICS", "true")
+        .args(["serve", "--secure-port", "0", "--admin-port", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no Kubernetes configuration"), "{stderr}");
+    assert!(
+        stderr.contains("--watch-external-metrics=false"),
+        "{stderr}"
+    );
+}
