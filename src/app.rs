@@ -211,8 +211,12 @@ pub async fn serve_with_kube(
             );
             let writer = writer.run(stop.clone());
             tracing::info!("watching ExternalMetric objects in all namespaces");
+            // Both run until `stop`; either ending earlier is fatal (see the select below).
             tokio::spawn(async move {
-                tokio::join!(watch, writer);
+                tokio::select! {
+                    () = watch => {}
+                    () = writer => {}
+                }
             })
         }
         None => {

@@ -733,9 +733,12 @@ impl StatusWriter {
             let events = transitions(tracked.written.as_ref(), &desired);
             let patch = status_patch(&desired, tracked.uid.as_deref());
             let uid = tracked.uid.clone();
-            tracked.last_write = Some(now);
             budget -= 1;
             self.pace().await;
+            // The interval runs from the write itself, not from when it was planned.
+            if let Some(tracked) = self.tracked.get_mut(&key) {
+                tracked.last_write = Some(Instant::now());
+            }
             match self.patch(&key, &patch).await {
                 Ok(()) => {
                     if let Some(tracked) = self.tracked.get_mut(&key) {
