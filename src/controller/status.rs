@@ -592,25 +592,33 @@ impl StatusWriter {
         let mut next_flush = Instant::now() + tick;
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
+            // The flush comes before the queues, so a stream of outcomes cannot starve writes.
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                Some(update) = self.receiver.objects.recv() => self.apply_object(update),
-                Some(observation) = self.receiver.outcomes.recv() => self.apply_outcome(observation),
                 () = tokio::time::sleep_until(next_flush) => {
                     let now = Instant::now();
                     if now >= next_sweep {
-                        for tracked in self.tracked.values_mut() {
-                            let retention = tracked.retention();
-                            tracked.series.retain(|_, seen| now.saturating_duration_since(seen.at) <= retention);
-                            tracked.dirty = true;
-                        }
+                        self.sweep(now);
                         next_sweep = now + SWEEP_INTERVAL;
                     }
                     self.flush().await;
                     next_flush = Instant::now() + tick;
                 }
+                Some(update) = self.receiver.objects.recv() => self.apply_object(update),
+                Some(observation) = self.receiver.outcomes.recv() => self.apply_outcome(observation),
             }
+        }
+    }
+
+    /// Forget series that went quiet, and recompute every status (the quiet ones may change).
+    fn sweep(&mut self, now: Instant) {
+        for tracked in self.tracked.values_mut() {
+            let retention = tracked.retention();
+            tracked
+                .series
+                .retain(|_, seen| now.saturating_duration_since(seen.at) <= retention);
+            tracked.dirty = true;
         }
     }
 
