@@ -111,6 +111,8 @@ pub async fn serve(
     let readiness = Arc::new(Readiness::default());
     let metrics = Arc::new(AdapterMetrics::default());
     let stop = CancellationToken::new();
+    // Whatever way this function returns, every task it started is told to stop.
+    let _stop_on_return = stop.clone().drop_guard();
 
     // Admin first, so probes answer (not ready) while the rest starts.
     let admin_router = admin_router(readiness.clone(), metrics.clone());
