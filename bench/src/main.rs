@@ -99,7 +99,9 @@ impl Adapter {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_adapter(args: &Args, emulator: &Emulator) -> anyhow::Result<Adapter> {
@@ -111,8 +113,18 @@ async fn start_adapter(args: &Args, emulator: &Emulator) -> anyhow::Result<Adapt
     let child = Command::new(&args.adapter)
         .args(["serve", "--config"])
         .arg(&config)
-        .args(["--bind-address", "127.0.0.1", "--admin-bind-address", "127.0.0.1"])
-        .args(["--secure-port", &secure.to_string(), "--admin-port", &admin.to_string()])
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--admin-bind-address",
+            "127.0.0.1",
+        ])
+        .args([
+            "--secure-port",
+            &secure.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+        ])
         .args(["--max-series", "200000"])
         .args(BENCH_FLAGS)
         .env("AWS_ACCESS_KEY_ID", "bench")
@@ -123,12 +135,20 @@ async fn start_adapter(args: &Args, emulator: &Emulator) -> anyhow::Result<Adapt
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot start {} (build it with cargo build --release)", args.adapter.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with cargo build --release)",
+                args.adapter.display()
+            )
+        })?;
     let pid = child.id().context("adapter exited")?;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{admin}/readyz")).send().await
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
             && r.status() == 200
         {
             break;
@@ -150,7 +170,12 @@ async fn start_adapter(args: &Args, emulator: &Emulator) -> anyhow::Result<Adapt
 const BENCH_FLAGS: &[&str] = &[];
 
 fn seed(emulator: &Emulator, series: usize) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 60 * 60;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        / 60
+        * 60;
     for queue in 0..series {
         for minutes_ago in 1..=3u64 {
             emulator.put(Datum {
@@ -182,7 +207,9 @@ async fn warm(client: &reqwest::Client, adapter: &Adapter, series: usize) -> any
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(url) = urls.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                let Some(url) = urls.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
                 let response = client.get(url).send().await?;
                 if response.status() != 200 {
                     bail!("warm-up request failed: {}", response.status());
@@ -206,7 +233,12 @@ async fn main() -> anyhow::Result<()> {
     let adapter = start_adapter(&args, &emulator).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = adapter.rss_mib()?;
-    println!("# cloudwatch-metrics-adapter benchmark ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "# cloudwatch-metrics-adapter benchmark ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!();
     println!("idle RSS: {idle_rss:.1} MiB");
 
@@ -218,7 +250,12 @@ async fn main() -> anyhow::Result<()> {
     let failures = Arc::new(AtomicU64::new(0));
     let polls = Arc::new(AtomicU64::new(0));
     for hpa in 0..args.hpas {
-        let (client, url, failures, polls) = (client.clone(), adapter.url(hpa % args.series), failures.clone(), polls.clone());
+        let (client, url, failures, polls) = (
+            client.clone(),
+            adapter.url(hpa % args.series),
+            failures.clone(),
+            polls.clone(),
+        );
         let offset = HPA_PERIOD.mul_f64(hpa as f64 / args.hpas as f64);
         let end = started + args.simulate;
         hpas.spawn(async move {
@@ -245,16 +282,34 @@ async fn main() -> anyhow::Result<()> {
     let window = window_start.elapsed().as_secs_f64() / 60.0;
     let after = emulator.stats();
     let calls = (after.get_metric_data.calls - before.get_metric_data.calls) as f64 / window;
-    let metrics = (after.get_metric_data.metrics_requested - before.get_metric_data.metrics_requested) as f64 / window;
+    let metrics = (after.get_metric_data.metrics_requested
+        - before.get_metric_data.metrics_requested) as f64
+        / window;
     let per_request_calls = args.hpas as f64 * 60.0 / HPA_PERIOD.as_secs_f64();
     println!();
-    println!("## {} HPAs over {} series, polling every 15 s ({} polls, {} failed)", args.hpas, args.series, polls.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
+    println!(
+        "## {} HPAs over {} series, polling every 15 s ({} polls, {} failed)",
+        args.hpas,
+        args.series,
+        polls.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed)
+    );
     println!("| design | GetMetricData calls/min | metrics requested/min | est. cost/month |");
     println!("|---|---|---|---|");
     let month = 60.0 * 24.0 * 30.0 * 0.01 / 1000.0;
-    println!("| this adapter (measured) | {calls:.1} | {metrics:.0} | ${:.2} |", metrics * month);
-    println!("| per-request (one call per poll) | {per_request_calls:.0} | {per_request_calls:.0} | ${:.2} |", per_request_calls * month);
-    println!("expected calls per refresh: ceil({} / 500) = {}", args.series, args.series.div_ceil(500));
+    println!(
+        "| this adapter (measured) | {calls:.1} | {metrics:.0} | ${:.2} |",
+        metrics * month
+    );
+    println!(
+        "| per-request (one call per poll) | {per_request_calls:.0} | {per_request_calls:.0} | ${:.2} |",
+        per_request_calls * month
+    );
+    println!(
+        "expected calls per refresh: ceil({} / 500) = {}",
+        args.series,
+        args.series.div_ceil(500)
+    );
 
     // Phase 2: fixed rate on warm series.
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -266,7 +321,11 @@ async fn main() -> anyhow::Result<()> {
     let mut sent = 0u64;
     while Instant::now() < end {
         let scheduled = ticker.tick().await;
-        let (client, url, tx) = (client.clone(), adapter.url(sent as usize % args.series), tx.clone());
+        let (client, url, tx) = (
+            client.clone(),
+            adapter.url(sent as usize % args.series),
+            tx.clone(),
+        );
         sent += 1;
         tokio::spawn(async move {
             let ok = matches!(client.get(&url).send().await, Ok(r) if r.status() == 200);
@@ -284,11 +343,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("## latency at {} requests/s for {} s (HTTPS keep-alive, warm series)", args.rate, args.phase.as_secs());
-    println!("requests: {sent}, errors: {errors}, p50: {:.3} ms, p99: {:.3} ms, max: {:.3} ms",
+    println!(
+        "## latency at {} requests/s for {} s (HTTPS keep-alive, warm series)",
+        args.rate,
+        args.phase.as_secs()
+    );
+    println!(
+        "requests: {sent}, errors: {errors}, p50: {:.3} ms, p99: {:.3} ms, max: {:.3} ms",
         histogram.value_at_quantile(0.5) as f64 / 1000.0,
         histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        histogram.max() as f64 / 1000.0);
+        histogram.max() as f64 / 1000.0
+    );
 
     // Phase 3: peak throughput, closed loop.
     let done = Arc::new(AtomicU64::new(0));
@@ -297,7 +362,9 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
         let (client, done, bad) = (client.clone(), done.clone(), bad.clone());
-        let urls: Vec<String> = (0..16).map(|i| adapter.url((worker * 16 + i) % args.series)).collect();
+        let urls: Vec<String> = (0..16)
+            .map(|i| adapter.url((worker * 16 + i) % args.series))
+            .collect();
         workers.spawn(async move {
             let mut i = 0;
             while Instant::now() < end {
@@ -316,15 +383,27 @@ async fn main() -> anyhow::Result<()> {
     }
     while workers.join_next().await.is_some() {}
     println!();
-    println!("## peak throughput ({} concurrent requests, {} s)", args.concurrency, args.phase.as_secs());
-    println!("{:.0} requests/s, {} errors", done.load(Ordering::Relaxed) as f64 / args.phase.as_secs_f64(), bad.load(Ordering::Relaxed));
+    println!(
+        "## peak throughput ({} concurrent requests, {} s)",
+        args.concurrency,
+        args.phase.as_secs()
+    );
+    println!(
+        "{:.0} requests/s, {} errors",
+        done.load(Ordering::Relaxed) as f64 / args.phase.as_secs_f64(),
+        bad.load(Ordering::Relaxed)
+    );
 
     // Phase 4: memory with many active series.
     warm(&client, &adapter, args.many_series).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!();
     println!("## memory");
-    println!("RSS idle: {idle_rss:.1} MiB; with {} active series: {:.1} MiB", args.many_series, adapter.rss_mib()?);
+    println!(
+        "RSS idle: {idle_rss:.1} MiB; with {} active series: {:.1} MiB",
+        args.many_series,
+        adapter.rss_mib()?
+    );
     let mut adapter = adapter;
     adapter.child.kill().await?;
     Ok(())
