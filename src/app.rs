@@ -243,18 +243,12 @@ async fn build_auth(
             FileRole::ClientCa,
         ),
     ];
+    let mut file_watchers = Vec::new();
     for (flag, path, role) in files {
         let Some(path) = path else { continue };
         let pem =
             source::load_file(&trust, path, &role).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-        tokio::spawn(source::watch_file(
-            trust.clone(),
-            path.clone(),
-            role,
-            pem,
-            reload_interval,
-            stop.clone(),
-        ));
+        file_watchers.push((path.clone(), role, pem));
     }
     let client = if flags.needs_cluster() {
         Some(kube_client(flags).await?)
@@ -283,6 +277,17 @@ async fn build_auth(
             from_cluster,
             headers,
             version,
+            stop.clone(),
+        ));
+    }
+    // Started only once everything loaded, so a failed start leaves no task behind.
+    for (path, role, pem) in file_watchers {
+        tokio::spawn(source::watch_file(
+            trust.clone(),
+            path,
+            role,
+            pem,
+            reload_interval,
             stop.clone(),
         ));
     }

@@ -37,8 +37,11 @@ pub enum Attributes {
 }
 
 impl Attributes {
-    /// Resolve `method path?query` as kube-apiserver would.
+    /// Resolve `method path?query` as kube-apiserver would (on the percent-decoded path, as
+    /// Go's `URL.Path` is).
     pub fn from_request(method: &Method, path: &str, query: Option<&str>) -> Self {
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        let path: &str = &decoded;
         let non_resource = || Attributes::NonResource {
             path: path.to_string(),
             verb: method.as_str().to_ascii_lowercase(),
@@ -237,6 +240,11 @@ mod tests {
             resource("deletecollection", "m", "default", "")
         );
         assert_eq!(at(Method::GET, "/m", None), resource("list", "m", "", ""));
+        // Authorization sees the name the handler serves, not its encoding.
+        assert_eq!(
+            at(Method::GET, "/namespaces/default/sqs%2Dvisible", None),
+            resource("list", "sqs-visible", "default", "")
+        );
         assert_eq!(
             at(Method::GET, "/m", None).forbidden_explanation("bob", ""),
             r#"User "bob" cannot list resource "m" in API group "external.metrics.k8s.io" at the cluster scope"#
