@@ -56,9 +56,8 @@ impl TestCa {
     /// A client certificate and key (PEM) as kube issues them: CN = user, O = group, extended
     /// key usage clientAuth. (rcgen keeps one value per attribute type, so at most one group;
     /// several O attributes are covered by the subject parser's unit tests.)
-    pub fn client(&self, cn: &str, group: &[&str]) -> (String, String) {
-        assert!(group.len() <= 1, "rcgen writes at most one O");
-        let groups = group;
+    pub fn client(&self, cn: &str, groups: &[&str]) -> (String, String) {
+        assert!(groups.len() <= 1, "rcgen writes at most one O");
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         for group in groups {
