@@ -167,7 +167,11 @@ async fn start_adapter(args: &Args, emulator: &Emulator) -> anyhow::Result<Adapt
 }
 
 /// Flags the adapter needs to run without a cluster (no delegated auth, no CRD watch).
-const BENCH_FLAGS: &[&str] = &[];
+const BENCH_FLAGS: &[&str] = &[
+    "--authorization-mode=AlwaysAllow",
+    "--anonymous-auth=true",
+    "--authentication-skip-lookup",
+];
 
 fn seed(emulator: &Emulator, series: usize) {
     let now = SystemTime::now()
