@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every test, with the real peers: the CloudWatch emulator (in-process), LocalStack for the
-# emulator's conformance suite, and the real kubectl. Installs what it needs on first use.
+# emulator's conformance suite, the real kubectl and helm. Installs what it needs on first use.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -- NAME    # pass a test-name filter through to cargo test
@@ -14,3 +14,9 @@ trap 'bash scripts/localstack.sh stop' EXIT
 export LOCALSTACK_ENDPOINT=http://127.0.0.1:4566
 # --all-features turns on the peer suites (kubectl, LocalStack conformance).
 cargo test --workspace --all-features --locked "$@"
+
+# The chart, manifests, examples and dashboard: helm lint/template, Kubernetes schemas, drift,
+# and the built adapter started with the chart's flags (uses target/debug from the tests above).
+if [[ $# -eq 0 ]]; then
+  bash scripts/check-manifests.sh
+fi

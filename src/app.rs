@@ -16,10 +16,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::auth::review::{KubeReviewer, Reviewer};
+use crate::auth::source::{self, FileRole, FromCluster, HeaderFlags};
+use crate::auth::trust::TrustStore;
+use crate::auth::{self, Auth, AuthSettings};
 use crate::cache::{CacheConfig, QueryCache};
 use crate::cloudwatch::client::AwsCloudWatch;
 use crate::cloudwatch::translate;
-use crate::config::{AwsConfig, Command, CrdFlags, QueryConfig, ServeConfig};
+use crate::config::{
+    AuthFlags, AuthorizationMode, AwsConfig, Command, CrdFlags, QueryConfig, ServeConfig,
+};
 use crate::controller::{self, Reconciler, status};
 use crate::definition::{self, DefinitionSet};
 use crate::metrics::AdapterMetrics;
@@ -109,25 +115,36 @@ impl Readiness {
     }
 }
 
-/// Serve on the given listeners until `shutdown` resolves, then drain. With
-/// `--watch-external-metrics` (the default), the Kubernetes client comes from `--kubeconfig`,
-/// `KUBECONFIG` or the in-cluster service account.
+/// Serve on the given listeners until `shutdown` resolves, then drain. The Kubernetes client
+/// (`--kubeconfig`, else the pod's service account) is built when delegated authentication or
+/// authorization or the `ExternalMetric` watch (`--watch-external-metrics`, the default) needs it.
 pub async fn serve(
     config: ServeConfig,
     sdk: SdkConfig,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let kube = if config.crd.watch_external_metrics {
-        Some(controller::kube_client(config.crd.kubeconfig.as_deref()).await?)
-    } else {
+    // What needs the Kubernetes API, and the flags that do without it.
+    let mut needs = Vec::new();
+    if config.auth.needs_cluster() {
+        needs.push((
+            "delegated authentication and authorization",
+            "--authorization-mode=AlwaysAllow --anonymous-auth=true --authentication-skip-lookup",
+        ));
+    }
+    if config.crd.watch_external_metrics {
+        needs.push(("the ExternalMetric watch", "--watch-external-metrics=false"));
+    }
+    let kube = if needs.is_empty() {
         None
+    } else {
+        Some(kube_client(&config.auth, &needs).await?)
     };
     serve_with_kube(config, sdk, kube, listeners, shutdown).await
 }
 
-/// As [`serve`], with the Kubernetes client given (tests pass a mocked API server). `None`
-/// turns the `ExternalMetric` watch off whatever the flags say.
+/// As [`serve`], with the Kubernetes client given (tests pass a mocked API server); `None` means
+/// no cluster, which only a configuration that needs none may use.
 pub async fn serve_with_kube(
     config: ServeConfig,
     sdk: SdkConfig,
@@ -138,6 +155,8 @@ pub async fn serve_with_kube(
     let readiness = Arc::new(Readiness::default());
     let metrics = Arc::new(AdapterMetrics::default());
     let stop = CancellationToken::new();
+    // Whatever way this function returns, every task it started is told to stop.
+    let _stop_on_return = stop.clone().drop_guard();
 
     // Admin first, so probes answer (not ready) while the rest starts.
     let admin_router = admin_router(readiness.clone(), metrics.clone());
@@ -184,6 +203,14 @@ pub async fn serve_with_kube(
     };
     readiness.certificates_loaded.store(true, Ordering::Release);
 
+    let (auth, trust) = build_auth(
+        &config.auth,
+        kube.clone(),
+        config.tls_reload_interval,
+        &stop,
+    )
+    .await?;
+
     let cache = QueryCache::new(
         definitions.clone(),
         AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
@@ -191,7 +218,15 @@ pub async fn serve_with_kube(
         metrics.clone(),
     );
     cache.register_gauges();
-    let mut external_metrics = match kube {
+    let watch = match kube {
+        Some(client) if config.crd.watch_external_metrics => Some(client),
+        Some(_) => None,
+        None if config.crd.watch_external_metrics => anyhow::bail!(
+            "--watch-external-metrics needs the Kubernetes API, and there is no cluster connection"
+        ),
+        None => None,
+    };
+    let mut external_metrics = match watch {
         Some(client) => {
             let (sender, receiver) = status::channel();
             cache.set_observer(Arc::new(sender.clone()));
@@ -232,12 +267,13 @@ pub async fn serve_with_kube(
     let router = api::router(Arc::new(ApiState {
         provider,
         metrics: metrics.clone(),
-    }));
+    }))
+    .layer(axum::middleware::from_fn_with_state(auth, auth::middleware));
     let secure_addr = listeners.secure.local_addr()?;
     let api_stop = stop.clone();
     let mut api = tokio::spawn(crate::server::serve_tls(
         listeners.secure,
-        Arc::new(tls::server_config(store)),
+        Arc::new(tls::server_config(store, trust)),
         router,
         async move { api_stop.cancelled().await },
         config.shutdown_grace_period,
@@ -289,6 +325,144 @@ fn status_config(flags: &CrdFlags) -> status::StatusConfig {
             instance,
         },
     }
+}
+
+/// How long one TokenReview or SubjectAccessReview may take (kube's delegating default).
+const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Authentication and authorization: the trusted CAs (files and/or the cluster's ConfigMap, kept
+/// current by background tasks until `stop`), and the review client when a cluster is needed.
+async fn build_auth(
+    flags: &AuthFlags,
+    client: Option<kube::Client>,
+    reload_interval: std::time::Duration,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<Auth>, Arc<TrustStore>)> {
+    let headers = HeaderFlags {
+        allowed_names: flags.requestheader_allowed_names.clone(),
+        username_headers: flags.requestheader_username_headers.clone(),
+        group_headers: flags.requestheader_group_headers.clone(),
+        uid_headers: flags.requestheader_uid_headers.clone(),
+        extra_prefixes: flags.requestheader_extra_headers_prefix.clone(),
+    };
+    let trust = Arc::new(TrustStore::new(None, None));
+    let files = [
+        (
+            "--requestheader-client-ca-file",
+            &flags.requestheader_client_ca_file,
+            FileRole::RequestHeader(headers.settings().map_err(|e| anyhow::anyhow!("{e}"))?),
+        ),
+        (
+            "--client-ca-file",
+            &flags.client_ca_file,
+            FileRole::ClientCa,
+        ),
+    ];
+    let mut file_watchers = Vec::new();
+    for (flag, path, role) in files {
+        let Some(path) = path else { continue };
+        let pem =
+            source::load_file(&trust, path, &role).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        file_watchers.push((path.clone(), role, pem));
+    }
+    let client = if flags.needs_cluster() {
+        Some(client.context(
+            "delegated authentication and authorization need the Kubernetes API, and there is no cluster connection",
+        )?)
+    } else {
+        None
+    };
+    let from_cluster = FromCluster {
+        request_header: flags.requestheader_client_ca_file.is_none(),
+        client_ca: flags.client_ca_file.is_none(),
+    };
+    if let Some(client) = &client
+        && !flags.authentication_skip_lookup
+        && from_cluster.any()
+    {
+        let api = kube::Api::namespaced(client.clone(), source::NAMESPACE);
+        let version = source::load(&api, &trust, from_cluster, &headers, true)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\n(the service account needs Role extension-apiserver-authentication-reader in kube-system; or pass --authentication-skip-lookup with --requestheader-client-ca-file/--client-ca-file)"
+                )
+            })?;
+        tokio::spawn(source::watch_configmap(
+            api,
+            trust.clone(),
+            from_cluster,
+            headers,
+            version,
+            stop.clone(),
+        ));
+    }
+    // Started only once everything loaded, so a failed start leaves no task behind.
+    for (path, role, pem) in file_watchers {
+        tokio::spawn(source::watch_file(
+            trust.clone(),
+            path,
+            role,
+            pem,
+            reload_interval,
+            stop.clone(),
+        ));
+    }
+    if flags.authorization_mode == AuthorizationMode::AlwaysAllow {
+        tracing::warn!(
+            "--authorization-mode=AlwaysAllow: every authenticated caller may read every metric; use it only for local runs"
+        );
+    }
+    if flags.anonymous_auth {
+        tracing::warn!(
+            "--anonymous-auth=true: callers without credentials act as system:anonymous"
+        );
+    }
+    let reviewer: Option<Arc<dyn Reviewer>> = match client {
+        Some(client) => Some(Arc::new(KubeReviewer::new(client, REVIEW_TIMEOUT))),
+        None => {
+            tracing::info!(
+                "no cluster connection: bearer tokens are not checked (they are ignored)"
+            );
+            None
+        }
+    };
+    let auth = Auth::new(
+        trust.clone(),
+        reviewer,
+        AuthSettings {
+            anonymous: flags.anonymous_auth,
+            mode: flags.authorization_mode,
+            token_ttl: flags.authentication_token_webhook_cache_ttl,
+            allowed_ttl: flags.authorization_webhook_cache_authorized_ttl,
+            denied_ttl: flags.authorization_webhook_cache_unauthorized_ttl,
+        },
+    );
+    Ok((Arc::new(auth), trust))
+}
+
+/// A Kubernetes client from `--kubeconfig` (or `KUBECONFIG`), else the pod's service account.
+async fn kube_client(flags: &AuthFlags, needs: &[(&str, &str)]) -> anyhow::Result<kube::Client> {
+    let config = match &flags.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig: {} is not usable", path.display()))?
+        }
+        None => kube::Config::incluster().map_err(|err| {
+            let what: Vec<&str> = needs.iter().map(|(what, _)| *what).collect();
+            let flags: Vec<&str> = needs.iter().map(|(_, flags)| *flags).collect();
+            anyhow::anyhow!(
+                "{} need{} the Kubernetes API, but there is no in-cluster configuration ({err}) and no --kubeconfig.\nWithout a cluster, run with {}",
+                what.join(" and "),
+                if what.len() == 1 { "s" } else { "" },
+                flags.join(" ")
+            )
+        })?,
+    };
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
 fn self_signed_names(config: &ServeConfig) -> Vec<String> {

@@ -4,8 +4,10 @@
 //! - A series (definition + selector labels) becomes active on its first request and idle after
 //!   `idle_timeout` without one. A first request waits for the first fetch; concurrent first
 //!   requests share it.
-//! - Each refresher cycle packs every due series into calls of at most 500 queries (see
-//!   [`crate::cloudwatch::batch`]), paced so the global calls-per-second budget is never exceeded.
+//! - Refreshes fall on a wall-clock grid of each series' refresh interval, so series asked for at
+//!   different times are refreshed together, and each cycle packs every due series into calls of
+//!   at most 500 queries (see [`crate::cloudwatch::batch`]), paced so the global
+//!   calls-per-second budget is never exceeded.
 //! - Failures back off exponentially with jitter. The last good value is served until it is older
 //!   than its max age; then the request fails with a message saying why. Never a made-up value.
 
@@ -180,6 +182,10 @@ struct Inner<S> {
     pacer: Pacer,
     calls: Arc<Semaphore>,
     observer: std::sync::OnceLock<Arc<dyn OutcomeObserver>>,
+    /// An instant and the wall-clock time it corresponds to, to put refreshes on a wall-clock
+    /// grid: every series with the same interval falls due at the same moment, so one refresh
+    /// cycle batches them all, however their first requests were spread.
+    anchor: (Instant, SystemTime),
 }
 
 impl<S: MetricDataSource> QueryCache<S> {
@@ -200,6 +206,7 @@ impl<S: MetricDataSource> QueryCache<S> {
             pacer: Pacer::new(config.calls_per_second),
             calls: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
             observer: std::sync::OnceLock::new(),
+            anchor: (Instant::now(), SystemTime::now()),
             config,
             metrics,
         });
@@ -551,7 +558,7 @@ impl<S: MetricDataSource> Inner<S> {
             state.next_refresh = fetched + self.backoff(state.failures, &series.definition);
         } else {
             state.failures = 0;
-            state.next_refresh = fetched + series.definition.refresh_interval;
+            state.next_refresh = self.next_tick(fetched, series.definition.refresh_interval);
             state.last_good = result.as_ref().ok().map(|value| (value.clone(), fetched));
         }
         if let Some(observer) = self.observer.get() {
@@ -560,6 +567,19 @@ impl<S: MetricDataSource> Inner<S> {
         state.latest = Some((result, fetched));
         drop(state);
         series.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The first grid point after `after` for `interval`: a wall-clock multiple of the interval.
+    fn next_tick(&self, after: Instant, interval: Duration) -> Instant {
+        let (anchor, wall) = self.anchor;
+        let interval_ms = interval.as_millis().max(1);
+        let wall_ms = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            + after.saturating_duration_since(anchor).as_millis();
+        let wait_ms = interval_ms - wall_ms % interval_ms;
+        after + Duration::from_millis(u64::try_from(wait_ms).unwrap_or(u64::MAX))
     }
 
     /// Jittered exponential back-off, never past the refresh interval's schedule by much and

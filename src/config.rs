@@ -29,6 +29,10 @@ pub enum LogFormat {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only add noise"
+)]
 pub enum Command {
     /// Serve external.metrics.k8s.io over HTTPS.
     Serve(ServeConfig),
@@ -130,6 +134,9 @@ pub struct ServeConfig {
     /// ExternalMetric objects.
     #[command(flatten)]
     pub crd: CrdFlags,
+    /// Authentication and authorization settings (and `--kubeconfig`).
+    #[command(flatten)]
+    pub auth: AuthFlags,
     /// AWS settings.
     #[command(flatten)]
     pub aws: AwsConfig,
@@ -138,15 +145,11 @@ pub struct ServeConfig {
 /// `ExternalMetric` objects: the watch, and how their status is written.
 #[derive(Debug, Clone, Args)]
 pub struct CrdFlags {
-    /// Serve ExternalMetric objects from the cluster (needs the CRD and a Kubernetes client).
-    /// `--watch-external-metrics=false` serves only the definitions file, e.g. outside a cluster.
+    /// Serve ExternalMetric objects from the cluster (needs the CRD and the Kubernetes API, see
+    /// `--kubeconfig`). `--watch-external-metrics=false` serves only the definitions file.
     #[arg(long, env = "WATCH_EXTERNAL_METRICS", default_value_t = true, action = ArgAction::Set,
           overrides_with = "watch_external_metrics")]
     pub watch_external_metrics: bool,
-    /// Kubeconfig for the watch; without it: KUBECONFIG, ~/.kube/config, then the in-cluster
-    /// service account.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
     /// At most one status update per ExternalMetric per this interval (newer states coalesce).
     #[arg(long, env = "STATUS_UPDATE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub status_update_interval: Duration,
@@ -157,19 +160,155 @@ pub struct CrdFlags {
 
 impl CrdFlags {
     fn problems(&self, problems: &mut Vec<String>) {
-        if let Some(path) = &self.kubeconfig
-            && !path.is_file()
-        {
-            problems.push(format!(
-                "--kubeconfig: {} is not a readable file",
-                path.display()
-            ));
-        }
         if self.status_update_interval.is_zero() {
             problems.push("--status-update-interval must be greater than zero".to_string());
         }
         if !(self.status_writes_per_second.is_finite() && self.status_writes_per_second > 0.0) {
             problems.push("--status-writes-per-second must be a positive number".to_string());
+        }
+    }
+}
+
+/// How requests are authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthorizationMode {
+    /// Ask the cluster with a SubjectAccessReview (what an aggregated API server does).
+    #[value(name = "Delegated")]
+    Delegated,
+    /// Allow every authenticated request. For local runs only.
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
+}
+
+/// Who may call, and how that is decided. Flag names follow kube-apiserver's.
+#[derive(Debug, Clone, Args)]
+pub struct AuthFlags {
+    /// kubeconfig for TokenReview, SubjectAccessReview and the authentication ConfigMap. Without
+    /// it, the pod's service account (in-cluster configuration).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// `Delegated` (SubjectAccessReview per request, cached) or `AlwaysAllow` (local runs).
+    #[arg(long, env = "AUTHORIZATION_MODE", value_enum, default_value_t = AuthorizationMode::Delegated)]
+    pub authorization_mode: AuthorizationMode,
+    /// Treat requests without credentials as `system:anonymous` (then authorized like anyone
+    /// else) instead of answering 401.
+    #[arg(long, env = "ANONYMOUS_AUTH", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub anonymous_auth: bool,
+    /// Do not read ConfigMap kube-system/extension-apiserver-authentication; use only the CA flags.
+    #[arg(long, env = "AUTHENTICATION_SKIP_LOOKUP", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub authentication_skip_lookup: bool,
+    /// CA bundle (PEM) for client certificates: user = CN, groups = O. Overrides the ConfigMap's
+    /// `client-ca-file`; re-read every --tls-reload-interval.
+    #[arg(long, env = "CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// CA bundle (PEM) for the front proxy (kube-apiserver's aggregator). With it, all the
+    /// requestheader settings come from flags instead of the ConfigMap; re-read every
+    /// --tls-reload-interval.
+    #[arg(long, env = "REQUESTHEADER_CLIENT_CA_FILE")]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names the front proxy's certificate may have (comma-separated); empty means any
+    /// certificate signed by the requestheader CA.
+    #[arg(long, env = "REQUESTHEADER_ALLOWED_NAMES", value_delimiter = ',')]
+    pub requestheader_allowed_names: Vec<String>,
+    /// Headers carrying the user name (first non-empty wins).
+    #[arg(
+        long,
+        env = "REQUESTHEADER_USERNAME_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-User"
+    )]
+    pub requestheader_username_headers: Vec<String>,
+    /// Headers carrying groups (every line of every header).
+    #[arg(
+        long,
+        env = "REQUESTHEADER_GROUP_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-Group"
+    )]
+    pub requestheader_group_headers: Vec<String>,
+    /// Header prefixes carrying extra attributes (`<prefix><percent-encoded key>: value`).
+    #[arg(
+        long,
+        env = "REQUESTHEADER_EXTRA_HEADERS_PREFIX",
+        value_delimiter = ',',
+        default_value = "X-Remote-Extra-"
+    )]
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// Headers carrying the user's UID.
+    #[arg(
+        long,
+        env = "REQUESTHEADER_UID_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-Uid"
+    )]
+    pub requestheader_uid_headers: Vec<String>,
+    /// How long a TokenReview answer is reused (authenticated or not).
+    #[arg(long, env = "AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub authentication_token_webhook_cache_ttl: Duration,
+    /// How long an "allowed" SubjectAccessReview answer is reused.
+    #[arg(long, env = "AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long a "denied" SubjectAccessReview answer is reused.
+    #[arg(long, env = "AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+}
+
+impl AuthFlags {
+    /// Whether the server needs the Kubernetes API (and so a kube client): for SubjectAccessReview,
+    /// or to read a CA no flag gives.
+    pub fn needs_cluster(&self) -> bool {
+        self.authorization_mode == AuthorizationMode::Delegated
+            || (!self.authentication_skip_lookup
+                && (self.client_ca_file.is_none() || self.requestheader_client_ca_file.is_none()))
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        for (flag, path) in [
+            ("--kubeconfig", &self.kubeconfig),
+            ("--client-ca-file", &self.client_ca_file),
+            (
+                "--requestheader-client-ca-file",
+                &self.requestheader_client_ca_file,
+            ),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                problems.push(format!("{flag}: {} is not a readable file", path.display()));
+            }
+        }
+        for (flag, names) in [
+            (
+                "--requestheader-username-headers",
+                &self.requestheader_username_headers,
+            ),
+            (
+                "--requestheader-group-headers",
+                &self.requestheader_group_headers,
+            ),
+            (
+                "--requestheader-extra-headers-prefix",
+                &self.requestheader_extra_headers_prefix,
+            ),
+            (
+                "--requestheader-uid-headers",
+                &self.requestheader_uid_headers,
+            ),
+        ] {
+            for name in names {
+                let name = name.trim();
+                if name.is_empty() || axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    problems.push(format!("{flag}: {name:?} is not an HTTP header name"));
+                }
+            }
+        }
+        if self.requestheader_client_ca_file.is_none()
+            && self.authentication_skip_lookup
+            && !self.requestheader_allowed_names.is_empty()
+        {
+            problems.push(
+                "--requestheader-allowed-names is set but no front-proxy CA is (give --requestheader-client-ca-file, or drop --authentication-skip-lookup to read it from the cluster)".to_string(),
+            );
         }
     }
 }
@@ -266,6 +405,7 @@ impl ServeConfig {
         }
         self.cache.problems(&mut problems);
         self.crd.problems(&mut problems);
+        self.auth.problems(&mut problems);
         self.aws.problems(&mut problems);
         ConfigError::from_problems(problems)
     }
@@ -377,6 +517,75 @@ mod tests {
         assert!(config.crd.watch_external_metrics);
         assert_eq!(config.crd.status_update_interval, Duration::from_secs(15));
         config.validate().unwrap();
+        // Secure unless told otherwise: delegated authorization, no anonymous access.
+        let auth = &config.auth;
+        assert_eq!(auth.authorization_mode, AuthorizationMode::Delegated);
+        assert!(!auth.anonymous_auth);
+        assert!(!auth.authentication_skip_lookup);
+        assert!(auth.needs_cluster());
+        assert_eq!(auth.requestheader_username_headers, ["X-Remote-User"]);
+        assert_eq!(auth.requestheader_group_headers, ["X-Remote-Group"]);
+        assert_eq!(auth.requestheader_extra_headers_prefix, ["X-Remote-Extra-"]);
+        assert_eq!(auth.requestheader_uid_headers, ["X-Remote-Uid"]);
+        assert_eq!(
+            auth.authorization_webhook_cache_unauthorized_ttl,
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn auth_flags_parse_as_kube_apiserver_spells_them() {
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--authorization-mode=AlwaysAllow",
+            "--anonymous-auth=true",
+            "--authentication-skip-lookup",
+            "--requestheader-allowed-names",
+            "front-proxy-client,aggregator",
+            "--requestheader-group-headers",
+            "X-Remote-Group,X-Other-Group",
+        ]);
+        let auth = &config.auth;
+        assert_eq!(auth.authorization_mode, AuthorizationMode::AlwaysAllow);
+        assert!(auth.anonymous_auth);
+        assert!(auth.authentication_skip_lookup);
+        assert!(!auth.needs_cluster());
+        assert_eq!(
+            auth.requestheader_allowed_names,
+            ["front-proxy-client", "aggregator"]
+        );
+        assert_eq!(
+            auth.requestheader_group_headers,
+            ["X-Remote-Group", "X-Other-Group"]
+        );
+        // Allowed names without any front-proxy CA would silently do nothing: refuse.
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("--requestheader-allowed-names is set"),
+            "{text}"
+        );
+
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--anonymous-auth",
+            "false",
+            "--requestheader-uid-headers",
+            "X Bad",
+            "--client-ca-file",
+            "/nonexistent/ca.pem",
+        ]);
+        assert!(!config.auth.anonymous_auth);
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("--requestheader-uid-headers: \"X Bad\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("--client-ca-file: /nonexistent/ca.pem"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! answered from AWS CloudWatch `GetMetricData`.
 //!
 //! Layering: [`api`] (HTTP) sees only [`provider`]; [`cloudwatch`] translates definitions into
-//! queries and is the only module that touches the AWS SDK; [`app`] wires everything together.
+//! queries and is the only module that touches the AWS SDK; [`auth`] decides who may call (and
+//! never sees AWS or cache types); [`app`] wires everything together.
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod cloudwatch;
 pub mod config;

@@ -3,17 +3,32 @@
 //! Both functions take a bound listener and a shutdown future so tests can run them on port 0.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// What the TLS layer learned about a connection, attached to each of its requests as an
+/// extension so authentication can use it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The certificate chain the client presented (end entity first), if any. It chained to a
+    /// CA trusted at handshake time; authentication re-checks it against the CAs trusted now,
+    /// because HTTP/2 connections outlive CA rotations.
+    pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
+}
 
 /// A client gets this long to finish its TLS handshake, so idle sockets cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +76,20 @@ pub async fn serve_tls(
                         return;
                     }
                 };
-            let service = TowerToHyperService::new(router);
+            let info = ConnectionInfo {
+                peer,
+                peer_certificates: tls_stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .filter(|chain| !chain.is_empty())
+                    .map(|chain| Arc::from(chain.to_vec())),
+            };
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(info.clone());
+                    router.clone().oneshot(request)
+                });
             let connection =
                 builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {

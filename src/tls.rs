@@ -11,6 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -82,15 +83,21 @@ impl ResolvesServerCert for CertificateStore {
 }
 
 /// A rustls server config for the API port: ALPN `h2` and `http/1.1`, as the aggregator offers.
-pub fn server_config(store: Arc<CertificateStore>) -> ServerConfig {
+/// `client_verifier` decides whether a client certificate is asked for and which are accepted
+/// (the front-proxy and client CAs; see `auth::trust`).
+pub fn server_config(
+    store: Arc<CertificateStore>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+) -> ServerConfig {
     let mut config = ServerConfig::builder()
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier)
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The process-wide rustls crypto provider (aws-lc-rs), installed by `main` and by tests.
+pub fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))

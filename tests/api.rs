@@ -426,6 +426,16 @@ async fn admin_port_serves_health_and_prometheus_metrics() {
         text.contains(r#"cloudwatch_adapter_cloudwatch_calls_total{outcome="ok"} 1"#),
         "{text}"
     );
+    for needle in [
+        r#"cloudwatch_adapter_cache_lookups_total{result="miss"} 1"#,
+        "cloudwatch_adapter_active_series 1",
+        r#"cloudwatch_adapter_value_age_seconds{metric="sqs-visible"}"#,
+        "cloudwatch_adapter_cloudwatch_metrics_requested_total 1",
+        "cloudwatch_adapter_estimated_cost_dollars_total 0.00001",
+        "cloudwatch_adapter_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in {text}");
+    }
     assert_eq!(emulator.stats().get_metric_data.calls, 1);
     server.stop().await.unwrap();
 }

@@ -478,12 +478,14 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
 #[tokio::test]
 async fn the_archived_sample_manifest_is_served_in_its_namespace_with_live_status() {
     let emulator = Emulator::start().await.unwrap();
+    // Computed once: a minute may turn during the test.
+    let at = minute(1);
     put(
         &emulator,
         "AWS/SQS",
         "ApproximateNumberOfMessagesVisible",
         &[("QueueName", "helloworld")],
-        minute(1),
+        at,
         7.0,
     );
     let (client, api) = MockApiServer::start();
@@ -523,7 +525,7 @@ async fn the_archived_sample_manifest_is_served_in_its_namespace_with_live_statu
     let item = &body["items"][0];
     assert_eq!(item["metricName"], "sqs-helloworld-length");
     assert_eq!(item["value"], "7");
-    assert_eq!(item["timestamp"], rfc3339(minute(1)));
+    assert_eq!(item["timestamp"], rfc3339(at));
 
     // Only HPAs in its own namespace see it.
     let (code, body) = server
@@ -552,7 +554,7 @@ async fn the_archived_sample_manifest_is_served_in_its_namespace_with_live_statu
     let status = || api.object("default", "sqs-helloworld-length").unwrap()["status"].clone();
     eventually("Ready", WAIT, || status()["state"] == "Ready").await;
     assert_eq!(status()["value"], "7");
-    assert_eq!(status()["valueTimestamp"], rfc3339(minute(1)));
+    assert_eq!(status()["valueTimestamp"], rfc3339(at));
     assert!(status().get("valueSelector").is_none());
 
     // Deleted while in use: gone within seconds, nothing else affected.

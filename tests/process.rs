@@ -22,7 +22,11 @@ fn adapter(emulator: &Emulator) -> Command {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL_CLOUDWATCH", emulator.endpoint_url())
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        // No cluster here: serve the definitions file only.
+        // No cluster here: allow everyone (tests/auth.rs covers delegated auth) and serve the
+        // definitions file only (tests/external_metrics.rs covers ExternalMetric objects).
+        .env("AUTHORIZATION_MODE", "AlwaysAllow")
+        .env("ANONYMOUS_AUTH", "true")
+        .env("AUTHENTICATION_SKIP_LOOKUP", "true")
         .env("WATCH_EXTERNAL_METRICS", "false")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -176,6 +180,38 @@ async fn invalid_flags_and_definitions_are_all_reported_before_listening() {
 }
 
 #[tokio::test]
+async fn by_default_it_needs_a_cluster_and_says_how_to_run_without_one() {
+    let emulator = Emulator::start().await.unwrap();
+    let output = adapter(&emulator)
+        .env_remove("AUTHORIZATION_MODE")
+        .env_remove("ANONYMOUS_AUTH")
+        .env_remove("AUTHENTICATION_SKIP_LOOKUP")
+        .args([
+            "serve",
+            "--bind-address",
+            "127.0.0.1",
+            "--admin-bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no in-cluster configuration"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--authorization-mode=AlwaysAllow --anonymous-auth=true --authentication-skip-lookup"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_revokes_readiness_and_drains_in_flight_requests() {
     let emulator = Emulator::start().await.unwrap();
     put(
@@ -309,7 +345,10 @@ async fn watching_external_metrics_without_a_cluster_fails_saying_what_to_do() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no Kubernetes configuration"), "{stderr}");
+    assert!(
+        stderr.contains("the ExternalMetric watch needs the Kubernetes API"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("--watch-external-metrics=false"),
         "{stderr}"

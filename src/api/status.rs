@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusDetails};
 
 use crate::provider::{BackendFailure, ProviderError};
 
@@ -15,6 +15,19 @@ pub struct ApiError {
     pub reason: &'static str,
     /// What kubectl prints after `Error from server (<reason>):`.
     pub message: String,
+    /// `Status.details` (group, kind, name), as kube-apiserver sets it on `Forbidden`.
+    pub details: Option<ErrorDetails>,
+}
+
+/// The parts of `metav1.StatusDetails` this server sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorDetails {
+    /// API group of the resource.
+    pub group: String,
+    /// For `Forbidden`, the resource (apimachinery puts the resource in `kind`).
+    pub kind: String,
+    /// The object's name, if the request named one.
+    pub name: String,
 }
 
 impl ApiError {
@@ -38,11 +51,52 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
     }
 
+    /// 401 Unauthorized, worded as kube-apiserver words it: the caller gets no hint about which
+    /// credential failed or why (that is in the server's log).
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 Forbidden, built as apimachinery's `NewForbidden(groupResource, name, err)`:
+    /// `<resource>.<group> "<name>" is forbidden: <why>`, or `forbidden: <why>` when the
+    /// request was not for a resource (empty `resource` and `group`).
+    pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        let qualified = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let message = if qualified.is_empty() {
+            format!("forbidden: {why}")
+        } else if name.is_empty() {
+            format!("{qualified} is forbidden: {why}")
+        } else {
+            format!("{qualified} {name:?} is forbidden: {why}")
+        };
+        let mut error = Self::new(StatusCode::FORBIDDEN, "Forbidden", message);
+        error.details = Some(ErrorDetails {
+            group: group.to_string(),
+            kind: resource.to_string(),
+            name: name.to_string(),
+        });
+        error
+    }
+
+    /// 503 ServiceUnavailable: a dependency is down; the caller should retry.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    }
+
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -50,7 +104,12 @@ impl ApiError {
     pub fn status(&self) -> Status {
         Status {
             code: Some(i32::from(self.code.as_u16())),
-            details: None,
+            details: self.details.as_ref().map(|details| StatusDetails {
+                group: Some(details.group.clone()).filter(|g| !g.is_empty()),
+                kind: Some(details.kind.clone()).filter(|k| !k.is_empty()),
+                name: Some(details.name.clone()).filter(|n| !n.is_empty()),
+                ..StatusDetails::default()
+            }),
             message: Some(self.message.clone()),
             metadata: ListMeta::default(),
             reason: Some(self.reason.to_string()),
@@ -70,11 +129,7 @@ impl From<ProviderError> for ApiError {
                 // Transient: the HPA retries every sync period; tell it (and humans) so.
                 BackendFailure::Throttled
                 | BackendFailure::Unreachable
-                | BackendFailure::ServiceError => Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    message,
-                ),
+                | BackendFailure::ServiceError => Self::service_unavailable(message),
                 // Configuration problems: retrying will not help until someone acts.
                 BackendFailure::AccessDenied
                 | BackendFailure::NoCredentials
@@ -112,6 +167,43 @@ mod tests {
             serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
                 "message":"the server could not find the metric sqs-orders for namespace default",
                 "reason":"NotFound","code":404})
+        );
+    }
+
+    #[test]
+    fn auth_errors_are_worded_as_kube_apiserver_words_them() {
+        let body = serde_json::to_value(ApiError::unauthorized().status()).unwrap_or_default();
+        assert_eq!(
+            body,
+            serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                "message":"Unauthorized","reason":"Unauthorized","code":401})
+        );
+        let forbidden = ApiError::forbidden(
+            "external.metrics.k8s.io",
+            "sqs-visible",
+            "",
+            "User \"bob\" cannot list resource",
+        );
+        let body = serde_json::to_value(forbidden.status()).unwrap_or_default();
+        assert_eq!(
+            body,
+            serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                "message":"sqs-visible.external.metrics.k8s.io is forbidden: User \"bob\" cannot list resource",
+                "reason":"Forbidden","code":403,
+                "details":{"group":"external.metrics.k8s.io","kind":"sqs-visible"}})
+        );
+        let named = ApiError::forbidden("", "pods", "web-0", "why");
+        assert_eq!(named.message, "pods \"web-0\" is forbidden: why");
+        let path = ApiError::forbidden("", "", "", "User \"bob\" cannot get path \"/apis\"");
+        assert_eq!(
+            path.message,
+            "forbidden: User \"bob\" cannot get path \"/apis\""
+        );
+        assert_eq!(path.code, StatusCode::FORBIDDEN);
+        let down = ApiError::service_unavailable("down");
+        assert_eq!(
+            (down.code.as_u16(), down.reason),
+            (503, "ServiceUnavailable")
         );
     }
 

@@ -162,13 +162,43 @@ async fn warm_requests_are_answered_from_memory_while_the_refresher_keeps_them_f
     tokio::time::sleep(Duration::from_secs(185)).await;
     let calls = fake.calls();
     assert_eq!(calls.len(), 4, "one refresh per period");
-    for pair in calls.windows(2) {
+    assert!(
+        calls[1].0 - calls[0].0 <= Duration::from_secs(60),
+        "first refresh is on the grid"
+    );
+    for pair in calls[1..].windows(2) {
         let gap = pair[1].0 - pair[0].0;
         assert!(
-            gap >= Duration::from_secs(60) && gap < Duration::from_secs(62),
+            gap >= Duration::from_secs(60) && gap < Duration::from_millis(60_100),
             "{gap:?}"
         );
     }
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn series_first_asked_for_at_different_times_are_refreshed_in_one_call() {
+    let (cache, fake, stop) = setup(CacheConfig::default());
+    for i in 0..300 {
+        value(&cache, &format!("q{i}")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let cold_calls = fake.calls().len();
+    // Let every series pass its first grid point, then watch two refresh rounds.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = fake.calls().len();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let calls = fake.calls();
+    assert_eq!(
+        calls.len() - before,
+        2,
+        "two rounds, one call each ({cold_calls} cold calls)"
+    );
+    assert!(
+        calls[before..]
+            .iter()
+            .all(|(_, r)| r.metric_data_queries.len() == 300)
+    );
     stop.cancel();
 }
 

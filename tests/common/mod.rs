@@ -1,7 +1,9 @@
-//! Shared helpers for real-socket tests: generated certificates, the emulator, a running server.
+//! Shared helpers for real-socket tests: generated certificates, the emulator, a running server,
+//! a fake Kubernetes API server.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod apiserver;
+pub mod fake_kube;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,31 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate and key (PEM) as kube issues them: CN = user, O = group, extended
+    /// key usage clientAuth. (rcgen keeps one value per attribute type, so at most one group;
+    /// several O attributes are covered by the subject parser's unit tests.)
+    pub fn client(&self, cn: &str, groups: &[&str]) -> (String, String) {
+        assert!(groups.len() <= 1, "rcgen writes at most one O");
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for group in groups {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *group);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Write the CA certificate to `dir/name` and return the path.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.pem).unwrap();
+        path
     }
 }
 
@@ -130,8 +157,20 @@ impl TestServer {
         Self::start_with(definitions, emulator, &[]).await
     }
 
-    /// As `start`, with extra `serve` flags.
+    /// As `start`, with extra `serve` flags (on top of [`LOCAL_AUTH`]).
     pub async fn start_with(definitions: &str, emulator: &Emulator, extra: &[&str]) -> TestServer {
+        let mut flags = LOCAL_AUTH.to_vec();
+        flags.extend_from_slice(extra);
+        Self::start_with_auth(definitions, emulator, &flags).await
+    }
+
+    /// As `start`, with exactly these extra flags: the caller decides authentication and
+    /// authorization.
+    pub async fn start_with_auth(
+        definitions: &str,
+        emulator: &Emulator,
+        extra: &[&str],
+    ) -> TestServer {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("test-ca");
@@ -142,7 +181,7 @@ impl TestServer {
         let key_path = dir.path().join("tls.key");
         std::fs::write(&cert_path, cert).unwrap();
         std::fs::write(&key_path, key).unwrap();
-        let config = serve_config(&config_path, &cert_path, &key_path, extra);
+        let config = serve_config_with_auth(&config_path, &cert_path, &key_path, extra);
         Self::run(config, emulator, ca, dir).await
     }
 
@@ -195,15 +234,21 @@ impl TestServer {
         let admin_addr = admin.local_addr().unwrap();
         let sdk = emulator_sdk_config(&emulator.endpoint_url()).await;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app::serve_with_kube(
-            config,
-            sdk,
-            kube,
-            Listeners { secure, admin },
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let listeners = Listeners { secure, admin };
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        // Without a given client, `serve` builds one from --kubeconfig when a flag needs it.
+        let task = match kube {
+            Some(kube) => tokio::spawn(app::serve_with_kube(
+                config,
+                sdk,
+                Some(kube),
+                listeners,
+                shutdown,
+            )),
+            None => tokio::spawn(app::serve(config, sdk, listeners, shutdown)),
+        };
         TestServer {
             secure: secure_addr,
             admin: admin_addr,
@@ -249,6 +294,16 @@ impl TestServer {
         client_trusting(&self.ca.pem).build().unwrap()
     }
 
+    /// An HTTPS client presenting a client certificate (a new one each time: a new handshake).
+    pub fn client_with_certificate(&self, cert_pem: &str, key_pem: &str) -> reqwest::Client {
+        let identity =
+            reqwest::Identity::from_pem(format!("{cert_pem}{key_pem}").as_bytes()).unwrap();
+        client_trusting(&self.ca.pem)
+            .identity(identity)
+            .build()
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self
             .client()
@@ -275,7 +330,27 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::ClientBuilder {
         .timeout(Duration::from_secs(10))
 }
 
+/// Flags for a run without a cluster: every caller is allowed, credentials or not.
+pub const LOCAL_AUTH: [&str; 3] = [
+    "--authorization-mode=AlwaysAllow",
+    "--anonymous-auth=true",
+    "--authentication-skip-lookup",
+];
+
+/// A `serve` configuration without a cluster ([`LOCAL_AUTH`]) plus `extra` flags.
 pub fn serve_config(config: &Path, cert: &Path, key: &Path, extra: &[&str]) -> ServeConfig {
+    let mut flags = LOCAL_AUTH.to_vec();
+    flags.extend_from_slice(extra);
+    serve_config_with_auth(config, cert, key, &flags)
+}
+
+/// A `serve` configuration with exactly `extra` as further flags.
+pub fn serve_config_with_auth(
+    config: &Path,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> ServeConfig {
     let mut argv: Vec<String> = [
         "cloudwatch-metrics-adapter",
         "serve",

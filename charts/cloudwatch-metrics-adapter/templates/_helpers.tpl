@@ -1,0 +1,73 @@
+{{/*
+Names. The full name is used for the Deployment, Service, ServiceAccount, RBAC and Secret; the
+APIService's own name is fixed by Kubernetes (v1beta1.external.metrics.k8s.io).
+*/}}
+{{- define "cwma.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cwma.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cwma.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cwma.labels" -}}
+helm.sh/chart: {{ include "cwma.chart" . }}
+{{ include "cwma.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: cloudwatch-metrics-adapter
+{{- end }}
+
+{{/* Selector labels never change across upgrades: Deployment selectors are immutable. */}}
+{{- define "cwma.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cwma.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "cwma.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cwma.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "cwma.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the pods mount their serving certificate from, in every certificate mode. */}}
+{{- define "cwma.servingSecretName" -}}
+{{- if eq .Values.certificates.mode "existingSecret" }}
+{{- required "certificates.existingSecret.name is required when certificates.mode is existingSecret" .Values.certificates.existingSecret.name }}
+{{- else }}
+{{- printf "%s-serving-cert" (include "cwma.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The names the aggregator may dial: it connects to <service>.<namespace>.svc and verifies the
+certificate for that name. The longer forms are for clients inside the cluster.
+*/}}
+{{- define "cwma.serviceDnsNames" -}}
+{{- $service := include "cwma.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.cluster.local" $service $ns) | toJson }}
+{{- end }}

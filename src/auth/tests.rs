@@ -1,0 +1,410 @@
+//! Decision logic and caches with a fake reviewer, on a paused clock.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request as HttpRequest, StatusCode};
+use axum::routing::get;
+use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo as KubeUser};
+use k8s_openapi::api::authorization::v1::SubjectAccessReviewStatus;
+use tower::ServiceExt;
+
+use super::review::ReviewFuture;
+use super::*;
+
+#[derive(Debug, Default)]
+struct FakeReviewer {
+    users: Mutex<HashMap<String, String>>,
+    allowed: Mutex<HashSet<String>>,
+    down: AtomicBool,
+    token_calls: AtomicUsize,
+    access_calls: AtomicUsize,
+    specs: Mutex<Vec<SubjectAccessReviewSpec>>,
+}
+
+impl FakeReviewer {
+    fn with_token(self, token: &str, user: &str) -> Self {
+        self.users
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), user.to_string());
+        self
+    }
+
+    fn allow(&self, user: &str) {
+        self.allowed.lock().unwrap().insert(user.to_string());
+    }
+
+    fn deny(&self, user: &str) {
+        self.allowed.lock().unwrap().remove(user);
+    }
+
+    fn unreachable() -> ReviewError {
+        ReviewError {
+            review: "fake",
+            detail: "connection refused".into(),
+        }
+    }
+}
+
+impl Reviewer for FakeReviewer {
+    fn review_token<'a>(&'a self, token: &'a str) -> ReviewFuture<'a, TokenReviewStatus> {
+        Box::pin(async move {
+            self.token_calls.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Self::unreachable());
+            }
+            Ok(match self.users.lock().unwrap().get(token) {
+                Some(user) => TokenReviewStatus {
+                    authenticated: Some(true),
+                    user: Some(KubeUser {
+                        username: Some(user.clone()),
+                        groups: Some(vec!["devs".into()]),
+                        ..KubeUser::default()
+                    }),
+                    ..TokenReviewStatus::default()
+                },
+                None => TokenReviewStatus {
+                    authenticated: Some(false),
+                    error: Some("token not found".into()),
+                    ..TokenReviewStatus::default()
+                },
+            })
+        })
+    }
+
+    fn review_access(
+        &self,
+        spec: SubjectAccessReviewSpec,
+    ) -> ReviewFuture<'_, SubjectAccessReviewStatus> {
+        Box::pin(async move {
+            self.access_calls.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Self::unreachable());
+            }
+            let allowed = self
+                .allowed
+                .lock()
+                .unwrap()
+                .contains(spec.user.as_deref().unwrap_or_default());
+            self.specs.lock().unwrap().push(spec);
+            Ok(SubjectAccessReviewStatus {
+                allowed,
+                reason: (!allowed).then(|| "no RBAC policy matched".to_string()),
+                ..SubjectAccessReviewStatus::default()
+            })
+        })
+    }
+}
+
+fn settings(anonymous: bool) -> AuthSettings {
+    AuthSettings {
+        anonymous,
+        mode: AuthorizationMode::Delegated,
+        token_ttl: Duration::from_secs(10),
+        allowed_ttl: Duration::from_secs(300),
+        denied_ttl: Duration::from_secs(30),
+    }
+}
+
+fn auth(reviewer: &Arc<FakeReviewer>, settings: AuthSettings) -> Auth {
+    let reviewer: Arc<dyn Reviewer> = reviewer.clone();
+    Auth::new(
+        Arc::new(TrustStore::new(None, None)),
+        Some(reviewer),
+        settings,
+    )
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    headers
+}
+
+fn value_request(metric: &str) -> Attributes {
+    Attributes::from_request(
+        &axum::http::Method::GET,
+        &format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/default/{metric}"),
+        None,
+    )
+}
+
+fn user(name: &str) -> UserInfo {
+    UserInfo {
+        name: name.into(),
+        groups: vec![AUTHENTICATED.into()],
+        ..UserInfo::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_answers_are_cached_for_the_ttl_and_errors_are_not() {
+    let reviewer = Arc::new(FakeReviewer::default().with_token("good", "alice"));
+    let auth = auth(&reviewer, settings(true));
+    let calls = || reviewer.token_calls.load(Ordering::SeqCst);
+
+    let answer = auth.authenticate(&bearer("good"), None).await.unwrap();
+    let Authentication::User(alice, via) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(via, "token");
+    assert_eq!(alice.name, "alice");
+    assert_eq!(alice.groups, ["devs", AUTHENTICATED]);
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    auth.authenticate(&bearer("good"), None).await.unwrap();
+    assert_eq!(calls(), 1);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    auth.authenticate(&bearer("good"), None).await.unwrap();
+    assert_eq!(calls(), 2);
+
+    // A rejected token is refused even though anonymous access is on, and that answer is
+    // cached too.
+    for _ in 0..3 {
+        let answer = auth.authenticate(&bearer("bad"), None).await.unwrap();
+        assert_eq!(answer, Authentication::Refused);
+    }
+    assert_eq!(calls(), 3);
+
+    // Unreachable: an error each time (never cached), until the API server is back.
+    reviewer.down.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(auth.authenticate(&bearer("good"), None).await.is_err());
+    assert!(auth.authenticate(&bearer("good"), None).await.is_err());
+    assert_eq!(calls(), 5);
+    reviewer.down.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        auth.authenticate(&bearer("good"), None).await.unwrap(),
+        Authentication::User(..)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn allowed_and_denied_decisions_have_their_own_ttls() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    let auth = auth(&reviewer, settings(false));
+    let calls = || reviewer.access_calls.load(Ordering::SeqCst);
+    let alice = user("alice");
+    let request = value_request("sqs-visible");
+
+    reviewer.allow("alice");
+    assert_eq!(
+        auth.authorize(&alice, &request).await.unwrap(),
+        Decision::Allow
+    );
+    // RBAC changes; the allowed answer stands for its 5 minutes.
+    reviewer.deny("alice");
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(
+        auth.authorize(&alice, &request).await.unwrap(),
+        Decision::Allow
+    );
+    assert_eq!(calls(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        auth.authorize(&alice, &request).await.unwrap(),
+        Decision::Deny("no RBAC policy matched".into())
+    );
+    assert_eq!(calls(), 2);
+    // The denied answer stands for 30 seconds only.
+    reviewer.allow("alice");
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(matches!(
+        auth.authorize(&alice, &request).await.unwrap(),
+        Decision::Deny(_)
+    ));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        auth.authorize(&alice, &request).await.unwrap(),
+        Decision::Allow
+    );
+    assert_eq!(calls(), 3);
+
+    // Each metric is its own decision.
+    auth.authorize(&alice, &value_request("other"))
+        .await
+        .unwrap();
+    assert_eq!(calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_api_server_fails_closed_but_cached_decisions_still_apply() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    let auth = auth(&reviewer, settings(false));
+    reviewer.allow("alice");
+    let request = value_request("sqs-visible");
+    auth.authorize(&user("alice"), &request).await.unwrap();
+
+    reviewer.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        auth.authorize(&user("alice"), &request).await.unwrap(),
+        Decision::Allow
+    );
+    assert!(auth.authorize(&user("bob"), &request).await.is_err());
+    // Once the cached answer expires, alice fails closed too.
+    tokio::time::advance(Duration::from_secs(300)).await;
+    assert!(auth.authorize(&user("alice"), &request).await.is_err());
+    reviewer.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        auth.authorize(&user("alice"), &request).await.unwrap(),
+        Decision::Allow
+    );
+}
+
+#[tokio::test]
+async fn masters_and_always_allow_skip_the_review() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    let delegated = auth(&reviewer, settings(false));
+    let master = UserInfo {
+        groups: vec![MASTERS.into(), AUTHENTICATED.into()],
+        ..user("system:kube-aggregator")
+    };
+    let request = value_request("sqs-visible");
+    assert_eq!(
+        delegated.authorize(&master, &request).await.unwrap(),
+        Decision::Allow
+    );
+    let always = auth(
+        &reviewer,
+        AuthSettings {
+            mode: AuthorizationMode::AlwaysAllow,
+            ..settings(false)
+        },
+    );
+    assert_eq!(
+        always.authorize(&user("bob"), &request).await.unwrap(),
+        Decision::Allow
+    );
+    assert_eq!(reviewer.access_calls.load(Ordering::SeqCst), 0);
+    // Without a cluster, delegated authorization refuses (except system:masters).
+    let offline = Auth::new(Arc::new(TrustStore::new(None, None)), None, settings(true));
+    assert!(matches!(
+        offline.authorize(&user("bob"), &request).await.unwrap(),
+        Decision::Deny(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_review_spec_is_what_kubes_webhook_authorizer_sends() {
+    let caller = UserInfo {
+        name: "system:serviceaccount:kube-system:horizontal-pod-autoscaler".into(),
+        uid: "uid-1".into(),
+        groups: vec!["system:serviceaccounts".into(), AUTHENTICATED.into()],
+        extra: [(
+            "authentication.kubernetes.io/credential-id".to_string(),
+            vec!["JTI=x".to_string()],
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let spec = access_review_spec(&caller, &value_request("sqs-visible"));
+    assert_eq!(
+        serde_json::to_value(&spec).unwrap(),
+        serde_json::json!({
+            "user": "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+            "uid": "uid-1",
+            "groups": ["system:serviceaccounts", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": ["JTI=x"]},
+            "resourceAttributes": {"namespace": "default", "verb": "list",
+                "group": "external.metrics.k8s.io", "version": "v1beta1", "resource": "sqs-visible"}
+        })
+    );
+    let discovery = access_review_spec(
+        &UserInfo::anonymous(),
+        &Attributes::from_request(
+            &axum::http::Method::GET,
+            "/apis/external.metrics.k8s.io/v1beta1",
+            None,
+        ),
+    );
+    assert_eq!(
+        serde_json::to_value(&discovery).unwrap(),
+        serde_json::json!({
+            "user": "system:anonymous",
+            "groups": ["system:unauthenticated"],
+            "nonResourceAttributes": {"path": "/apis/external.metrics.k8s.io/v1beta1", "verb": "get"}
+        })
+    );
+}
+
+#[test]
+fn bearer_tokens_are_read_as_kube_reads_them() {
+    let headers = |value: &str| {
+        let mut map = HeaderMap::new();
+        map.insert(header::AUTHORIZATION, value.parse().unwrap());
+        map
+    };
+    assert_eq!(bearer_token(&headers("Bearer abc")), Some("abc"));
+    assert_eq!(bearer_token(&headers("bearer abc extra")), Some("abc"));
+    assert_eq!(bearer_token(&headers("Bearer ")), None);
+    assert_eq!(bearer_token(&headers("Basic abc")), None);
+    assert_eq!(bearer_token(&HeaderMap::new()), None);
+}
+
+async fn call(auth: Arc<Auth>, request: HttpRequest<Body>) -> (StatusCode, serde_json::Value) {
+    let router = Router::new()
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}",
+            get(|request: Request| async move {
+                // The handler sees neither the token nor identity headers.
+                assert!(request.headers().get(header::AUTHORIZATION).is_none());
+                let user = request.extensions().get::<UserInfo>().cloned().unwrap();
+                axum::Json(serde_json::json!({"user": user.name}))
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(auth, middleware));
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn the_middleware_answers_401_403_and_503_as_status_objects() {
+    let reviewer = Arc::new(FakeReviewer::default().with_token("good", "alice"));
+    reviewer.allow("alice");
+    let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-visible";
+    let request = |token: Option<&str>| {
+        let mut builder = HttpRequest::get(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder.body(Body::empty()).unwrap()
+    };
+
+    let closed = Arc::new(auth(&reviewer, settings(false)));
+    let (status, body) = call(closed.clone(), request(None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["message"], "Unauthorized");
+    let (status, body) = call(closed.clone(), request(Some("good"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"], "alice");
+
+    let open = Arc::new(auth(&reviewer, settings(true)));
+    let (status, body) = call(open.clone(), request(None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body["message"],
+        "sqs-visible.external.metrics.k8s.io is forbidden: User \"system:anonymous\" cannot list resource \"sqs-visible\" in API group \"external.metrics.k8s.io\" in the namespace \"default\": no RBAC policy matched"
+    );
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(body["details"]["kind"], "sqs-visible");
+
+    reviewer.down.store(true, Ordering::SeqCst);
+    let (status, body) = call(open.clone(), request(Some("unseen-token"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["reason"], "ServiceUnavailable");
+    assert!(
+        !body["message"].as_str().unwrap().contains("unseen-token"),
+        "{body}"
+    );
+}

@@ -1,0 +1,463 @@
+//! A fake Kubernetes API server on 127.0.0.1 over HTTPS: just the parts an aggregated API server
+//! calls, with the real request and response bodies:
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews` (TokenReview),
+//! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews` (SubjectAccessReview),
+//! - `GET` and `?watch=true` of ConfigMap `kube-system/extension-apiserver-authentication`.
+//!
+//! It checks what a real one checks (the caller's bearer token, JSON, apiVersion/kind, the
+//! watch's field selector) and records every review body it receives. `stop` drops the listener
+//! and every open connection; `start` brings it back on the same address.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::TestCa;
+
+/// The token the adapter's kubeconfig carries (its service account's, in a cluster).
+pub const ADAPTER_TOKEN: &str = "adapter-service-account-token";
+const CONFIGMAP: &str = "extension-apiserver-authentication";
+
+/// What the fake knows and what it saw.
+#[derive(Default)]
+pub struct FakeState {
+    /// token -> `status.user` of a successful TokenReview.
+    tokens: Mutex<HashMap<String, Value>>,
+    /// (user, resource or non-resource path) pairs that SubjectAccessReview allows.
+    allowed: Mutex<HashSet<(String, String)>>,
+    /// Every TokenReview body received.
+    pub token_reviews: Mutex<Vec<Value>>,
+    /// Every SubjectAccessReview body received.
+    pub access_reviews: Mutex<Vec<Value>>,
+    /// Query strings of ConfigMap watches.
+    pub watches: Mutex<Vec<String>>,
+    /// Requests refused because the caller did not present the adapter's token.
+    pub unauthenticated_calls: Mutex<usize>,
+}
+
+/// The fake API server.
+pub struct FakeKube {
+    pub addr: SocketAddr,
+    pub ca: TestCa,
+    pub state: Arc<FakeState>,
+    pub kubeconfig: PathBuf,
+    configmap: watch::Sender<(u64, Option<BTreeMap<String, String>>)>,
+    tls: Arc<rustls::ServerConfig>,
+    running: Mutex<Option<JoinHandle<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeKube {
+    /// Start on 127.0.0.1:0, writing a kubeconfig that reaches it with [`ADAPTER_TOKEN`].
+    pub async fn start() -> FakeKube {
+        super::install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fake-kube-apiserver-ca");
+        let (cert, key) = ca.leaf("kube-apiserver");
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ca_path = dir.path().join("kube-ca.pem");
+        std::fs::write(&ca_path, &ca.pem).unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: adapter\n  user:\n    token: {ADAPTER_TOKEN}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: adapter\ncurrent-context: fake\n",
+                addr.port(),
+                ca_path.display()
+            ),
+        )
+        .unwrap();
+        let (configmap, _) = watch::channel((1, None));
+        let fake = FakeKube {
+            addr,
+            ca,
+            state: Arc::new(FakeState::default()),
+            kubeconfig,
+            configmap,
+            tls: Arc::new(tls),
+            running: Mutex::new(None),
+            _dir: dir,
+        };
+        fake.serve(listener);
+        fake
+    }
+
+    pub fn kubeconfig_arg(&self) -> String {
+        format!("--kubeconfig={}", self.kubeconfig.display())
+    }
+
+    /// TokenReview answers `token` with this user.
+    pub fn add_token(&self, token: &str, username: &str, uid: &str, groups: &[&str]) {
+        self.state.tokens.lock().unwrap().insert(
+            token.to_string(),
+            json!({"username": username, "uid": uid, "groups": groups}),
+        );
+    }
+
+    /// SubjectAccessReview allows `user` the metric (resource) or path `what`.
+    pub fn allow(&self, user: &str, what: &str) {
+        self.state
+            .allowed
+            .lock()
+            .unwrap()
+            .insert((user.to_string(), what.to_string()));
+    }
+
+    /// Publish (or replace) the authentication ConfigMap's data.
+    pub fn set_configmap(&self, data: &[(&str, &str)]) {
+        let data = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.configmap.send_modify(|(version, current)| {
+            *version += 1;
+            *current = Some(data);
+        });
+    }
+
+    pub fn access_reviews(&self) -> Vec<Value> {
+        self.state.access_reviews.lock().unwrap().clone()
+    }
+
+    pub fn token_reviews(&self) -> Vec<Value> {
+        self.state.token_reviews.lock().unwrap().clone()
+    }
+
+    /// Drop the listener and every open connection: the API server is down.
+    pub fn stop(&self) {
+        if let Some(task) = self.running.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Come back on the same address.
+    pub async fn restart(&self) {
+        self.stop();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let shared = Shared {
+            state: self.state.clone(),
+            configmap: self.configmap.clone(),
+        };
+        let router = Router::new()
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                post(token_review),
+            )
+            .route(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                post(access_review),
+            )
+            .route(
+                "/api/v1/namespaces/kube-system/configmaps/{name}",
+                get(get_configmap),
+            )
+            .route(
+                "/api/v1/namespaces/kube-system/configmaps",
+                get(watch_configmaps),
+            )
+            .with_state(shared);
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+        let task = tokio::spawn(async move {
+            // Dropping this set (when the task is aborted) aborts every connection.
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let router = router.clone();
+                connections.spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router))
+                        .await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        *self.running.lock().unwrap() = Some(task);
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    state: Arc<FakeState>,
+    configmap: watch::Sender<(u64, Option<BTreeMap<String, String>>)>,
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code.as_u16()})
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// The checks kube-apiserver makes before a create: authenticated caller, JSON, right type.
+#[allow(clippy::result_large_err, reason = "the error is the response itself")]
+fn check_create(
+    state: &FakeState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    api_version: &str,
+    kind: &str,
+) -> Result<Value, Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer != Some(&format!("Bearer {ADAPTER_TOKEN}")) {
+        *state.unauthenticated_calls.lock().unwrap() += 1;
+        return Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the body must be JSON",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()))?;
+    if value["apiVersion"] != api_version || value["kind"] != kind || !value["spec"].is_object() {
+        return Err(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("expected a {api_version} {kind} with a spec"),
+        ));
+    }
+    Ok(value)
+}
+
+async fn token_review(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let review = match check_create(
+        &shared.state,
+        &headers,
+        &body,
+        "authentication.k8s.io/v1",
+        "TokenReview",
+    ) {
+        Ok(review) => review,
+        Err(response) => return response,
+    };
+    shared
+        .state
+        .token_reviews
+        .lock()
+        .unwrap()
+        .push(review.clone());
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let status_body = match shared.state.tokens.lock().unwrap().get(token) {
+        Some(user) => json!({"authenticated": true, "user": user,
+                             "audiences": ["https://kubernetes.default.svc.cluster.local"]}),
+        None => json!({"user": {}, "error": "[invalid bearer token, token lookup failed]"}),
+    };
+    let answer = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null}, "spec": review["spec"], "status": status_body});
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+async fn access_review(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let review = match check_create(
+        &shared.state,
+        &headers,
+        &body,
+        "authorization.k8s.io/v1",
+        "SubjectAccessReview",
+    ) {
+        Ok(review) => review,
+        Err(response) => return response,
+    };
+    shared
+        .state
+        .access_reviews
+        .lock()
+        .unwrap()
+        .push(review.clone());
+    let spec = &review["spec"];
+    let user = spec["user"].as_str().unwrap_or_default().to_string();
+    let what = spec["resourceAttributes"]["resource"]
+        .as_str()
+        .or_else(|| spec["nonResourceAttributes"]["path"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let allowed = shared
+        .state
+        .allowed
+        .lock()
+        .unwrap()
+        .contains(&(user.clone(), what));
+    // RBAC's own answers: a reason when allowed, none when it simply found no rule.
+    let status_body = if allowed {
+        json!({"allowed": true, "reason": format!("RBAC: allowed by ClusterRoleBinding \"test\" of ClusterRole \"test\" to User \"{user}\"")})
+    } else {
+        json!({"allowed": false})
+    };
+    let answer = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+        "metadata": {"creationTimestamp": null}, "spec": spec, "status": status_body});
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+fn configmap_object(version: u64, data: &BTreeMap<String, String>) -> Value {
+    json!({"kind": "ConfigMap", "apiVersion": "v1",
+        "metadata": {"name": CONFIGMAP, "namespace": "kube-system",
+                     "uid": "5d1c3c9e-0000-4000-8000-000000000001",
+                     "resourceVersion": version.to_string(),
+                     "creationTimestamp": "2026-11-21T12:00:00Z"},
+        "data": data})
+}
+
+fn authorized(state: &FakeState, headers: &HeaderMap) -> bool {
+    let ok = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {ADAPTER_TOKEN}"));
+    if !ok {
+        *state.unauthenticated_calls.lock().unwrap() += 1;
+    }
+    ok
+}
+
+async fn get_configmap(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&shared.state, &headers) {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let (version, data) = shared.configmap.borrow().clone();
+    match data {
+        Some(data) if name == CONFIGMAP => (
+            [(header::CONTENT_TYPE, "application/json")],
+            configmap_object(version, &data).to_string(),
+        )
+            .into_response(),
+        _ => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("configmaps \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn watch_configmaps(
+    State(shared): State<Shared>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&shared.state, &headers) {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let query = query.unwrap_or_default();
+    shared.state.watches.lock().unwrap().push(query.clone());
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    if params.get("watch").map(String::as_str) != Some("true") {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "only watch is served here",
+        );
+    }
+    if params.get("fieldSelector").map(String::as_str)
+        != Some(&format!("metadata.name={CONFIGMAP}"))
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "expected a metadata.name field selector",
+        );
+    }
+    let since: u64 = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let receiver = shared.configmap.subscribe();
+    // One JSON event per line, as the API server streams them, for every version after `since`.
+    let events =
+        futures_util::stream::unfold((receiver, since), |(mut receiver, mut seen)| async move {
+            loop {
+                let (version, data) = receiver.borrow_and_update().clone();
+                if version > seen
+                    && let Some(data) = data
+                {
+                    seen = version;
+                    let line = format!(
+                        "{}\n",
+                        json!({"type": "MODIFIED", "object": configmap_object(version, &data)})
+                    );
+                    return Some((Ok::<_, Infallible>(Bytes::from(line)), (receiver, seen)));
+                }
+                if receiver.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
