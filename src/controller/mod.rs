@@ -13,7 +13,6 @@
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -296,25 +295,6 @@ fn explain(error: &watcher::Error) -> String {
         _ => "",
     };
     format!("{error}{hint}")
-}
-
-/// A Kubernetes client from `--kubeconfig`, else `KUBECONFIG` / `~/.kube/config`, else the
-/// in-cluster service account.
-pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    use anyhow::Context;
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig: cannot read {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig: cannot use {}", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration (in-cluster service account, KUBECONFIG or ~/.kube/config) to watch ExternalMetric objects; pass --kubeconfig, or --watch-external-metrics=false to serve only the definitions file",
-        )?,
-    };
-    Client::try_from(config).context("cannot build the Kubernetes client")
 }
 
 #[cfg(test)]
