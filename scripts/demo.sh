@@ -57,7 +57,11 @@ kubectl() {
   HOME="$PWD/$STATE" tools/kubectl/kubectl --server="https://127.0.0.1:$SECURE_PORT" \
     --insecure-skip-tls-verify --token=demo "$@" </dev/null
 }
-run() { echo; echo "\$ kubectl $*"; kubectl "$@" | python3 -m json.tool || true; }
+run() {
+  echo; echo "\$ kubectl $*"
+  local out
+  if out=$(kubectl "$@" 2>&1); then printf '%s\n' "$out" | python3 -m json.tool; else printf '%s\n' "$out"; fi
+}
 
 run get --raw /apis/external.metrics.k8s.io/v1beta1
 run get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-messages-visible?labelSelector=QueueName%3Dorders"
