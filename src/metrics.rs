@@ -32,6 +32,11 @@ struct ResultLabels {
     result: String,
 }
 
+/// Latency buckets (seconds) for value requests.
+const REQUEST_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
 /// Dollars per metric requested from `GetMetricData` (us-east-1 list price, no free tier).
 pub const DOLLARS_PER_METRIC: f64 = 0.01 / 1000.0;
 
@@ -66,10 +71,9 @@ impl Default for AdapterMetrics {
         let mut registry = Registry::with_prefix("cloudwatch_adapter");
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            // 100 us .. ~3 s: memory hits are sub-millisecond, CloudWatch calls are not.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 2.5, 12,
-            ))
+            // Memory hits are sub-millisecond, first fetches wait on CloudWatch; the 1 ms
+            // bound is the latency objective for warm series.
+            Histogram::new(REQUEST_BUCKETS.iter().copied())
         });
         let cloudwatch_calls = Family::<OutcomeLabels, Counter>::default();
         let cloudwatch_queries = Counter::default();
