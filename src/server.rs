@@ -59,6 +59,11 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        // Responses are small and written as several frames; without TCP_NODELAY, Nagle's
+        // algorithm meeting the client's delayed ACK can hold a response for tens of ms.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let builder = builder.clone();
