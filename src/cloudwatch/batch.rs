@@ -67,13 +67,18 @@ pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
     }
     let mut batches = Vec::new();
     for ((target, start_time, end_time, scan_by), members) in groups {
-        let mut open: Vec<(Batch, bool)> = Vec::new();
+        // (batch, holds a SQL query, closed to other series)
+        let mut open: Vec<(Batch, bool, bool)> = Vec::new();
         for index in members {
             let request = requests[index];
             let size = request.metric_data_queries.len();
             let sql = request.metric_data_queries.iter().any(is_sql);
-            let fits = |(batch, has_sql): &(Batch, bool)| {
-                batch.request.metric_data_queries.len() + size <= max_queries && !(sql && *has_sql)
+            let alone = !self_contained(request);
+            let fits = |(batch, has_sql, closed): &(Batch, bool, bool)| {
+                !alone
+                    && !*closed
+                    && batch.request.metric_data_queries.len() + size <= max_queries
+                    && !(sql && *has_sql)
             };
             let slot = match open.iter().position(fits) {
                 Some(slot) => slot,
@@ -90,11 +95,12 @@ pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
                             members: Vec::new(),
                         },
                         false,
+                        false,
                     ));
                     open.len() - 1
                 }
             };
-            let (batch, has_sql) = &mut open[slot];
+            let (batch, has_sql, closed) = &mut open[slot];
             let prefix = format!("s{}_", batch.members.len());
             batch
                 .request
@@ -102,8 +108,9 @@ pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
                 .extend(rename(&request.metric_data_queries, &prefix));
             batch.members.push(index);
             *has_sql |= sql;
+            *closed |= alone;
         }
-        batches.extend(open.into_iter().map(|(batch, _)| batch));
+        batches.extend(open.into_iter().map(|(batch, _, _)| batch));
     }
     batches
 }
@@ -115,7 +122,9 @@ fn rename(queries: &[Query], prefix: &str) -> Vec<Query> {
         .map(|query| {
             let mut renamed = query.clone();
             renamed.id = format!("{prefix}{}", query.id);
-            if let QueryKind::Expression(expression) = &query.kind {
+            if let QueryKind::Expression(expression) = &query.kind
+                && !is_sql(query)
+            {
                 renamed.kind =
                     QueryKind::Expression(rename_in_expression(expression, &ids, prefix));
             }
@@ -124,45 +133,97 @@ fn rename(queries: &[Query], prefix: &str) -> Vec<Query> {
         .collect()
 }
 
-/// Prefix every identifier in `expression` that names one of `ids`, leaving string literals,
-/// function names (followed by `(`) and everything else untouched.
-pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str) -> String {
-    let mut out = String::with_capacity(expression.len() + 16);
+/// Whether a series' queries only refer to each other, so it can share a call. `METRICS()`
+/// reads every query in the call, and a lowercase identifier that is not one of the series' own
+/// ids (for example a label value filled into an expression) would read another series' query:
+/// such a series gets a call of its own.
+fn self_contained(request: &MetricDataRequest) -> bool {
+    let ids: HashSet<&str> = request
+        .metric_data_queries
+        .iter()
+        .map(|q| q.id.as_str())
+        .collect();
+    request
+        .metric_data_queries
+        .iter()
+        .all(|query| match &query.kind {
+            QueryKind::Expression(_) if is_sql(query) => true,
+            QueryKind::Expression(expression) => {
+                tokens(expression).iter().all(|token| match token {
+                    Token::Word { text, call: true } => !text.eq_ignore_ascii_case("METRICS"),
+                    // Ids start with a lowercase letter; capitalised words are keywords.
+                    Token::Word { text, call: false } => {
+                        !text.starts_with(|c: char| c.is_ascii_lowercase())
+                            || ids.contains(text.as_str())
+                    }
+                    Token::Text(_) => true,
+                })
+            }
+            QueryKind::MetricStat(_) => true,
+        })
+}
+
+/// A metric math expression, split into words (identifiers, and whether a `(` follows) and
+/// everything else (string literals, numbers, operators) kept verbatim.
+#[derive(Debug, PartialEq)]
+enum Token {
+    Word { text: String, call: bool },
+    Text(String),
+}
+
+fn tokens(expression: &str) -> Vec<Token> {
     let chars: Vec<char> = expression.chars().collect();
+    let mut out = Vec::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
         if c == '"' || c == '\'' {
-            // Copy a string literal verbatim, honouring backslash escapes.
-            let quote = c;
-            out.push(c);
+            // A string literal, honouring backslash escapes.
+            let start = i;
             i += 1;
-            while i < chars.len() {
-                out.push(chars[i]);
-                if chars[i] == '\\' && i + 1 < chars.len() {
-                    out.push(chars[i + 1]);
-                    i += 2;
-                    continue;
-                }
-                i += 1;
-                if chars[i - 1] == quote {
-                    break;
-                }
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
             }
+            i = (i + 1).min(chars.len());
+            out.push(Token::Text(chars[start..i].iter().collect()));
         } else if c.is_ascii_alphabetic() || c == '_' {
             let start = i;
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
                 i += 1;
             }
-            let word: String = chars[start..i].iter().collect();
-            let next = chars[i..].iter().find(|c| !c.is_whitespace());
-            if ids.contains(word.as_str()) && next != Some(&'(') {
-                out.push_str(prefix);
+            let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+            out.push(Token::Word {
+                text: chars[start..i].iter().collect(),
+                call,
+            });
+        } else if c.is_ascii_digit() {
+            // Numbers (1e3, 0.5) stay whole so their letters are not read as identifiers.
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
             }
-            out.push_str(&word);
+            out.push(Token::Text(chars[start..i].iter().collect()));
         } else {
-            out.push(c);
+            out.push(Token::Text(c.to_string()));
             i += 1;
+        }
+    }
+    out
+}
+
+/// Prefix every identifier in `expression` that names one of `ids`, leaving string literals,
+/// function names (followed by `(`) and everything else untouched.
+pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str) -> String {
+    let mut out = String::with_capacity(expression.len() + 16);
+    for token in tokens(expression) {
+        match token {
+            Token::Word { text, call } => {
+                if !call && ids.contains(text.as_str()) {
+                    out.push_str(prefix);
+                }
+                out.push_str(&text);
+            }
+            Token::Text(text) => out.push_str(&text),
         }
     }
     out
@@ -325,6 +386,39 @@ mod tests {
     }
 
     #[test]
+    fn series_that_could_read_other_series_get_a_call_of_their_own() {
+        let metrics = || {
+            request(
+                vec![stat("m1", false), expression("total", "SUM(METRICS())")],
+                None,
+                0,
+            )
+        };
+        // A label value filled into an expression that names another series' query id.
+        let injected = request(
+            vec![
+                stat("visible", false),
+                expression("e", "visible * s0_visible"),
+            ],
+            None,
+            0,
+        );
+        let plain = || {
+            request(
+                vec![stat("visible", false), expression("e", "visible * 2 + 1e3")],
+                None,
+                0,
+            )
+        };
+        let requests = [plain(), metrics(), plain(), injected, metrics(), plain()];
+        let refs: Vec<&MetricDataRequest> = requests.iter().collect();
+        let batches = plan(&refs, 500);
+        let mut members: Vec<Vec<usize>> = batches.iter().map(|b| b.members.clone()).collect();
+        members.sort();
+        assert_eq!(members, vec![vec![0, 2, 5], vec![1], vec![3], vec![4]]);
+    }
+
+    #[test]
     fn results_map_back_to_their_series_with_original_ids() {
         let requests = [
             request(
@@ -348,6 +442,7 @@ mod tests {
         assert_eq!(text, "s0_visible + s0_inflight");
         let result = |id: &str, value: f64| QueryResult {
             id: id.into(),
+            label: None,
             points: vec![(UNIX_EPOCH, value)],
             status: ResultStatus::Complete,
             messages: vec![],
