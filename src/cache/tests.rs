@@ -47,6 +47,7 @@ impl MetricDataSource for Fake {
                 let queue = &stat.dimensions[0].value;
                 QueryResult {
                     id: q.id.clone(),
+                    label: None,
                     points: vec![(request.start_time, queue[1..].parse().unwrap())],
                     status: ResultStatus::Complete,
                     messages: vec![],

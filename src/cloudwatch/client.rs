@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_config::SdkConfig;
 use aws_config::sts::AssumeRoleProvider;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_cloudwatch::config::http::HttpResponse;
 use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::operation::get_metric_data::GetMetricDataError;
@@ -115,6 +116,7 @@ impl MetricDataSource for AwsCloudWatch {
                 .map_err(classify)?;
             for result in output.metric_data_results() {
                 let id = result.id().unwrap_or_default().to_string();
+                let label = result.label().map(str::to_string);
                 let points = result
                     .timestamps()
                     .iter()
@@ -132,7 +134,8 @@ impl MetricDataSource for AwsCloudWatch {
                     .iter()
                     .map(|m| format!("{}: {}", m.code().unwrap_or("?"), m.value().unwrap_or("")))
                     .collect();
-                match merged.iter_mut().find(|r| r.id == id) {
+                // Pages continue a result with the same id and label.
+                match merged.iter_mut().find(|r| r.id == id && r.label == label) {
                     Some(existing) => {
                         existing.points.extend(points);
                         existing.status = status;
@@ -140,6 +143,7 @@ impl MetricDataSource for AwsCloudWatch {
                     }
                     None => merged.push(QueryResult {
                         id,
+                        label,
                         points: points.collect(),
                         status,
                         messages,
@@ -219,11 +223,16 @@ fn classify(error: SdkError<GetMetricDataError, HttpResponse>) -> CloudWatchErro
     // Walk the chain for a credentials failure: it can hide under a dispatch failure.
     let mut source = error.source();
     while let Some(cause) = source {
-        if let Some(credentials) =
-            cause.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
-        {
-            return CloudWatchError::NoCredentials {
-                detail: summarize(credentials),
+        if let Some(credentials) = cause.downcast_ref::<CredentialsError>() {
+            let detail = summarize(credentials);
+            return match credentials {
+                CredentialsError::CredentialsNotLoaded(_)
+                | CredentialsError::InvalidConfiguration(_) => {
+                    CloudWatchError::NoCredentials { detail }
+                }
+                CredentialsError::ProviderTimedOut(_) => CloudWatchError::Unreachable { detail },
+                // A provider that answered and refused, e.g. STS denying a definition's roleArn.
+                _ => CloudWatchError::AccessDenied { detail },
             };
         }
         source = cause.source();
@@ -280,6 +289,3 @@ fn summarize(error: &dyn std::error::Error) -> String {
     }
     text
 }
-
-/// Never wait on CloudWatch longer than this per attempt, whatever the SDK defaults are.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -29,6 +29,21 @@ pub fn evaluate(
         tracing::warn!(metric = %name, error = %error, "GetMetricData failed");
         backend_error(failure, name)
     })?;
+    let series = results
+        .iter()
+        .filter(|r| r.id == definition.value_query)
+        .count();
+    if series > 1 {
+        // The HPA needs one number; picking one of several series would be a made-up answer.
+        tracing::warn!(metric = %name, series, "value query returned several time series");
+        return Err(ProviderError::Backend {
+            failure: BackendFailure::InvalidQuery,
+            message: format!(
+                "metric {name}: query {} returns {series} time series; aggregate them into one (for example SUM(SEARCH(...)), or a Metrics Insights query without GROUP BY)",
+                definition.value_query
+            ),
+        });
+    }
     if let Some(result) = results.iter().find(|r| r.id == definition.value_query) {
         let failure = match &result.status {
             ResultStatus::Forbidden => Some(BackendFailure::AccessDenied),
@@ -171,6 +186,7 @@ metrics:
     fn result(points: Vec<(SystemTime, f64)>, status: ResultStatus) -> QueryResult {
         QueryResult {
             id: "visible".into(),
+            label: None,
             points,
             status,
             messages: vec![],
@@ -236,6 +252,21 @@ metrics:
             !message.contains("arn:aws:sts"),
             "AWS detail leaked: {message}"
         );
+    }
+
+    #[test]
+    fn several_time_series_for_the_value_query_are_refused() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_789_999_940);
+        let mut first = result(vec![(t, 1.0)], ResultStatus::Complete);
+        first.label = Some("orders-a".into());
+        let mut second = result(vec![(t, 2.0)], ResultStatus::Complete);
+        second.label = Some("orders-b".into());
+        let err = run("sqs-visible", Some("orders"), Ok(vec![first, second])).unwrap_err();
+        let ProviderError::Backend { failure, message } = err else {
+            panic!("expected Backend");
+        };
+        assert_eq!(failure, BackendFailure::InvalidQuery);
+        assert!(message.contains("returns 2 time series"), "{message}");
     }
 
     #[test]

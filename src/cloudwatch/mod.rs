@@ -112,6 +112,9 @@ pub struct Dimension {
 pub struct QueryResult {
     /// The query id.
     pub id: String,
+    /// The result's label: a query that returns several time series (SEARCH, Metrics Insights
+    /// GROUP BY) has one result per series, all with the query's id, told apart by label.
+    pub label: Option<String>,
     /// Datapoints, in the order CloudWatch returned them.
     pub points: Vec<(SystemTime, f64)>,
     /// CloudWatch's per-result status.

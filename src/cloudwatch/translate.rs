@@ -65,9 +65,10 @@ fn describe_labels(definition: &Definition) -> String {
 
 /// Build the request for `definition` with `labels` at time `now`.
 ///
-/// The window ends at `now - endOffset`, rounded up to the period so the newest bucket (possibly
-/// partial) is included unless an offset skips it; it starts `window` earlier, aligned to the
-/// period, because CloudWatch answers faster and more predictably for aligned times.
+/// The window ends at `now - endOffset`, rounded down to the period, so the bucket still filling
+/// is never read (a partial `Sum` would look like a drop in load); it starts `window` earlier,
+/// aligned to the period, because CloudWatch answers faster and more predictably for aligned
+/// times.
 pub fn build_request(
     definition: &Definition,
     labels: &BTreeMap<String, String>,
@@ -148,7 +149,7 @@ pub fn window(definition: &Definition, now: SystemTime) -> (SystemTime, SystemTi
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let end = now_secs.div_ceil(period) * period;
+    let end = now_secs / period * period;
     let start = end.saturating_sub(definition.window.as_secs()) / period * period;
     (
         UNIX_EPOCH + Duration::from_secs(start),
@@ -298,9 +299,9 @@ metrics:
         );
         let now = UNIX_EPOCH + Duration::from_secs(10_000 * 60 + 17);
         let (start, end) = window(&def, now);
-        // now - 2m = minute 9998 + 17s -> rounded up to minute 9999.
-        assert_eq!(end, UNIX_EPOCH + Duration::from_secs(9_999 * 60));
-        assert_eq!(start, UNIX_EPOCH + Duration::from_secs(9_994 * 60));
+        // now - 2m = minute 9998 + 17s -> rounded down: the bucket at 9998 is still filling.
+        assert_eq!(end, UNIX_EPOCH + Duration::from_secs(9_998 * 60));
+        assert_eq!(start, UNIX_EPOCH + Duration::from_secs(9_993 * 60));
     }
 
     #[test]
@@ -310,12 +311,14 @@ metrics:
         let results = vec![
             QueryResult {
                 id: "other".into(),
+                label: None,
                 points: vec![(t(500), 9.0)],
                 status: crate::cloudwatch::ResultStatus::Complete,
                 messages: vec![],
             },
             QueryResult {
                 id: "visible".into(),
+                label: None,
                 points: vec![(t(120), 2.0), (t(180), 3.5), (t(60), 1.0)],
                 status: crate::cloudwatch::ResultStatus::Complete,
                 messages: vec![],
