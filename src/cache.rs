@@ -291,22 +291,39 @@ impl<S: MetricDataSource> QueryCache<S> {
             labels: labels.clone(),
         };
         let now = Instant::now();
-        let mut created = false;
-        let mut series = inner.series.get_with_by_ref(&key, || {
-            created = true;
-            Arc::new(Series::new(definition.clone(), labels.clone(), now))
-        });
-        if !Arc::ptr_eq(&series.definition, definition) {
-            // The definition changed since this series was created: its values belong to the
-            // old spec and must not be served.
-            let fresh = Arc::new(Series::new(definition.clone(), labels, now));
-            inner.series.insert(key, fresh.clone());
-            series = fresh;
-            created = true;
-        }
-        if created {
-            inner.wake.notify_one();
-        }
+        // Fast path: the series exists for this very definition.
+        let series = match inner.series.get(&key) {
+            Some(series) if Arc::ptr_eq(&series.definition, definition) => series,
+            // New, or left from an edited definition, whose values must not be served: replace it
+            // atomically, so concurrent first requests agree on one series.
+            _ => {
+                let outcome = inner
+                    .series
+                    .entry_by_ref(&key)
+                    .and_compute_with(|existing| match existing {
+                        Some(entry) if Arc::ptr_eq(&entry.value().definition, definition) => {
+                            moka::ops::compute::Op::Nop
+                        }
+                        _ => moka::ops::compute::Op::Put(Arc::new(Series::new(
+                            definition.clone(),
+                            labels.clone(),
+                            now,
+                        ))),
+                    });
+                match outcome {
+                    moka::ops::compute::CompResult::Inserted(entry)
+                    | moka::ops::compute::CompResult::ReplacedWith(entry) => {
+                        inner.wake.notify_one();
+                        entry.into_value()
+                    }
+                    moka::ops::compute::CompResult::Unchanged(entry) => entry.into_value(),
+                    moka::ops::compute::CompResult::Removed(_)
+                    | moka::ops::compute::CompResult::StillNone(_) => {
+                        return Err(capacity_error(definition, inner.config.max_series));
+                    }
+                }
+            }
+        };
         series.lock().last_requested = now;
 
         let mut generation = series.generation.subscribe();
@@ -318,6 +335,10 @@ impl<S: MetricDataSource> QueryCache<S> {
             )
             .await;
             if first.is_err() {
+                if !inner.series.contains_key(&key) {
+                    // Evicted before its first fetch: the cache is at --max-series.
+                    return Err(capacity_error(definition, inner.config.max_series));
+                }
                 return Err(ProviderError::Backend {
                     failure: BackendFailure::Unreachable,
                     message: format!(
@@ -330,56 +351,80 @@ impl<S: MetricDataSource> QueryCache<S> {
         } else {
             inner.metrics.cache_lookup("hit");
         }
-        let answer = answer(&series, &inner.config, Instant::now());
-        if matches!(&answer, Err(ProviderError::Backend { .. })) {
+        let (answer, stale) = answer(&series, &inner.config, Instant::now());
+        if stale {
             inner.metrics.cache_lookup("stale");
         }
         answer.map(|value| vec![value])
     }
 }
 
+fn capacity_error(definition: &Definition, max_series: u64) -> ProviderError {
+    ProviderError::Backend {
+        failure: BackendFailure::ServiceError,
+        message: format!(
+            "unable to serve metric {}: the adapter already tracks its maximum of {max_series} series (--max-series); too many distinct selectors are being asked for",
+            definition.spec.name
+        ),
+    }
+}
+
 /// The answer a series gives now: the latest value if fresh, else the last good one within its
-/// max age, else an error that says why.
+/// max age, else an error that says why. The flag says whether a value was refused as too old.
 fn answer(
     series: &Series,
     config: &CacheConfig,
     now: Instant,
-) -> Result<MetricValue, ProviderError> {
+) -> (Result<MetricValue, ProviderError>, bool) {
     let definition = &series.definition;
     let max_age = max_age(definition, config);
     let state = series.lock();
     let Some((latest, fetched)) = &state.latest else {
-        return Err(backend_error(
-            BackendFailure::Unreachable,
-            &definition.spec.name,
-        ));
+        return (
+            Err(backend_error(
+                BackendFailure::Unreachable,
+                &definition.spec.name,
+            )),
+            false,
+        );
     };
     match latest {
-        Ok(value) if now.duration_since(*fetched) <= max_age => Ok(value.clone()),
-        Ok(_) => Err(stale(
-            definition,
-            now.duration_since(*fetched),
-            max_age,
-            "refreshes are behind schedule",
-        )),
+        Ok(value) if now.duration_since(*fetched) <= max_age => (Ok(value.clone()), false),
+        Ok(_) => (
+            Err(stale(
+                definition,
+                now.duration_since(*fetched),
+                max_age,
+                "refreshes are behind schedule",
+            )),
+            true,
+        ),
         Err(ProviderError::Backend { failure, message }) => match &state.last_good {
-            Some((value, good_at)) if now.duration_since(*good_at) <= max_age => Ok(value.clone()),
-            Some((_, good_at)) => Err(ProviderError::Backend {
-                failure: *failure,
-                message: format!(
-                    "{}; the last good value is {} old, past its max age of {}",
-                    message,
-                    HumanDuration(round_secs(now.duration_since(*good_at))),
-                    HumanDuration(max_age)
-                ),
-            }),
-            None => Err(ProviderError::Backend {
-                failure: *failure,
-                message: message.clone(),
-            }),
+            Some((value, good_at)) if now.duration_since(*good_at) <= max_age => {
+                (Ok(value.clone()), false)
+            }
+            Some((_, good_at)) => (
+                Err(ProviderError::Backend {
+                    failure: *failure,
+                    message: format!(
+                        "{}; the last good value is {} old, past its max age of {}",
+                        message,
+                        HumanDuration(round_secs(now.duration_since(*good_at))),
+                        HumanDuration(max_age)
+                    ),
+                }),
+                true,
+            ),
+            None => (
+                Err(ProviderError::Backend {
+                    failure: *failure,
+                    message: message.clone(),
+                }),
+                false,
+            ),
         },
         // No data, an untranslatable value: these are answers, not failures.
-        Err(other) => Err(other.clone()),
+        Err(other) => (Err(other.clone()), false),
     }
 }
 
@@ -399,11 +444,13 @@ fn round_secs(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs())
 }
 
+/// A definition's own `maxAge` (validated to be at least one refresh interval) is used as
+/// written; the global default is raised to three refresh intervals, so a slow metric's value
+/// does not expire between two normal refreshes.
 fn max_age(definition: &Definition, config: &CacheConfig) -> Duration {
     definition
         .max_age
-        .unwrap_or(config.max_age)
-        .max(definition.refresh_interval * 3)
+        .unwrap_or_else(|| config.max_age.max(definition.refresh_interval * 3))
 }
 
 impl<S: MetricDataSource> Inner<S> {
@@ -601,6 +648,14 @@ impl<S: MetricDataSource> Inner<S> {
 }
 
 impl<S: MetricDataSource> ExternalMetricsProvider for QueryCache<S> {
+    fn is_defined(&self, namespace: &str, metric: &str) -> bool {
+        self.inner
+            .definitions
+            .load()
+            .lookup(namespace, metric)
+            .is_some()
+    }
+
     fn list_metrics(&self) -> Vec<MetricInfo> {
         // Discovery has no namespace: each name once, whichever namespaces define it.
         self.inner

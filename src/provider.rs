@@ -156,6 +156,10 @@ pub trait ExternalMetricsProvider: Send + Sync + 'static {
     /// The metrics visible for discovery.
     fn list_metrics(&self) -> Vec<MetricInfo>;
 
+    /// Whether `metric` is defined for HPAs in `namespace` (cheap; checked before anything else,
+    /// so an unknown metric is a 404 whatever else is wrong with the request).
+    fn is_defined(&self, namespace: &str, metric: &str) -> bool;
+
     /// The values for one request; an empty list is never returned (the HPA treats it as an error).
     fn get_values(
         &self,

@@ -268,6 +268,23 @@ async fn errors_are_status_objects_with_actionable_messages() {
         assert!(message.contains(needle), "{selector}: {message}");
     }
 
+    // An unknown metric is a 404 whatever its selector, and an encoded '/' never reaches a
+    // cluster-wide definition under another name.
+    let (status, body) = server
+        .get(&format!(
+            "{VALUES}/sqs-orders?labelSelector=QueueName+in+%28a"
+        ))
+        .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("NotFound")),
+        "{body}"
+    );
+    let (status, _) = server
+        .get("/apis/external.metrics.k8s.io/v1beta1/namespaces/a%2Fb/sqs-visible?labelSelector=QueueName%3Dorders")
+        .await;
+    assert_eq!(status, 404);
+
     // Unknown paths and methods are Status objects too.
     let (status, body) = server.get("/apis/other.group/v1").await;
     assert_eq!((status, body["reason"].as_str()), (404, Some("NotFound")));

@@ -191,8 +191,20 @@ async fn metric_values<P: ExternalMetricsProvider>(
     RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
+    // An encoded '/' in a segment would be authorized as another path than the one served.
+    if namespace.contains('/')
+        || metric.contains('/')
+        || !state.provider.is_defined(&namespace, &metric)
+    {
+        let response =
+            ApiError::from(ProviderError::NotFound { metric, namespace }).into_response();
+        // Unknown names are pooled under one label, so cardinality stays bounded.
+        state
+            .metrics
+            .observe_request("unknown", response.status().as_u16(), started.elapsed());
+        return response;
+    }
     let outcome = answer(&state.provider, namespace, metric.clone(), query.as_deref()).await;
-    // Only defined metric names become label values, so cardinality stays bounded.
     let (label, response) = match outcome {
         Ok(list) => (metric, json(&list)),
         Err((known, error)) => {
