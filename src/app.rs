@@ -232,7 +232,8 @@ pub async fn serve_with_kube(
             cache.set_observer(Arc::new(sender.clone()));
             let writer =
                 status::StatusWriter::new(client.clone(), status_config(&config.crd), receiver);
-            let reconciler = Reconciler::new(file_definitions, definitions.clone(), Some(sender));
+            let reconciler = Reconciler::new(file_definitions, definitions.clone(), Some(sender))
+                .with_allowed_roles(config.crd.external_metric_allowed_role_arns.clone());
             let synced = readiness.clone();
             let watch = controller::run(
                 client,

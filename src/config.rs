@@ -156,6 +156,10 @@ pub struct CrdFlags {
     /// At most this many ExternalMetric status updates and Events per second, overall.
     #[arg(long, env = "STATUS_WRITES_PER_SECOND", default_value_t = 5.0)]
     pub status_writes_per_second: f64,
+    /// IAM roles ExternalMetric objects may name in roleArn (exact ARNs, or prefixes ending in
+    /// `*`), comma-separated. Empty: objects may not assume roles (the definitions file may).
+    #[arg(long, env = "EXTERNAL_METRIC_ALLOWED_ROLE_ARNS", value_delimiter = ',')]
+    pub external_metric_allowed_role_arns: Vec<String>,
 }
 
 impl CrdFlags {

@@ -140,12 +140,30 @@ pub struct Converted {
     pub note: Option<String>,
 }
 
+/// Whether an `ExternalMetric` object may use `role_arn`. Anyone who can create an object in
+/// their namespace would otherwise make the adapter assume any role its own identity may assume,
+/// including roles meant for another team's metrics, so an administrator lists the roles objects
+/// may use (exact ARNs, or prefixes ending in `*`). The definitions file is not restricted.
+pub fn role_allowed(role_arn: &str, allowed: &[String]) -> bool {
+    allowed
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => role_arn.starts_with(prefix),
+            None => role_arn == pattern,
+        })
+}
+
 /// The most problems reported for one object (the status message must stay readable).
 const MAX_PROBLEMS: usize = 20;
 
 /// Turn an object's `spec` into a definition named `name` in `namespace`, or the reasons why not.
 /// Never panics, whatever the spec holds.
-pub fn to_definition(namespace: &str, name: &str, spec: Option<&Value>) -> Converted {
+pub fn to_definition(
+    namespace: &str,
+    name: &str,
+    spec: Option<&Value>,
+    allowed_roles: &[String],
+) -> Converted {
     let Some(spec) = spec else {
         return Converted {
             definition: Err(vec!["spec is missing".to_string()]),
@@ -168,7 +186,23 @@ pub fn to_definition(namespace: &str, name: &str, spec: Option<&Value>) -> Conve
         )
     });
     metric.name = name.to_string();
-    match Definition::new(metric) {
+    let refused_role = metric
+        .role_arn
+        .as_ref()
+        .filter(|role| !role_allowed(role, allowed_roles))
+        .map(|role| {
+            format!(
+                "roleArn {role:?} is not allowed in ExternalMetric objects: the adapter's administrator must list it in --external-metric-allowed-role-arns"
+            )
+        });
+    match Definition::new(metric).map_err(|mut problems| {
+        problems.extend(refused_role.clone());
+        problems
+    }) {
+        Ok(_) if refused_role.is_some() => Converted {
+            definition: Err(refused_role.into_iter().collect()),
+            note,
+        },
         Ok(mut definition) => {
             definition.namespace = Some(namespace.to_string());
             Converted {
@@ -196,6 +230,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn objects_may_assume_only_roles_an_administrator_allowed() {
+        let spec = serde_json::json!({
+            "roleArn": "arn:aws:iam::123456789012:role/team-b-metrics",
+            "queries": [{"id": "m", "metricStat": {
+                "metric": {"namespace": "AWS/SQS", "metricName": "X"}, "period": 60, "stat": "Sum"}}]
+        });
+        let Err(problems) = to_definition("team-a", "x", Some(&spec), &[]).definition else {
+            panic!("a role no administrator allowed must be refused");
+        };
+        assert!(
+            problems[0].contains("--external-metric-allowed-role-arns"),
+            "{problems:?}"
+        );
+        let other = ["arn:aws:iam::123456789012:role/team-a-*".to_string()];
+        assert!(
+            to_definition("team-a", "x", Some(&spec), &other)
+                .definition
+                .is_err()
+        );
+        let exact = ["arn:aws:iam::123456789012:role/team-b-metrics".to_string()];
+        assert!(
+            to_definition("team-a", "x", Some(&spec), &exact)
+                .definition
+                .is_ok()
+        );
+        let prefix = ["arn:aws:iam::123456789012:role/team-b-*".to_string()];
+        assert!(
+            to_definition("team-a", "x", Some(&spec), &prefix)
+                .definition
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn committed_crd_matches_the_types() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CRD_PATH);
         let generated = crd_yaml();
@@ -218,7 +286,7 @@ mod tests {
             "queries": [{"id": "a", "metricStat": {
                 "metric": {"namespace": "AWS/SQS", "metricName": "M"}, "period": 60, "stat": "Sum"}}],
         });
-        let converted = to_definition("team-a", "new-name", Some(&spec));
+        let converted = to_definition("team-a", "new-name", Some(&spec), &[]);
         let definition = converted.definition.unwrap();
         assert_eq!(definition.spec.name, "new-name");
         assert_eq!(definition.namespace.as_deref(), Some("team-a"));
@@ -230,13 +298,13 @@ mod tests {
         );
 
         let spec = serde_json::json!({"name": "same", "queries": spec["queries"]});
-        assert_eq!(to_definition("ns", "same", Some(&spec)).note, None);
+        assert_eq!(to_definition("ns", "same", Some(&spec), &[]).note, None);
     }
 
     #[test]
     fn hostile_specs_are_rejected_with_reasons() {
         let not_an_object = serde_json::json!("oops");
-        let Err(problems) = to_definition("ns", "x", Some(&not_an_object)).definition else {
+        let Err(problems) = to_definition("ns", "x", Some(&not_an_object), &[]).definition else {
             panic!("expected a rejection");
         };
         assert!(problems[0].starts_with("spec: "), "{problems:?}");
@@ -245,7 +313,7 @@ mod tests {
             .map(|i| serde_json::json!({"id": format!("Q{i}"), "expression": "1"}))
             .collect();
         let many = serde_json::json!({"queries": queries});
-        let Err(problems) = to_definition("ns", "x", Some(&many)).definition else {
+        let Err(problems) = to_definition("ns", "x", Some(&many), &[]).definition else {
             panic!("expected a rejection");
         };
         assert_eq!(problems.len(), MAX_PROBLEMS + 1);
@@ -255,7 +323,7 @@ mod tests {
         );
         assert!(problems.last().unwrap().contains("more problem(s)"));
 
-        let Err(problems) = to_definition("ns", "x", None).definition else {
+        let Err(problems) = to_definition("ns", "x", None, &[]).definition else {
             panic!("expected a rejection");
         };
         assert_eq!(problems, vec!["spec is missing".to_string()]);

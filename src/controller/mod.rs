@@ -71,6 +71,8 @@ pub struct Reconciler {
     /// Objects of a (re)list in progress, swapped in whole when it completes.
     relist: Option<BTreeMap<ObjectKey, Entry>>,
     synced: bool,
+    /// Roles objects may assume (`--external-metric-allowed-role-arns`).
+    allowed_roles: Vec<String>,
 }
 
 impl Reconciler {
@@ -88,7 +90,14 @@ impl Reconciler {
             entries: BTreeMap::new(),
             relist: None,
             synced: false,
+            allowed_roles: Vec::new(),
         }
+    }
+
+    /// Let objects use these roles (exact ARNs, or prefixes ending in `*`); none by default.
+    pub fn with_allowed_roles(mut self, allowed_roles: Vec<String>) -> Self {
+        self.allowed_roles = allowed_roles;
+        self
     }
 
     /// Whether a complete list has been applied at least once.
@@ -179,7 +188,12 @@ impl Reconciler {
         {
             return Some((key, old.clone()));
         }
-        let converted = crd::to_definition(&key.namespace, &key.name, spec.as_ref());
+        let converted = crd::to_definition(
+            &key.namespace,
+            &key.name,
+            spec.as_ref(),
+            &self.allowed_roles,
+        );
         let verdict = match converted.definition {
             Ok(definition) if self.file.get(&definition.spec.name).is_some() => Verdict::Conflict,
             Ok(definition) => Verdict::Valid {

@@ -13,7 +13,7 @@ fn valid() -> Verdict {
     let spec = serde_json::json!({"queries": [{"id": "a", "metricStat": {
         "metric": {"namespace": "AWS/SQS", "metricName": "M"}, "period": 60, "stat": "Sum"}}]});
     Verdict::Valid {
-        definition: crd::to_definition("team-a", "orders", Some(&spec))
+        definition: crd::to_definition("team-a", "orders", Some(&spec), &[])
             .definition
             .unwrap(),
         note: None,
