@@ -75,10 +75,9 @@ pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
             let sql = request.metric_data_queries.iter().any(is_sql);
             let alone = !self_contained(request);
             let fits = |(batch, has_sql, closed): &(Batch, bool, bool)| {
-                !alone
-                    && !*closed
-                    && batch.request.metric_data_queries.len() + size <= max_queries
-                    && !(sql && *has_sql)
+                let full = batch.request.metric_data_queries.len() + size > max_queries;
+                let second_sql = sql && *has_sql;
+                !(alone || *closed || full || second_sql)
             };
             let slot = match open.iter().position(fits) {
                 Some(slot) => slot,
