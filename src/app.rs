@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
@@ -179,19 +180,25 @@ pub async fn serve_with_kube(
     let file_definitions = Arc::new(definitions);
     let definitions = Arc::new(ArcSwap::new(file_definitions.clone()));
 
+    // Certificate and CA watchers: none may end before shutdown, or rotation would silently stop.
+    let mut watchers: JoinSet<&'static str> = JoinSet::new();
     let store = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(cert), Some(key)) => {
             let (certified, pair) = tls::load_files(cert, key)?;
             let store = Arc::new(CertificateStore::new(certified));
             let watcher_stop = stop.clone();
-            tokio::spawn(tls::watch_files(
+            let watch = tls::watch_files(
                 store.clone(),
                 cert.clone(),
                 key.clone(),
                 pair,
                 config.tls_reload_interval,
                 async move { watcher_stop.cancelled().await },
-            ));
+            );
+            watchers.spawn(async move {
+                watch.await;
+                "serving certificate watcher"
+            });
             store
         }
         _ => {
@@ -208,6 +215,7 @@ pub async fn serve_with_kube(
         kube.clone(),
         config.tls_reload_interval,
         &stop,
+        &mut watchers,
     )
     .await?;
 
@@ -298,6 +306,10 @@ pub async fn serve_with_kube(
             stop.cancel();
             anyhow::bail!("the ExternalMetric watch stopped unexpectedly: {result:?}");
         }
+        Some(result) = watchers.join_next() => {
+            stop.cancel();
+            anyhow::bail!("a background task stopped unexpectedly: {result:?}");
+        }
     }
     tracing::info!("shutting down: reporting not ready");
     readiness.shutting_down.store(true, Ordering::Release);
@@ -338,6 +350,7 @@ async fn build_auth(
     client: Option<kube::Client>,
     reload_interval: std::time::Duration,
     stop: &CancellationToken,
+    watchers: &mut JoinSet<&'static str>,
 ) -> anyhow::Result<(Arc<Auth>, Arc<TrustStore>)> {
     let headers = HeaderFlags {
         allowed_names: flags.requestheader_allowed_names.clone(),
@@ -389,25 +402,33 @@ async fn build_auth(
                     "{e}\n(the service account needs Role extension-apiserver-authentication-reader in kube-system; or pass --authentication-skip-lookup with --requestheader-client-ca-file/--client-ca-file)"
                 )
             })?;
-        tokio::spawn(source::watch_configmap(
+        let watch = source::watch_configmap(
             api,
             trust.clone(),
             from_cluster,
             headers,
             version,
             stop.clone(),
-        ));
+        );
+        watchers.spawn(async move {
+            watch.await;
+            "extension-apiserver-authentication watch"
+        });
     }
     // Started only once everything loaded, so a failed start leaves no task behind.
     for (path, role, pem) in file_watchers {
-        tokio::spawn(source::watch_file(
+        let watch = source::watch_file(
             trust.clone(),
             path,
             role,
             pem,
             reload_interval,
             stop.clone(),
-        ));
+        );
+        watchers.spawn(async move {
+            watch.await;
+            "CA file watcher"
+        });
     }
     if flags.authorization_mode == AuthorizationMode::AlwaysAllow {
         tracing::warn!(

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use super::{MetricDataRequest, Query, QueryKind, QueryResult, Target};
 
 /// CloudWatch's limit of queries per `GetMetricData` call.
-pub const MAX_QUERIES_PER_CALL: usize = 500;
+pub const MAX_QUERIES_PER_CALL: usize = crate::definition::MAX_QUERIES;
 
 /// One combined call and which series it serves.
 #[derive(Debug, Clone, PartialEq)]
