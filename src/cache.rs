@@ -196,6 +196,19 @@ impl<S: MetricDataSource> QueryCache<S> {
         config: CacheConfig,
         metrics: Arc<AdapterMetrics>,
     ) -> Self {
+        Self::with_wall_clock(definitions, source, config, metrics, SystemTime::now())
+    }
+
+    /// As [`QueryCache::new`], with `now` as the wall-clock time of this moment: the refresh
+    /// grid is laid out from it (tests pass a fixed time so the grid does not depend on when
+    /// they run).
+    pub fn with_wall_clock(
+        definitions: Arc<ArcSwap<DefinitionSet>>,
+        source: S,
+        config: CacheConfig,
+        metrics: Arc<AdapterMetrics>,
+        now: SystemTime,
+    ) -> Self {
         let inner = Arc::new(Inner {
             definitions,
             source,
@@ -206,7 +219,7 @@ impl<S: MetricDataSource> QueryCache<S> {
             pacer: Pacer::new(config.calls_per_second),
             calls: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
             observer: std::sync::OnceLock::new(),
-            anchor: (Instant::now(), SystemTime::now()),
+            anchor: (Instant::now(), now),
             config,
             metrics,
         });

@@ -57,6 +57,12 @@ impl MetricDataSource for Fake {
     }
 }
 
+/// A fixed wall-clock time for the refresh grid: half a minute past a minute boundary, so the
+/// first grid refresh comes 30 s after a test starts, whatever the time of day.
+fn grid_anchor() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(29_833_333 * 60 + 30)
+}
+
 const SQS: &str = r#"
 metrics:
   - name: depth
@@ -74,11 +80,12 @@ metrics:
 fn setup(config: CacheConfig) -> (QueryCache<Arc<Fake>>, Arc<Fake>, CancellationToken) {
     let fake = Arc::new(Fake::default());
     let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
-    let cache = QueryCache::new(
+    let cache = QueryCache::with_wall_clock(
         definitions,
         fake.clone(),
         config,
         Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
     );
     let stop = CancellationToken::new();
     tokio::spawn(cache.clone_handle().run(stop.clone()));
@@ -308,11 +315,12 @@ async fn the_call_budget_is_never_exceeded() {
 async fn an_edited_definition_is_never_answered_with_the_old_specs_value() {
     let fake = Arc::new(Fake::default());
     let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
-    let cache = QueryCache::new(
+    let cache = QueryCache::with_wall_clock(
         definitions.clone(),
         fake.clone(),
         CacheConfig::default(),
         Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
     );
     let stop = CancellationToken::new();
     tokio::spawn(cache.clone_handle().run(stop.clone()));
@@ -355,11 +363,12 @@ async fn no_data_is_an_answer_not_a_failure() {
             Ok(vec![])
         }
     }
-    let cache = QueryCache::new(
+    let cache = QueryCache::with_wall_clock(
         definitions,
         Empty(fake.clone()),
         CacheConfig::default(),
         Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
     );
     let stop = CancellationToken::new();
     tokio::spawn(cache.clone_handle().run(stop.clone()));

@@ -108,11 +108,17 @@ pub async fn emulator_sdk_config(endpoint: &str) -> SdkConfig {
 
 /// The start of the current minute minus `minutes_ago` minutes.
 pub fn minute(minutes_ago: u64) -> SystemTime {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    UNIX_EPOCH + Duration::from_secs((now / 60 - minutes_ago) * 60)
+    // One base minute per test process: a minute boundary passing between seeding and asserting
+    // (or between two puts meant for one bucket) must not change what a test expects.
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    });
+    UNIX_EPOCH + Duration::from_secs((base - minutes_ago) * 60)
 }
 
 pub fn rfc3339(time: SystemTime) -> String {
