@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::operation::get_metric_data::GetMetricDataOutput;
 use aws_sdk_cloudwatch::types::{
-    Dimension, DimensionFilter, Metric, MetricDataQuery, MetricDatum, MetricStat, ScanBy,
-    StandardUnit, StatisticSet,
+    DimensionFilter, MetricDataQuery, MetricDatum, ScanBy, StandardUnit, StatisticSet,
 };
 use cloudwatch_emulator::Emulator;
-use common::{aligned_hour_ago, client, dt, unique_namespace};
+use common::{aligned_hour_ago, client, dim, dt, stat_query_in as query, unique_namespace};
 
 fn localstack_endpoint() -> String {
     std::env::var("LOCALSTACK_ENDPOINT").unwrap_or_else(|_| {
@@ -50,10 +49,6 @@ async fn peers() -> Peers {
         emulator: emulator_client,
         localstack,
     }
-}
-
-fn dim(name: &str, value: &str) -> Dimension {
-    Dimension::builder().name(name).value(value).build()
 }
 
 fn datum(
@@ -111,31 +106,6 @@ async fn put_everywhere(peers: &Peers, namespace: &str, data: Vec<MetricDatum>) 
             .await
             .unwrap();
     }
-}
-
-fn query(
-    namespace: &str,
-    id: &str,
-    name: &str,
-    dims: &[(&str, &str)],
-    stat: &str,
-    period: i32,
-) -> MetricDataQuery {
-    let metric = Metric::builder()
-        .namespace(namespace)
-        .metric_name(name)
-        .set_dimensions(Some(dims.iter().map(|(n, v)| dim(n, v)).collect()))
-        .build();
-    MetricDataQuery::builder()
-        .id(id)
-        .metric_stat(
-            MetricStat::builder()
-                .metric(metric)
-                .period(period)
-                .stat(stat)
-                .build(),
-        )
-        .build()
 }
 
 /// What is compared: per result, id, status, and (timestamp, value) pairs; labels optionally.

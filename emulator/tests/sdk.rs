@@ -10,19 +10,15 @@ use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::operation::get_metric_data::{GetMetricDataError, GetMetricDataOutput};
 use aws_sdk_cloudwatch::operation::put_metric_data::PutMetricDataError;
 use aws_sdk_cloudwatch::types::{
-    Dimension, DimensionFilter, Metric, MetricDataQuery, MetricDatum, MetricStat, ScanBy,
-    StandardUnit, StatisticSet, StatusCode,
+    DimensionFilter, Metric, MetricDataQuery, MetricDatum, MetricStat, ScanBy, StandardUnit,
+    StatisticSet, StatusCode,
 };
 use cloudwatch_emulator::{Datum, Emulator, FaultKind, Operation};
-use common::{aligned_hour_ago, client, dt, unique_namespace};
+use common::{aligned_hour_ago, client, dim, dt, stat_query_in, unique_namespace};
 
 const NS: &str = "App/Test";
 
 type Points = Vec<(i64, f64)>;
-
-fn dim(name: &str, value: &str) -> Dimension {
-    Dimension::builder().name(name).value(value).build()
-}
 
 fn stat_query(
     id: &str,
@@ -32,31 +28,6 @@ fn stat_query(
     period: i32,
 ) -> MetricDataQuery {
     stat_query_in(NS, id, name, dims, stat, period)
-}
-
-fn stat_query_in(
-    ns: &str,
-    id: &str,
-    name: &str,
-    dims: &[(&str, &str)],
-    stat: &str,
-    period: i32,
-) -> MetricDataQuery {
-    let metric = Metric::builder()
-        .namespace(ns)
-        .metric_name(name)
-        .set_dimensions(Some(dims.iter().map(|(n, v)| dim(n, v)).collect()))
-        .build();
-    MetricDataQuery::builder()
-        .id(id)
-        .metric_stat(
-            MetricStat::builder()
-                .metric(metric)
-                .period(period)
-                .stat(stat)
-                .build(),
-        )
-        .build()
 }
 
 fn expr_query(id: &str, expression: &str) -> MetricDataQuery {

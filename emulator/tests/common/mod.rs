@@ -9,6 +9,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::config::{Credentials, Region};
 use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 
 /// A real SDK client for `endpoint` with static test credentials in us-east-1. `max_attempts`
 /// 1 disables retries; retries back off for only a few milliseconds so tests stay fast.
@@ -74,4 +75,35 @@ pub fn unique_namespace(prefix: &str) -> String {
         std::process::id(),
         nanos % 1_000_000_000_000
     )
+}
+
+/// A dimension.
+pub fn dim(name: &str, value: &str) -> Dimension {
+    Dimension::builder().name(name).value(value).build()
+}
+
+/// A MetricStat query for `name` in namespace `ns`.
+pub fn stat_query_in(
+    ns: &str,
+    id: &str,
+    name: &str,
+    dims: &[(&str, &str)],
+    stat: &str,
+    period: i32,
+) -> MetricDataQuery {
+    let metric = Metric::builder()
+        .namespace(ns)
+        .metric_name(name)
+        .set_dimensions(Some(dims.iter().map(|(n, v)| dim(n, v)).collect()))
+        .build();
+    MetricDataQuery::builder()
+        .id(id)
+        .metric_stat(
+            MetricStat::builder()
+                .metric(metric)
+                .period(period)
+                .stat(stat)
+                .build(),
+        )
+        .build()
 }
