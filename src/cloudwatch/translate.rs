@@ -102,10 +102,15 @@ pub fn build_request(
                     })
                     .collect::<Result<_, ProviderError>>()?,
                 period: to_i32(stat.period.unwrap_or(definition.period)),
-                stat: stat.stat.clone().unwrap_or_default(),
+                stat: stat
+                    .stat
+                    .clone()
+                    .ok_or_else(|| unusable_query(definition, &query.id))?,
                 unit: stat.unit.clone(),
             }),
-            (None, None) => unreachable_query(),
+            // Validation makes this impossible; if it ever happens, say so rather than send
+            // CloudWatch a query nobody wrote.
+            (None, None) => return Err(unusable_query(definition, &query.id)),
         };
         queries.push(Query {
             id: query.id.clone(),
@@ -130,10 +135,14 @@ pub fn build_request(
     })
 }
 
-// Validation guarantees one of expression/metricStat; an empty expression makes CloudWatch
-// answer with a clear error rather than this process panicking.
-fn unreachable_query() -> QueryKind {
-    QueryKind::Expression(String::new())
+fn unusable_query(definition: &Definition, id: &str) -> ProviderError {
+    ProviderError::Backend {
+        failure: crate::provider::BackendFailure::InvalidQuery,
+        message: format!(
+            "metric {}: query {id} has no expression or no metricStat.stat; fix the definition",
+            definition.spec.name
+        ),
+    }
 }
 
 fn to_i32(period: i64) -> i32 {
