@@ -13,7 +13,8 @@ VENV="$ROOT/.venv-localstack"
 STATE="$ROOT/.localstack"
 PID_FILE="$STATE/localstack.pid"
 LOG_FILE="$STATE/localstack.log"
-LISTEN="127.0.0.1:4566"
+# LOCALSTACK_PORT lets several checkouts run their tests side by side.
+LISTEN="127.0.0.1:${LOCALSTACK_PORT:-4566}"
 ENDPOINT="http://$LISTEN"
 # 4.13.1 is the newest release that runs on Python 3.11; older ones mis-parse the SDK's CBOR timestamps.
 # Without cbor2 and service_identity LocalStack finds no component plugins. pyOpenSSL 26 removed

@@ -11,7 +11,7 @@ bash scripts/fetch-tools.sh
 bash scripts/localstack.sh start
 trap 'bash scripts/localstack.sh stop' EXIT
 
-export LOCALSTACK_ENDPOINT=http://127.0.0.1:4566
+export LOCALSTACK_ENDPOINT="http://127.0.0.1:${LOCALSTACK_PORT:-4566}"
 # --all-features turns on the peer suites (kubectl, LocalStack conformance).
 cargo test --workspace --all-features --locked "$@"
 
