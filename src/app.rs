@@ -29,6 +29,8 @@ use crate::config::{
 };
 use crate::controller::{self, Reconciler, status};
 use crate::definition::{self, DefinitionSet};
+use crate::delegate::Delegates;
+use crate::forward::{Forwarder, NoDelegates};
 use crate::metrics::AdapterMetrics;
 use crate::provider::MetricRequest;
 use crate::tls::{self, CertificateStore};
@@ -136,6 +138,12 @@ pub async fn serve(
     if config.crd.watch_external_metrics {
         needs.push(("the ExternalMetric watch", "--watch-external-metrics=false"));
     }
+    if Delegates::needs_cluster(&delegate_configs(&config)?) {
+        needs.push((
+            "reading a delegate's CA from a Secret",
+            "--delegate-ca-file (instead of --delegate-ca-secret)",
+        ));
+    }
     let kube = if needs.is_empty() {
         None
     } else {
@@ -226,6 +234,7 @@ pub async fn serve_with_kube(
         metrics.clone(),
     );
     cache.register_gauges();
+    let kube_for_delegates = kube.clone();
     let watch = match kube {
         Some(client) if config.crd.watch_external_metrics => Some(client),
         Some(_) => None,
@@ -273,9 +282,17 @@ pub async fn serve_with_kube(
     };
     let refresher = tokio::spawn(cache.clone_handle().run(stop.clone()));
     let provider = cache;
+    let forwarder = build_forwarder(
+        &config,
+        kube_for_delegates,
+        metrics.clone(),
+        &stop,
+        &mut watchers,
+    )?;
     let router = api::router(Arc::new(ApiState {
         provider,
         metrics: metrics.clone(),
+        forwarder,
     }))
     .layer(axum::middleware::from_fn_with_state(auth, auth::middleware));
     let secure_addr = listeners.secure.local_addr()?;
@@ -322,6 +339,33 @@ pub async fn serve_with_kube(
         .context("admin server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The validated delegates (the same check `validate()` made, so it cannot fail after it passed).
+fn delegate_configs(
+    config: &ServeConfig,
+) -> anyhow::Result<Vec<crate::delegate::config::DelegateConfig>> {
+    config.delegate.resolve().map_err(|problems| {
+        anyhow::anyhow!("invalid configuration:\n  - {}", problems.join("\n  - "))
+    })
+}
+
+/// The delegates (the cluster's other external-metrics providers) and their background tasks,
+/// or [`NoDelegates`] when none is configured.
+fn build_forwarder(
+    config: &ServeConfig,
+    kube: Option<kube::Client>,
+    metrics: Arc<AdapterMetrics>,
+    stop: &CancellationToken,
+    tasks: &mut JoinSet<&'static str>,
+) -> anyhow::Result<Arc<dyn Forwarder>> {
+    let configs = delegate_configs(config)?;
+    if configs.is_empty() {
+        return Ok(Arc::new(NoDelegates));
+    }
+    let delegates = Delegates::new(configs, metrics)?;
+    delegates.start(kube, config.tls_reload_interval, stop, tasks)?;
+    Ok(Arc::new(delegates))
 }
 
 fn status_config(flags: &CrdFlags) -> status::StatusConfig {

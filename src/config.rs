@@ -140,6 +140,9 @@ pub struct ServeConfig {
     /// AWS settings.
     #[command(flatten)]
     pub aws: AwsConfig,
+    /// Delegates: the cluster's other external-metrics providers (see `delegate::config`).
+    #[command(flatten)]
+    pub delegate: crate::delegate::config::DelegateFlags,
 }
 
 /// `ExternalMetric` objects: the watch, and how their status is written.
@@ -411,6 +414,7 @@ impl ServeConfig {
         self.crd.problems(&mut problems);
         self.auth.problems(&mut problems);
         self.aws.problems(&mut problems);
+        self.delegate.problems(&mut problems);
         ConfigError::from_problems(problems)
     }
 }

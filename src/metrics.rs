@@ -32,6 +32,17 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DelegateLabels {
+    delegate: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DelegateNameLabels {
+    delegate: String,
+}
+
 /// Latency buckets (seconds) for value requests.
 const REQUEST_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
@@ -57,6 +68,10 @@ pub struct AdapterMetrics {
     active_series: Gauge,
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
     refresh_lag: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    delegate_requests: Family<DelegateLabels, Counter>,
+    delegate_request_duration: Family<DelegateLabels, Histogram>,
+    delegate_discovery_refreshes: Family<DelegateLabels, Counter>,
+    delegate_discovered_metrics: Family<DelegateNameLabels, Gauge>,
     collector: OnceLock<Collector>,
 }
 
@@ -84,6 +99,13 @@ impl Default for AdapterMetrics {
         let active_series = Gauge::default();
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
         let refresh_lag = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
+        let delegate_requests = Family::<DelegateLabels, Counter>::default();
+        let delegate_request_duration =
+            Family::<DelegateLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(REQUEST_BUCKETS.iter().copied())
+            });
+        let delegate_discovery_refreshes = Family::<DelegateLabels, Counter>::default();
+        let delegate_discovered_metrics = Family::<DelegateNameLabels, Gauge>::default();
         registry.register(
             "requests",
             "External metric value requests by metric and HTTP code",
@@ -139,6 +161,26 @@ impl Default for AdapterMetrics {
             "How late the last refresh of a metric's series started, past its due time",
             refresh_lag.clone(),
         );
+        registry.register(
+            "delegate_requests",
+            "Value requests forwarded to a delegate, by delegate and outcome (success, error_status for the delegate's own errors, or why no answer came)",
+            delegate_requests.clone(),
+        );
+        registry.register(
+            "delegate_request_duration_seconds",
+            "Latency of requests forwarded to a delegate, by delegate and outcome",
+            delegate_request_duration.clone(),
+        );
+        registry.register(
+            "delegate_discovery_refreshes",
+            "Background fetches of a delegate's metric list, by delegate and outcome",
+            delegate_discovery_refreshes.clone(),
+        );
+        registry.register(
+            "delegate_discovered_metrics",
+            "Metric names a delegate lists that discovery shows",
+            delegate_discovered_metrics.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -152,6 +194,10 @@ impl Default for AdapterMetrics {
             active_series,
             value_age,
             refresh_lag,
+            delegate_requests,
+            delegate_request_duration,
+            delegate_discovery_refreshes,
+            delegate_discovered_metrics,
             collector: OnceLock::new(),
         }
     }
@@ -224,6 +270,35 @@ impl AdapterMetrics {
                 metric: metric.to_string(),
             })
             .set(lag.as_secs_f64());
+    }
+
+    /// Record one forwarded request: `delegate` is a configured name, `outcome` a fixed word.
+    pub fn delegate_request(&self, delegate: &str, outcome: &str, elapsed: Duration) {
+        let labels = DelegateLabels {
+            delegate: delegate.to_string(),
+            outcome: outcome.to_string(),
+        };
+        self.delegate_requests.get_or_create(&labels).inc();
+        self.delegate_request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Record one background discovery fetch, and how many names it left in discovery.
+    pub fn delegate_discovery(&self, delegate: &str, outcome: &str, names: Option<usize>) {
+        self.delegate_discovery_refreshes
+            .get_or_create(&DelegateLabels {
+                delegate: delegate.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Some(names) = names {
+            self.delegate_discovered_metrics
+                .get_or_create(&DelegateNameLabels {
+                    delegate: delegate.to_string(),
+                })
+                .set(i64::try_from(names).unwrap_or(i64::MAX));
+        }
     }
 
     /// Install the scrape-time collector (once).

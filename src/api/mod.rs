@@ -7,12 +7,13 @@ pub mod selector;
 pub mod status;
 pub mod types;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -20,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use serde::Serialize;
 
+use crate::forward::{ForwardRequest, ForwardedAnswer, Forwarder};
 use crate::metrics::AdapterMetrics;
 use crate::provider::{ExternalMetricsProvider, MetricRequest, ProviderError};
 use status::ApiError;
@@ -40,6 +42,9 @@ pub struct ApiState<P> {
     pub provider: P,
     /// The adapter's own metrics.
     pub metrics: Arc<AdapterMetrics>,
+    /// The cluster's other external-metrics providers, for names `provider` does not define
+    /// ([`crate::forward::NoDelegates`] when none is configured).
+    pub forwarder: Arc<dyn Forwarder>,
 }
 
 /// The external metrics API router (served over HTTPS).
@@ -111,12 +116,10 @@ async fn api_groups<P: ExternalMetricsProvider>(
         .flat_map(|accept| accept.split(','))
         .any(is_aggregated_discovery);
     if wants_aggregated {
-        let resources = state
-            .provider
-            .list_metrics()
+        let resources = discovered_metrics(&state)
             .into_iter()
-            .map(|metric| ApiResourceDiscovery {
-                resource: metric.name,
+            .map(|name| ApiResourceDiscovery {
+                resource: name,
                 response_kind: ResponseKind {
                     group: "",
                     version: "",
@@ -159,6 +162,23 @@ fn is_aggregated_discovery(media_range: &str) -> bool {
         .all(|wanted| params.contains(wanted))
 }
 
+/// Ours first, then each delegate's (from their background-refreshed lists), each name once.
+fn discovered_metrics<P: ExternalMetricsProvider>(state: &ApiState<P>) -> Vec<String> {
+    let mut names: Vec<String> = state
+        .provider
+        .list_metrics()
+        .into_iter()
+        .map(|metric| metric.name)
+        .collect();
+    let mut seen: HashSet<String> = names.iter().cloned().collect();
+    for metric in state.forwarder.list_metrics() {
+        if seen.insert(metric.name.clone()) {
+            names.push(metric.name);
+        }
+    }
+    names
+}
+
 async fn api_group() -> Response {
     json(&api_group_document())
 }
@@ -166,12 +186,10 @@ async fn api_group() -> Response {
 async fn api_resources<P: ExternalMetricsProvider>(
     State(state): State<Arc<ApiState<P>>>,
 ) -> Response {
-    let resources = state
-        .provider
-        .list_metrics()
+    let resources = discovered_metrics(&state)
         .into_iter()
-        .map(|metric| APIResource {
-            name: metric.name,
+        .map(|name| APIResource {
+            name,
             singular_name: String::new(),
             namespaced: true,
             kind: "ExternalMetricValueList".to_string(),
@@ -189,13 +207,33 @@ async fn metric_values<P: ExternalMetricsProvider>(
     State(state): State<Arc<ApiState<P>>>,
     Path((namespace, metric)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
     let started = Instant::now();
     // An encoded '/' in a segment would be authorized as another path than the one served.
-    if namespace.contains('/')
-        || metric.contains('/')
-        || !state.provider.is_defined(&namespace, &metric)
+    let segments_ok = !namespace.contains('/') && !metric.contains('/');
+    let defined = segments_ok && state.provider.is_defined(&namespace, &metric);
+    // A name we define is answered here and never leaves us; any other name may belong to a
+    // delegate (the caller was authorized for this path before the handler ran).
+    if segments_ok
+        && !defined
+        && let Some(response) = forward(
+            &state,
+            &namespace,
+            &metric,
+            uri.path(),
+            query.as_deref(),
+            &headers,
+        )
+        .await
     {
+        state
+            .metrics
+            .observe_request("forwarded", response.status().as_u16(), started.elapsed());
+        return response;
+    }
+    if !defined {
         let response =
             ApiError::from(ProviderError::NotFound { metric, namespace }).into_response();
         // Unknown names are pooled under one label, so cardinality stays bounded.
@@ -218,6 +256,68 @@ async fn metric_values<P: ExternalMetricsProvider>(
     response
 }
 
+/// Pass a request for a name we do not define to the first delegate whose rules take it: its
+/// answer as it is, or a `503` naming it. `None` when no delegate takes it (then it is our 404).
+async fn forward<P: ExternalMetricsProvider>(
+    state: &ApiState<P>,
+    namespace: &str,
+    metric: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    if !crate::forward::forwardable(namespace, metric) {
+        return None;
+    }
+    // Rules on selector keys need the selector; one that does not parse selects no key.
+    let selector = selector::parse(&selector_text(query)).ok();
+    let route = state.forwarder.route(metric, selector.as_ref())?;
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let request = ForwardRequest {
+        path: path.to_string(),
+        query: query.map(str::to_string),
+        accept: header_text("accept"),
+        audit_id: header_text("audit-id"),
+    };
+    Some(
+        match state.forwarder.forward(route, metric, request).await {
+            Ok(answer) => relay(answer),
+            Err(error) => ApiError::from(error).into_response(),
+        },
+    )
+}
+
+/// The delegate's answer, unchanged: its status (its own `Status` errors included, so
+/// `kubectl describe hpa` shows the real reason), content type and body.
+fn relay(answer: ForwardedAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = HeaderValue::from_str(&answer.content_type)
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let mut response = (status, answer.body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    response
+}
+
+/// Every `labelSelector` parameter, joined as the apiserver joins repeated ones.
+fn selector_text(query: Option<&str>) -> String {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(key, _)| key == "labelSelector")
+                .map(|(_, value)| value.into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 /// The value request, start to end. The error side says whether the metric name is defined.
 async fn answer<P: ExternalMetricsProvider>(
     provider: &P,
@@ -226,16 +326,7 @@ async fn answer<P: ExternalMetricsProvider>(
     query: Option<&str>,
 ) -> Result<ExternalMetricValueList, (bool, ApiError)> {
     // Other list parameters (fieldSelector, limit, resourceVersion, pretty) are ignored.
-    let selector_text = query
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .filter(|(key, _)| key == "labelSelector")
-                .map(|(_, value)| value.into_owned())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let selector = selector::parse(&selector_text)
+    let selector = selector::parse(&selector_text(query))
         .map_err(|e| (true, ApiError::bad_request(e.to_string())))?;
     fetch(
         provider,

@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusDetails};
 
+use crate::forward::ForwardError;
 use crate::provider::{BackendFailure, ProviderError};
 
 /// An API error: HTTP code, Kubernetes reason and a user-facing message.
@@ -139,6 +140,15 @@ impl From<ProviderError> for ApiError {
     }
 }
 
+impl From<ForwardError> for ApiError {
+    /// No answer from a delegate is always retryable for the HPA: `503`, naming the delegate,
+    /// its URL and what went wrong. (A delegate's own `Status` errors never come here: they are
+    /// passed on as they are.)
+    fn from(error: ForwardError) -> Self {
+        Self::service_unavailable(error.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.status()).unwrap_or_default();
@@ -205,6 +215,29 @@ mod tests {
             (down.code.as_u16(), down.reason),
             (503, "ServiceUnavailable")
         );
+    }
+
+    #[test]
+    fn a_delegate_without_an_answer_is_503_naming_it() {
+        let error = ApiError::from(ForwardError {
+            delegate: "keda".into(),
+            url: "https://keda:443".into(),
+            metric: "s0-x".into(),
+            failure: crate::forward::ForwardFailure::Tls,
+            detail: "TLS handshake failed: invalid peer certificate: UnknownIssuer".into(),
+        });
+        assert_eq!(
+            (error.code.as_u16(), error.reason),
+            (503, "ServiceUnavailable")
+        );
+        assert!(
+            error
+                .message
+                .contains("delegate \"keda\" (https://keda:443)"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("UnknownIssuer"), "{}", error.message);
     }
 
     #[test]

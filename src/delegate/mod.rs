@@ -1,0 +1,337 @@
+//! Forwarding what this adapter does not define to the cluster's other external-metrics
+//! providers (KEDA's metrics server, Datadog's cluster agent, prometheus-adapter): the
+//! implementation behind [`crate::forward::Forwarder`].
+//!
+//! Design, and why:
+//! - Delegates are tried in configured order; the first whose rules (a metric-name pattern
+//!   and/or a selector key that must be selected) take a request gets it. A name this adapter
+//!   defines never gets here: the API layer answers it before asking for a route.
+//! - We call the delegate as ourselves (our ServiceAccount token, or a client certificate): the
+//!   aggregator's front-proxy identity cannot be replayed, as its client certificate stays with
+//!   kube-apiserver. The caller was already authenticated and authorized by us against the same
+//!   cluster RBAC the delegate would ask, for the same verb, metric and namespace; the delegate
+//!   sees our identity, and kube-apiserver's audit ID ties its log to the real caller.
+//! - Each delegate has its own connection pool, an in-flight bound that fails fast when reached,
+//!   and a timeout over connect, TLS and answer together, so a slow or dead delegate costs its
+//!   own callers a bounded wait and nobody else anything.
+//! - TLS is always verified against the delegate's CA unless verification is explicitly turned
+//!   off. The CA comes from a file (re-read), inline PEM, or a Secret read through the API and
+//!   watched (KEDA keeps and rotates its CA in `kedaorg-certs`, in a namespace we cannot mount
+//!   from). Tokens and client certificates are re-read too: the kubelet rotates projected tokens.
+//! - Discovery shows the delegates' names from a list each refreshes in the background; a request
+//!   never waits for a delegate's discovery, and a delegate that is down keeps its last list.
+
+pub mod client;
+pub mod config;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{ForwardError, ForwardRequest, ForwardedAnswer, Forwarder, Route};
+use crate::metrics::AdapterMetrics;
+use crate::provider::{MetricInfo, Selector};
+use client::Delegate;
+use config::{CaSource, DelegateConfig};
+
+/// The configured delegates, in order.
+#[derive(Debug, Clone)]
+pub struct Delegates {
+    delegates: Vec<Arc<Delegate>>,
+}
+
+impl Delegates {
+    /// Build every delegate's client (loading CA, token and certificate files now).
+    pub fn new(configs: Vec<DelegateConfig>, metrics: Arc<AdapterMetrics>) -> anyhow::Result<Self> {
+        let delegates = configs
+            .into_iter()
+            .map(|config| {
+                let name = config.name.clone();
+                Delegate::new(config, metrics.clone())
+                    .map(Arc::new)
+                    .map_err(|err| anyhow::anyhow!("delegate {name:?}: {err}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for delegate in &delegates {
+            tracing::info!(
+                delegate = %delegate.name(),
+                url = %delegate.url_text(),
+                "forwarding the metrics this adapter does not define, where the delegate's rules take them"
+            );
+        }
+        Ok(Self { delegates })
+    }
+
+    /// Whether any delegate reads its CA from a Secret (and so needs the Kubernetes API).
+    pub fn needs_cluster(configs: &[DelegateConfig]) -> bool {
+        configs
+            .iter()
+            .any(|config| matches!(config.ca, CaSource::Secret { .. }))
+    }
+
+    /// Start each delegate's background work until `stop`: discovery refreshes, file re-reads
+    /// every `reload_interval`, and Secret watches through `kube`. Tasks go in `tasks`, where an
+    /// early end is fatal (refreshes and rotation must not silently stop).
+    pub fn start(
+        &self,
+        kube: Option<kube::Client>,
+        reload_interval: Duration,
+        stop: &CancellationToken,
+        tasks: &mut JoinSet<&'static str>,
+    ) -> anyhow::Result<()> {
+        for delegate in &self.delegates {
+            if let CaSource::Secret {
+                namespace,
+                name,
+                key,
+            } = &delegate.config.ca
+            {
+                let Some(client) = kube.clone() else {
+                    anyhow::bail!(
+                        "delegate {:?} reads its CA from Secret {namespace}/{name}, which needs the Kubernetes API, and there is no cluster connection",
+                        delegate.name()
+                    );
+                };
+                tasks.spawn(watch_ca_secret(
+                    delegate.clone(),
+                    client,
+                    namespace.clone(),
+                    name.clone(),
+                    key.clone(),
+                    stop.clone(),
+                ));
+            }
+            tasks.spawn(refresh_discovery(delegate.clone(), stop.clone()));
+            tasks.spawn(reload_files(
+                delegate.clone(),
+                reload_interval,
+                stop.clone(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Forwarder for Delegates {
+    fn route(&self, metric: &str, selector: Option<&Selector>) -> Option<Route> {
+        self.delegates
+            .iter()
+            .position(|delegate| delegate.takes(metric, selector))
+            .map(Route)
+    }
+
+    fn name(&self, route: Route) -> &str {
+        self.delegates
+            .get(route.0)
+            .map(|delegate| delegate.name())
+            .unwrap_or_default()
+    }
+
+    fn forward(
+        &self,
+        route: Route,
+        metric: &str,
+        request: ForwardRequest,
+    ) -> BoxFuture<'static, Result<ForwardedAnswer, ForwardError>> {
+        let delegate = self.delegates.get(route.0).cloned();
+        let metric = metric.to_string();
+        Box::pin(async move {
+            let Some(delegate) = delegate else {
+                return Err(ForwardError {
+                    delegate: String::new(),
+                    url: String::new(),
+                    metric,
+                    failure: crate::forward::ForwardFailure::Unreachable,
+                    detail: "no such delegate".to_string(),
+                });
+            };
+            delegate
+                .forward(&request)
+                .await
+                .map_err(|(failure, detail)| ForwardError {
+                    delegate: delegate.name().to_string(),
+                    url: delegate.url_text().to_string(),
+                    metric,
+                    failure,
+                    detail,
+                })
+        })
+    }
+
+    fn list_metrics(&self) -> Vec<MetricInfo> {
+        let mut seen = std::collections::HashSet::new();
+        let mut metrics = Vec::new();
+        for delegate in &self.delegates {
+            for name in delegate.discovered().iter() {
+                if seen.insert(name.clone()) {
+                    metrics.push(MetricInfo { name: name.clone() });
+                }
+            }
+        }
+        metrics
+    }
+}
+
+/// Fetch the delegate's metric list now and every discovery interval until `stop`.
+async fn refresh_discovery(delegate: Arc<Delegate>, stop: CancellationToken) -> &'static str {
+    let mut ticker = tokio::time::interval(delegate.config.discovery_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return "delegate discovery",
+            _ = ticker.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return "delegate discovery",
+            () = delegate.refresh_discovery() => {}
+        }
+    }
+}
+
+/// Re-read the delegate's CA file, token file and client certificate every `interval` until
+/// `stop`, swapping in what changed and parses; anything unreadable keeps what is in use.
+async fn reload_files(
+    delegate: Arc<Delegate>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> &'static str {
+    let name = delegate.name().to_string();
+    let ca_file: Option<PathBuf> = match &delegate.config.ca {
+        CaSource::File(path) => Some(path.clone()),
+        _ => None,
+    };
+    let mut last_pair = match &delegate.config.credentials.client_certificate {
+        Some((cert, key)) => crate::tls::read_pair(cert, key).ok(),
+        None => None,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return "delegate file reloader",
+            _ = ticker.tick() => {}
+        }
+        if let Some(path) = &ca_file {
+            match std::fs::read(path) {
+                Ok(pem) if delegate.verifier.ca_pem().as_deref() == Some(pem.as_slice()) => {}
+                Ok(pem) => match tls::CaRoots::from_pem(&pem) {
+                    Ok(roots) => {
+                        delegate.verifier.set_ca(roots);
+                        tracing::info!(delegate = %name, file = %path.display(), "delegate CA reloaded");
+                    }
+                    Err(err) => {
+                        tracing::warn!(delegate = %name, file = %path.display(), error = %err, "new delegate CA not usable; keeping the CA in use")
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(delegate = %name, file = %path.display(), error = %err, "cannot re-read the delegate CA; keeping the CA in use")
+                }
+            }
+        }
+        if let (Some(slot), Some(path)) = (&delegate.token, &delegate.config.credentials.token_file)
+        {
+            match client::read_token(path) {
+                Ok(value) => {
+                    if slot.load().as_deref() != Some(&value) {
+                        slot.store(Some(Arc::new(value)));
+                        tracing::info!(delegate = %name, file = %path.display(), "token for the delegate reloaded");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(delegate = %name, error = %err, "keeping the token in use")
+                }
+            }
+        }
+        if let (Some(resolver), Some((cert, key))) = (
+            &delegate.client_certificate,
+            &delegate.config.credentials.client_certificate,
+        ) {
+            match crate::tls::read_pair(cert, key) {
+                Ok(pair) if Some(&pair) == last_pair.as_ref() => {}
+                Ok(pair) => match crate::tls::parse_pair(&pair, cert, key) {
+                    Ok(certified) => {
+                        resolver.replace(certified);
+                        last_pair = Some(pair);
+                        tracing::info!(delegate = %name, cert = %cert.display(), "client certificate for the delegate reloaded");
+                    }
+                    // A rotation writes two files: try again next tick.
+                    Err(err) => {
+                        tracing::warn!(delegate = %name, error = %err, "new client certificate not usable yet; keeping the one in use")
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(delegate = %name, error = %err, "cannot re-read the client certificate; keeping the one in use")
+                }
+            }
+        }
+    }
+}
+
+/// Follow the Secret holding the delegate's CA (`get`/`list`/`watch` on that one Secret, by
+/// field selector, so RBAC can name it), trusting each new version of `key` that parses. The
+/// watcher re-lists after errors with backoff; a deleted Secret or missing key keeps the CA in
+/// use.
+async fn watch_ca_secret(
+    delegate: Arc<Delegate>,
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    key: String,
+    stop: CancellationToken,
+) -> &'static str {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(api, config).default_backoff().applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    let delegate_name = delegate.name().to_string();
+    let mut failing = false;
+    loop {
+        let item = tokio::select! {
+            () = stop.cancelled() => return "delegate CA Secret watch",
+            item = stream.next() => item,
+        };
+        match item {
+            None => return "delegate CA Secret watch",
+            Some(Err(err)) => {
+                // Once per outage: the watcher retries on its own with backoff.
+                if !failing {
+                    tracing::warn!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), error = %err, "cannot read the delegate's CA Secret; retrying (this adapter needs get, list and watch on it)");
+                }
+                failing = true;
+            }
+            Some(Ok(secret)) => {
+                failing = false;
+                let pem = secret
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get(&key))
+                    .map(|bytes| bytes.0.clone());
+                let Some(pem) = pem else {
+                    tracing::warn!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), %key, "the delegate's CA Secret has no such key; keeping the CA in use");
+                    continue;
+                };
+                if delegate.verifier.ca_pem().as_deref() == Some(pem.as_slice()) {
+                    continue;
+                }
+                match tls::CaRoots::from_pem(&pem) {
+                    Ok(roots) => {
+                        delegate.verifier.set_ca(roots);
+                        tracing::info!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), "delegate CA loaded from its Secret");
+                    }
+                    Err(err) => {
+                        tracing::warn!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), error = %err, "the delegate's CA Secret does not hold a usable CA; keeping the CA in use")
+                    }
+                }
+            }
+        }
+    }
+}
