@@ -460,32 +460,47 @@ pub fn read_token(path: &std::path::Path) -> Result<HeaderValue, String> {
 /// What kind of failure a client error is, with its innermost useful message. A TLS failure is
 /// told apart (the usual cause: the delegate's CA is not the one configured).
 fn classify(error: &hyper_util::client::legacy::Error) -> Failure {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    if let Some(tls) = find_tls_error(error) {
+        let hint = match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                " (its certificate does not check out against the CA configured for it)"
+            }
+            _ => "",
+        };
+        return (
+            ForwardFailure::Tls,
+            format!("TLS handshake failed: {tls}{hint}"),
+        );
+    }
     let mut innermost = error.to_string();
+    let mut source = std::error::Error::source(error);
     while let Some(current) = source {
-        // tokio-rustls wraps rustls errors in io::Error, whose source() skips the inner error.
-        let tls = current.downcast_ref::<rustls::Error>().or_else(|| {
-            current
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            let hint = match tls {
-                rustls::Error::InvalidCertificate(_) => {
-                    " (its certificate does not check out against the CA configured for it)"
-                }
-                _ => "",
-            };
-            return (
-                ForwardFailure::Tls,
-                format!("TLS handshake failed: {tls}{hint}"),
-            );
-        }
         innermost = current.to_string();
         source = current.source();
     }
     (ForwardFailure::Unreachable, innermost)
+}
+
+/// The rustls error somewhere in `error`'s chain. Connectors wrap it in `io::Error`s (sometimes
+/// one inside another), and `io::Error::source` skips the error it wraps, so each `io::Error`
+/// is opened with `get_ref` as well as followed by `source`.
+fn find_tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut pending: Vec<&'a (dyn std::error::Error + 'static)> = vec![error];
+    while let Some(current) = pending.pop() {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            pending.push(inner);
+        }
+        if let Some(next) = current.source() {
+            pending.push(next);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

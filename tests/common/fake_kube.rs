@@ -2,7 +2,9 @@
 //! calls, with the real request and response bodies:
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews` (TokenReview),
 //! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews` (SubjectAccessReview),
-//! - `GET` and `?watch=true` of ConfigMap `kube-system/extension-apiserver-authentication`.
+//! - `GET` and `?watch=true` of ConfigMap `kube-system/extension-apiserver-authentication`,
+//! - list and `?watch=true` of one Secret by field selector (a delegate's CA, e.g. KEDA's
+//!   `kedaorg-certs`), as kube's watcher asks for them.
 //!
 //! It checks what a real one checks (the caller's bearer token, JSON, apiVersion/kind, the
 //! watch's field selector) and records every review body it receives. `stop` drops the listener
@@ -51,7 +53,12 @@ pub struct FakeState {
     pub watches: Mutex<Vec<String>>,
     /// Requests refused because the caller did not present the adapter's token.
     pub unauthenticated_calls: Mutex<usize>,
+    /// Secret list and watch requests (query strings).
+    pub secret_requests: Mutex<Vec<String>>,
 }
+
+/// Secrets by (namespace, name): their `data` (raw bytes), under one version counter.
+type Secrets = (u64, BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>);
 
 /// The fake API server.
 pub struct FakeKube {
@@ -60,6 +67,7 @@ pub struct FakeKube {
     pub state: Arc<FakeState>,
     pub kubeconfig: PathBuf,
     configmap: watch::Sender<(u64, Option<BTreeMap<String, String>>)>,
+    secrets: watch::Sender<Secrets>,
     tls: Arc<rustls::ServerConfig>,
     running: Mutex<Option<JoinHandle<()>>>,
     _dir: tempfile::TempDir,
@@ -96,12 +104,14 @@ impl FakeKube {
         )
         .unwrap();
         let (configmap, _) = watch::channel((1, None));
+        let (secrets, _) = watch::channel((1, BTreeMap::new()));
         let fake = FakeKube {
             addr,
             ca,
             state: Arc::new(FakeState::default()),
             kubeconfig,
             configmap,
+            secrets,
             tls: Arc::new(tls),
             running: Mutex::new(None),
             _dir: dir,
@@ -143,6 +153,18 @@ impl FakeKube {
         });
     }
 
+    /// Create or replace a Secret (watches see a MODIFIED event).
+    pub fn set_secret(&self, namespace: &str, name: &str, data: &[(&str, &[u8])]) {
+        let data = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect();
+        self.secrets.send_modify(|(version, secrets)| {
+            *version += 1;
+            secrets.insert((namespace.to_string(), name.to_string()), data);
+        });
+    }
+
     pub fn access_reviews(&self) -> Vec<Value> {
         self.state.access_reviews.lock().unwrap().clone()
     }
@@ -169,6 +191,7 @@ impl FakeKube {
         let shared = Shared {
             state: self.state.clone(),
             configmap: self.configmap.clone(),
+            secrets: self.secrets.clone(),
         };
         let router = Router::new()
             .route(
@@ -187,6 +210,7 @@ impl FakeKube {
                 "/api/v1/namespaces/kube-system/configmaps",
                 get(watch_configmaps),
             )
+            .route("/api/v1/namespaces/{namespace}/secrets", get(secrets))
             .with_state(shared);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
         let task = tokio::spawn(async move {
@@ -223,6 +247,7 @@ impl Drop for FakeKube {
 struct Shared {
     state: Arc<FakeState>,
     configmap: watch::Sender<(u64, Option<BTreeMap<String, String>>)>,
+    secrets: watch::Sender<Secrets>,
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
@@ -455,6 +480,118 @@ async fn watch_configmaps(
                 }
             }
         });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
+fn secret_object(
+    namespace: &str,
+    name: &str,
+    version: u64,
+    data: &BTreeMap<String, Vec<u8>>,
+) -> Value {
+    // k8s-openapi's ByteString serialises as base64, as the API server does.
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            resource_version: Some(version.to_string()),
+            uid: Some(format!("uid-secret-{namespace}-{name}")),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.clone())))
+                .collect(),
+        ),
+        type_: Some("kubernetes.io/tls".to_string()),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(secret).unwrap();
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    value
+}
+
+/// List or watch Secrets of one namespace; only by `metadata.name` field selector, which is what
+/// RBAC `resourceNames` can authorize.
+async fn secrets(
+    State(shared): State<Shared>,
+    Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&shared.state, &headers) {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let query = query.unwrap_or_default();
+    shared
+        .state
+        .secret_requests
+        .lock()
+        .unwrap()
+        .push(query.clone());
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let Some(name) = params
+        .get("fieldSelector")
+        .and_then(|s| s.strip_prefix("metadata.name="))
+        .map(str::to_string)
+    else {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "secrets is forbidden: only list/watch by metadata.name is allowed",
+        );
+    };
+    let key = (namespace.clone(), name.clone());
+    if params.get("watch").map(String::as_str) != Some("true") {
+        let (version, secrets) = shared.secrets.borrow().clone();
+        let items: Vec<Value> = secrets
+            .get(&key)
+            .map(|data| vec![secret_object(&namespace, &name, version, data)])
+            .unwrap_or_default();
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"kind": "SecretList", "apiVersion": "v1",
+                   "metadata": {"resourceVersion": version.to_string()}, "items": items})
+            .to_string(),
+        )
+            .into_response();
+    }
+    let since: u64 = params
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let receiver = shared.secrets.subscribe();
+    let events = futures_util::stream::unfold(
+        (receiver, since, namespace, name),
+        |(mut receiver, mut seen, namespace, name)| async move {
+            loop {
+                let (version, secrets) = receiver.borrow_and_update().clone();
+                if version > seen {
+                    seen = version;
+                    if let Some(data) = secrets.get(&(namespace.clone(), name.clone())) {
+                        let line = format!(
+                            "{}\n",
+                            json!({"type": "MODIFIED", "object": secret_object(&namespace, &name, version, data)})
+                        );
+                        return Some((
+                            Ok::<_, Infallible>(Bytes::from(line)),
+                            (receiver, seen, namespace, name),
+                        ));
+                    }
+                }
+                if receiver.changed().await.is_err() {
+                    return None;
+                }
+            }
+        },
+    );
     (
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(events),
