@@ -75,6 +75,8 @@ scenarios=(
   "irsa-region-auth|--set aws.region=eu-west-1 --set serviceAccount.roleArn=arn:aws:iam::111122223333:role/cloudwatch-metrics-adapter --set auth.anonymousAuth=true --set rbac.aggregateToEdit=true"
   "no-apiservice|--set apiService.create=false --set podDisruptionBudget.enabled=false --set topologySpread.enabled=false"
   "insecure-opt-in|--set apiService.insecureSkipTLSVerify=true"
+  "delegate-keda|--set delegate.keda.enabled=true"
+  "delegate-several|--set delegate.keda.enabled=true --set delegate.timeout=2s --set-json delegate.others=[{\"name\":\"datadog\",\"url\":\"https://datadog-cluster-agent-metrics-api.datadog.svc:8443\",\"ca\":{\"insecureSkipTLSVerify\":true},\"match\":{\"namePattern\":\"^datadogmetric@\"}},{\"name\":\"prometheus-adapter\",\"url\":\"https://prometheus-adapter.monitoring.svc\",\"ca\":{\"secret\":{\"namespace\":\"monitoring\",\"name\":\"prometheus-adapter-ca\"}}}]"
 )
 mkdir -p "$work/render"
 for scenario in "${scenarios[@]}"; do
@@ -118,6 +120,10 @@ metrics:
 EOF
 must_fail "typo in a metric definition" -f "$work/bad-definition.yaml"
 must_fail "existingSecret without caBundle" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x
+must_fail "typo in the delegate preset" --set delegate.keda.enabeld=true
+must_fail "delegate over plain http, without a CA" --set-json 'delegate.others=[{"name":"x","url":"http://x.y.svc"}]'
+must_fail "delegate with two ways to check its CA" --set-json 'delegate.others=[{"name":"x","url":"https://x.y.svc","ca":{"insecureSkipTLSVerify":true,"pem":"-----BEGIN CERTIFICATE-----"}}]'
+must_fail "delegate timeout that is not a duration" --set delegate.timeout=5
 
 # ---------------------------------------------------------------------------------------------
 section "objects: Kubernetes $kube_version schemas (kubernetes-validate --strict)"
@@ -296,6 +302,32 @@ for path in sorted(glob.glob(f"{render_dir}/*.yaml")):
                 verified = subprocess.run(["openssl", "verify", "-CAfile", f"{tmp}/ca.crt", "-verify_hostname", host,
                                            "-purpose", "sslserver", f"{tmp}/tls.crt"], capture_output=True, text=True)
                 facts.append((verified.returncode == 0, f"generated certificate verifies for {host} against the caBundle"))
+    # Delegates: the config file, and RBAC only when one is configured (list on
+    # external.metrics.k8s.io, the CA Secrets by name).
+    delegate_rules = {(g, r, v) for role in k["ClusterRole"] if ("ClusterRole", role["metadata"]["name"], None) in bindings
+                      for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+                      if g == "external.metrics.k8s.io"}
+    delegates_arg = [a for a in c["args"] if a.startswith("--delegates-config=")]
+    if mode.startswith("delegate"):
+        cm = next(x for x in k["ConfigMap"] if "delegates.yaml" in x.get("data", {}))
+        entries = yaml.safe_load(cm["data"]["delegates.yaml"])["delegates"]
+        keda = entries[0]
+        mounted = {m["mountPath"] for m in c["volumeMounts"]}
+        facts.append((delegates_arg and delegates_arg[0].split("=", 1)[1].rsplit("/", 1)[0] in mounted, "--delegates-config points into the mounted ConfigMap"))
+        facts.append((keda == {"name": "keda", "url": "https://keda-operator-metrics-apiserver.keda.svc:443",
+                               "ca": {"secret": {"namespace": "keda", "name": "kedaorg-certs", "key": "ca.crt"}},
+                               "match": {"namePattern": "^s[0-9]+-", "selectorKey": "scaledobject.keda.sh/name"}}, "KEDA preset: service, port, CA Secret, name pattern, selector key"))
+        facts.append((("external.metrics.k8s.io", "*", "list") in delegate_rules, "RBAC: the ServiceAccount may list external.metrics.k8s.io (delegates authorize it)"))
+        secrets = {(e["ca"]["secret"]["namespace"], e["ca"]["secret"]["name"]) for e in entries if "secret" in e.get("ca", {})}
+        roles = {(x["metadata"]["namespace"], n) for x in k.get("Role", []) for rule in x["rules"]
+                 if rule["resources"] == ["secrets"] and sorted(rule["verbs"]) == ["get", "list", "watch"] for n in rule.get("resourceNames", [])}
+        bound = {x["metadata"]["namespace"] for x in k.get("RoleBinding", []) if x["roleRef"]["name"].endswith(":delegate-ca")
+                 and any(sub["name"] == sa["metadata"]["name"] for sub in x["subjects"])}
+        facts.append((secrets and roles == secrets and {ns for ns, _ in secrets} <= bound, "RBAC: get/list/watch on exactly the delegates' CA Secrets, by name"))
+        if mode == "delegate-several":
+            facts.append(([e["name"] for e in entries] == ["keda", "datadog", "prometheus-adapter"] and "--delegate-timeout=2s" in c["args"], "delegates in order, defaults passed as flags"))
+    else:
+        facts.append((not delegate_rules and not delegates_arg, "no delegate: no external.metrics.k8s.io grant, no --delegates-config"))
     if mode == "monitoring":
         cm = [x for x in k["ConfigMap"] if x["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
         with open("charts/cloudwatch-metrics-adapter/dashboards/cloudwatch-metrics-adapter.json") as f:
@@ -372,7 +404,7 @@ else
   # Every flag the chart passes must exist in the binary. Flags of features still landing are
   # reported, not failed, until the binary has them.
   "$binary" serve --help >"$work/help"
-  "$py" - "$work/render/default.yaml" "$work/render/irsa-region-auth.yaml" >"$work/args" <<'PY'
+  "$py" - "$work/render/default.yaml" "$work/render/irsa-region-auth.yaml" "$work/render/delegate-several.yaml" >"$work/args" <<'PY'
 import sys, yaml
 for path in sys.argv[1:]:
     for d in yaml.safe_load_all(open(path)):

@@ -17,7 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures_util::future::BoxFuture;
 
 use crate::provider::{MetricInfo, Selector};
 

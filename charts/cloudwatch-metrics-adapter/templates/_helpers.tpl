@@ -71,3 +71,25 @@ certificate for that name. The longer forms are for clients inside the cluster.
 {{- $ns := .Release.Namespace }}
 {{- list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.cluster.local" $service $ns) | toJson }}
 {{- end }}
+
+{{/*
+The delegates, in --delegates-config form (KEDA's preset first, then `delegate.others`), as YAML;
+empty when none is configured. RBAC, the ConfigMap and the Deployment all read it from here.
+*/}}
+{{- define "cwma.delegates" -}}
+{{- $delegates := list }}
+{{- $keda := .Values.delegate.keda }}
+{{- if $keda.enabled }}
+{{- $delegates = append $delegates (dict
+  "name" "keda"
+  "url" (printf "https://%s.%s.svc:%d" $keda.service $keda.namespace (int $keda.port))
+  "ca" (dict "secret" (dict "namespace" $keda.namespace "name" $keda.caSecret.name "key" $keda.caSecret.key))
+  "match" (dict "namePattern" $keda.namePattern "selectorKey" $keda.selectorKey)) }}
+{{- end }}
+{{- range .Values.delegate.others }}
+{{- $delegates = append $delegates . }}
+{{- end }}
+{{- if $delegates }}
+{{- toYaml (dict "delegates" $delegates) }}
+{{- end }}
+{{- end }}
