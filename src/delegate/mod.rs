@@ -13,7 +13,10 @@
 //!   sees our identity, and kube-apiserver's audit ID ties its log to the real caller.
 //! - Each delegate has its own connection pool, an in-flight bound that fails fast when reached,
 //!   and a timeout over connect, TLS and answer together, so a slow or dead delegate costs its
-//!   own callers a bounded wait and nobody else anything.
+//!   own callers a bounded wait and nobody else anything. All delegate traffic (the client's
+//!   TLS, HTTP/2 framing and connection tasks, discovery refreshes) runs on a runtime of its own
+//!   with one thread: the workers serving this adapter's own metrics never run it, so forwarded
+//!   traffic cannot queue ahead of them inside the process.
 //! - TLS is always verified against the delegate's CA unless verification is explicitly turned
 //!   off. The CA comes from a file (re-read), inline PEM, or a Secret read through the API and
 //!   watched (KEDA keeps and rotates its CA in `kedaorg-certs`, in a namespace we cannot mount
@@ -35,6 +38,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::forward::{ForwardError, ForwardRequest, ForwardedAnswer, Forwarder, Route};
 use crate::metrics::AdapterMetrics;
@@ -46,6 +50,46 @@ use config::{CaSource, DelegateConfig};
 #[derive(Debug, Clone)]
 pub struct Delegates {
     delegates: Vec<Arc<Delegate>>,
+    runtime: Arc<ClientRuntime>,
+}
+
+/// How much longer than a delegate's timeout a caller waits for the delegate thread's answer
+/// before giving up on it itself.
+const CALLER_MARGIN: Duration = Duration::from_secs(1);
+
+/// The runtime delegate traffic runs on (a bulkhead: one thread of its own). Dropped with the
+/// last clone of [`Delegates`]: its tasks (forwards whose caller is gone are already aborted,
+/// background refreshes have seen `stop`) are dropped, and its thread ends without being waited
+/// for.
+#[derive(Debug)]
+struct ClientRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ClientRuntime {
+    fn new() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("delegate-client")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code when the server stops: never block there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Delegates {
@@ -60,6 +104,10 @@ impl Delegates {
                     .map_err(|err| anyhow::anyhow!("delegate {name:?}: {err}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let runtime =
+            Arc::new(ClientRuntime::new().map_err(|err| {
+                anyhow::anyhow!("cannot start the delegate client thread: {err}")
+            })?);
         for delegate in &delegates {
             tracing::info!(
                 delegate = %delegate.name(),
@@ -67,7 +115,7 @@ impl Delegates {
                 "forwarding the metrics this adapter does not define, where the delegate's rules take them"
             );
         }
-        Ok(Self { delegates })
+        Ok(Self { delegates, runtime })
     }
 
     /// Whether any delegate reads its CA from a Secret (and so needs the Kubernetes API).
@@ -109,12 +157,14 @@ impl Delegates {
                     stop.clone(),
                 ));
             }
-            tasks.spawn(refresh_discovery(delegate.clone(), stop.clone()));
-            tasks.spawn(reload_files(
-                delegate.clone(),
-                reload_interval,
-                stop.clone(),
-            ));
+            let Some(handle) = self.runtime.handle() else {
+                anyhow::bail!("the delegate client runtime is gone");
+            };
+            tasks.spawn_on(refresh_discovery(delegate.clone(), stop.clone()), handle);
+            tasks.spawn_on(
+                reload_files(delegate.clone(), reload_interval, stop.clone()),
+                handle,
+            );
         }
         Ok(())
     }
@@ -142,27 +192,56 @@ impl Forwarder for Delegates {
         request: ForwardRequest,
     ) -> BoxFuture<'static, Result<ForwardedAnswer, ForwardError>> {
         let delegate = self.delegates.get(route.0).cloned();
+        let handle = self.runtime.handle().cloned();
         let metric = metric.to_string();
+        let fail = |delegate: Option<&Delegate>, metric: String, detail: &str| ForwardError {
+            delegate: delegate.map(|d| d.name().to_string()).unwrap_or_default(),
+            url: delegate
+                .map(|d| d.url_text().to_string())
+                .unwrap_or_default(),
+            metric,
+            failure: crate::forward::ForwardFailure::Unreachable,
+            detail: detail.to_string(),
+        };
         Box::pin(async move {
-            let Some(delegate) = delegate else {
-                return Err(ForwardError {
-                    delegate: String::new(),
-                    url: String::new(),
-                    metric,
-                    failure: crate::forward::ForwardFailure::Unreachable,
-                    detail: "no such delegate".to_string(),
-                });
+            let (Some(delegate), Some(handle)) = (delegate, handle) else {
+                return Err(fail(None, metric, "no such delegate"));
             };
-            delegate
-                .forward(&request)
-                .await
-                .map_err(|(failure, detail)| ForwardError {
+            // Run on the delegate runtime; if the caller goes away, so does the request (the
+            // handle aborts the task, which frees its in-flight slot and connection attempt).
+            let timeout = delegate.config.timeout;
+            let task = {
+                let delegate = delegate.clone();
+                AbortOnDropHandle::new(
+                    handle.spawn(async move { delegate.forward(&request).await }),
+                )
+            };
+            // The delegate's own timeout runs on the delegate thread; bound the wait here too,
+            // so the promised bound holds even if that thread is stuck (a hung file read).
+            match tokio::time::timeout(timeout + CALLER_MARGIN, task).await {
+                Ok(Ok(result)) => result.map_err(|(failure, detail)| ForwardError {
                     delegate: delegate.name().to_string(),
                     url: delegate.url_text().to_string(),
                     metric,
                     failure,
                     detail,
-                })
+                }),
+                Ok(Err(err)) => Err(fail(
+                    Some(&delegate),
+                    metric,
+                    &format!("the forwarding task ended: {err}"),
+                )),
+                Err(_) => {
+                    tracing::warn!(delegate = %delegate.name(), "the delegate client thread did not finish a request within its timeout");
+                    Err(ForwardError {
+                        delegate: delegate.name().to_string(),
+                        url: delegate.url_text().to_string(),
+                        metric,
+                        failure: crate::forward::ForwardFailure::Timeout(timeout),
+                        detail: "the delegate client thread did not answer in time".to_string(),
+                    })
+                }
+            }
         })
     }
 
@@ -333,5 +412,95 @@ async fn watch_ca_secret(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::ForwardFailure;
+    use config::{Credentials, Rules};
+
+    /// A delegate at `port` on 127.0.0.1 with one in-flight slot and a long timeout.
+    fn delegates(port: u16, dir: &std::path::Path) -> Delegates {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "t").unwrap();
+        let config = DelegateConfig {
+            name: "silent".to_string(),
+            url: format!("https://127.0.0.1:{port}").parse().unwrap(),
+            ca: CaSource::Pem(ca.pem()),
+            credentials: Credentials {
+                token_file: Some(token),
+                client_certificate: None,
+            },
+            rules: Rules::default(),
+            timeout: Duration::from_secs(60),
+            max_concurrent_requests: 1,
+            max_response_bytes: 1024,
+            discovery_interval: Duration::from_secs(60),
+        };
+        Delegates::new(vec![config], Arc::new(AdapterMetrics::default())).unwrap()
+    }
+
+    fn request() -> ForwardRequest {
+        ForwardRequest {
+            path: "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/s0-x".to_string(),
+            query: None,
+            accept: None,
+            audit_id: None,
+        }
+    }
+
+    // Dropping a tokio Runtime inside async code panics; the server drops its delegates there.
+    #[tokio::test]
+    async fn the_delegates_can_be_dropped_inside_the_servers_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let delegates = delegates(1, dir.path());
+        drop(delegates.clone());
+        drop(delegates);
+    }
+
+    // A forward whose caller went away (the HPA's request was cancelled) must not keep running
+    // on the delegate thread until its timeout, holding the delegate's only in-flight slot.
+    #[tokio::test]
+    async fn a_caller_that_goes_away_frees_its_slot_at_the_delegate() {
+        let dir = tempfile::tempdir().unwrap();
+        // Accepts connections and never says a word: the TLS handshake hangs.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let delegates = delegates(listener.local_addr().unwrap().port(), dir.path());
+        let route = delegates.route("s0-x", None).unwrap();
+
+        let first = tokio::spawn(delegates.forward(route, "s0-x", request()));
+        let (_held, _) = listener.accept().await.unwrap();
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+
+        // The slot comes back once the abort reaches the delegate thread; with the task left
+        // running it would stay taken for the 60 s timeout.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let mut second = tokio::spawn(delegates.forward(route, "s0-x", request()));
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        accepted.unwrap();
+                        second.abort();
+                        return;
+                    }
+                    result = &mut second => {
+                        let err = result.unwrap().unwrap_err();
+                        assert!(matches!(err.failure, ForwardFailure::Busy), "{err}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the delegate's only slot was never freed after its caller went away");
     }
 }
