@@ -8,10 +8,14 @@
 //! 127.0.0.1 and stops by itself. In one run it reports:
 //!
 //! 1. Overhead: the same request for `theirs-depth`, direct to the delegate and through the
-//!    front, interleaved at a fixed rate in the same seconds; p50/p99 of each, the difference
+//!    front, as two streams at a fixed rate in the same seconds; p50/p99 of each, the difference
 //!    and the ratio. Goal: forwarding adds at most 2 ms at p99.
-//! 2. Isolation: p99 of our own metric at a fixed rate, alone and while forwarded traffic runs at
-//!    1,000 requests/s through the same front; the ratio. Goal: the p99 does not move.
+//! 2. Isolation: p99 of our own metric at a fixed rate, alone, beside 1,000 requests/s of
+//!    forwarded traffic through the same front, and (the control) beside as many requests for
+//!    another of our own metrics, with the front's CPU per request. Goal: forwarded traffic does
+//!    not move our p99 more than any traffic of the same rate would.
+//!
+//! The machine is shared, so each comparison runs in rounds and the medians are reported.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,9 +56,12 @@ struct Args {
     /// Forwarded requests per second running beside it.
     #[arg(long, default_value_t = 1000)]
     forwarded_rate: u64,
-    /// Length of each measured phase, in seconds.
-    #[arg(long, default_value = "20", value_parser = parse_secs)]
+    /// Length of each measured stream, in seconds.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
     phase: Duration,
+    /// Rounds of each comparison (the medians are reported: the machine is shared).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
@@ -64,7 +71,8 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
 }
 
 const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
-const FRONT_SA: &str = "system:serviceaccount:cloudwatch-metrics-adapter:cloudwatch-metrics-adapter";
+const FRONT_SA: &str =
+    "system:serviceaccount:cloudwatch-metrics-adapter:cloudwatch-metrics-adapter";
 const FRONT_TOKEN: &str = "front-service-account-token";
 const ADAPTER_TOKEN: &str = "adapter-kubeconfig-token";
 const QUEUES: usize = 50;
@@ -165,7 +173,9 @@ async fn start_fake_kube(ca: &Ca) -> anyhow::Result<SocketAddr> {
 }
 
 fn review_answer(body: &Bytes, headers: &HeaderMap, status: Value) -> Response {
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         != Some(&format!("Bearer {ADAPTER_TOKEN}"))
     {
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
@@ -192,16 +202,45 @@ async fn token_review(headers: HeaderMap, body: Bytes) -> Response {
 }
 
 async fn access_review(headers: HeaderMap, body: Bytes) -> Response {
-    review_answer(
-        &body,
-        &headers,
-        json!({"allowed": true, "reason": "bench"}),
-    )
+    review_answer(&body, &headers, json!({"allowed": true, "reason": "bench"}))
 }
 
 struct Adapter {
     child: Child,
     base: String,
+    admin: String,
+    pid: u32,
+}
+
+impl Adapter {
+    /// CPU seconds the process has used (user + system), from /proc.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// The adapter's own counters for forwarded requests, one line each.
+    async fn delegate_counters(&self) -> Vec<String> {
+        let text = match reqwest::get(format!("{}/metrics", self.admin)).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .filter(|l| l.starts_with("cloudwatch_adapter_delegate_requests_total"))
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -226,13 +265,24 @@ async fn start_adapter(
     extra: &[String],
 ) -> anyhow::Result<Adapter> {
     let (cert, key) = serving.sign(name, false)?;
-    let config = write(dir, &format!("{name}.yaml"), &definitions(&format!("{name}-depth")))?;
+    let config = write(
+        dir,
+        &format!("{name}.yaml"),
+        &definitions(&format!("{name}-depth")),
+    )?;
     let (secure, admin) = (free_port()?, free_port()?);
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["serve", "--config"])
         .arg(&config)
-        .arg(format!("--tls-cert-file={}", write(dir, &format!("{name}.crt"), &cert)?.display()))
-        .arg(format!("--tls-private-key-file={}", write(dir, &format!("{name}.key"), &key)?.display()))
+        .arg(format!(
+            "--tls-cert-file={}",
+            write(dir, &format!("{name}.crt"), &cert)?.display()
+        ))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            write(dir, &format!("{name}.key"), &key)?.display()
+        ))
         .args(["--bind-address=127.0.0.1", "--admin-bind-address=127.0.0.1"])
         .arg(format!("--secure-port={secure}"))
         .arg(format!("--admin-port={admin}"))
@@ -251,14 +301,14 @@ async fn start_adapter(
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ENDPOINT_URL_CLOUDWATCH", emulator.endpoint_url())
         .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (build it with cargo build --release)",
-                binary.display()
-            )
-        })?;
+        .kill_on_drop(true);
+    let child = command.spawn().with_context(|| {
+        format!(
+            "cannot start {} (build it with cargo build --release)",
+            binary.display()
+        )
+    })?;
+    let pid = child.id().context("adapter exited")?;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -278,6 +328,8 @@ async fn start_adapter(
     Ok(Adapter {
         child,
         base: format!("https://127.0.0.1:{secure}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+        pid,
     })
 }
 
@@ -371,6 +423,11 @@ async fn stream(
     Ok((histogram, errors))
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
@@ -422,13 +479,21 @@ async fn main() -> anyhow::Result<()> {
     let (cert, key) = front_proxy.sign("front-proxy-client", true)?;
     let aggregator = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(serving.pem.as_bytes())?])
-        .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes())?)
+        .identity(reqwest::Identity::from_pem(
+            format!("{cert}{key}").as_bytes(),
+        )?)
         .timeout(Duration::from_secs(10))
         .build()?;
 
-    let direct_urls: Vec<String> = (0..QUEUES).map(|q| url(&delegate.base, "theirs-depth", q)).collect();
-    let forwarded_urls: Vec<String> = (0..QUEUES).map(|q| url(&front.base, "theirs-depth", q)).collect();
-    let own_urls: Vec<String> = (0..QUEUES).map(|q| url(&front.base, "ours-depth", q)).collect();
+    let direct_urls: Vec<String> = (0..QUEUES)
+        .map(|q| url(&delegate.base, "theirs-depth", q))
+        .collect();
+    let forwarded_urls: Vec<String> = (0..QUEUES)
+        .map(|q| url(&front.base, "theirs-depth", q))
+        .collect();
+    let own_urls: Vec<String> = (0..QUEUES)
+        .map(|q| url(&front.base, "ours-depth", q))
+        .collect();
     // Warm every series on both adapters, and every review cache.
     for url in direct_urls.iter().chain(&forwarded_urls).chain(&own_urls) {
         if !aggregator_get(&aggregator, url).await {
@@ -449,100 +514,169 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "# forwarding benchmark ({} cores; both adapters, the load generator and the fake API server share them)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     println!();
     println!(
         "Requests as the aggregator sends them: front-proxy client certificate, X-Remote-User/Group, HTTP/2; delegated authorization (SubjectAccessReview, cached). The front forwards with its ServiceAccount token (TokenReview at the delegate, cached)."
     );
 
-    // Phase 1: overhead, both paths in the same seconds.
-    let (direct, forwarded) = tokio::join!(
-        stream(aggregator.clone(), direct_urls.clone(), args.overhead_rate, args.phase, true),
-        stream(aggregator.clone(), forwarded_urls.clone(), args.overhead_rate, args.phase, true),
-    );
-    let ((direct, direct_errors), (forwarded, forwarded_errors)) = (direct?, forwarded?);
+    // Phase 1: overhead. Both paths in the same seconds (interleaved streams), in rounds.
     println!();
     println!(
-        "## overhead: {} req/s direct to the delegate and {} req/s through the front, for {} s, interleaved",
+        "## overhead: {} req/s direct to the delegate and {} req/s through the front at the same time, {} rounds of {} s",
         args.overhead_rate,
         args.overhead_rate,
+        args.rounds,
         args.phase.as_secs()
     );
-    println!("| path | requests | errors | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|");
-    for (name, h, errors) in [
-        ("direct to the delegate", &direct, direct_errors),
-        ("through the front (forwarded)", &forwarded, forwarded_errors),
-    ] {
+    println!(
+        "| round | direct p50 ms | direct p99 ms | forwarded p50 ms | forwarded p99 ms | added at p99 ms | p99 ratio | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut added = Vec::new();
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds {
+        let (direct, forwarded) = tokio::join!(
+            stream(
+                aggregator.clone(),
+                direct_urls.clone(),
+                args.overhead_rate,
+                args.phase,
+                true
+            ),
+            stream(
+                aggregator.clone(),
+                forwarded_urls.clone(),
+                args.overhead_rate,
+                args.phase,
+                true
+            ),
+        );
+        let ((direct, direct_errors), (forwarded, forwarded_errors)) = (direct?, forwarded?);
+        let delta = ms(&forwarded, 0.99) - ms(&direct, 0.99);
+        let ratio = ms(&forwarded, 0.99) / ms(&direct, 0.99);
+        added.push(delta);
+        ratios.push(ratio);
         println!(
-            "| {name} | {} | {errors} | {:.3} | {:.3} | {:.3} |",
-            h.len(),
-            ms(h, 0.5),
-            ms(h, 0.99),
-            h.max() as f64 / 1000.0
+            "| {round} | {:.3} | {:.3} | {:.3} | {:.3} | {delta:+.3} | {ratio:.2}x | {} |",
+            ms(&direct, 0.5),
+            ms(&direct, 0.99),
+            ms(&forwarded, 0.5),
+            ms(&forwarded, 0.99),
+            direct_errors + forwarded_errors
         );
     }
-    let added = ms(&forwarded, 0.99) - ms(&direct, 0.99);
+    let median_added = median(&mut added);
     println!(
-        "forwarding adds {added:.3} ms at p99 (ratio {:.2}x; p50 ratio {:.2}x); goal: at most 2 ms -> {}",
-        ms(&forwarded, 0.99) / ms(&direct, 0.99),
-        ms(&forwarded, 0.5) / ms(&direct, 0.5),
-        if added <= 2.0 { "met" } else { "NOT met" }
+        "median: forwarding adds {median_added:+.3} ms at p99 (ratio {:.2}x); goal: at most 2 ms -> {}",
+        median(&mut ratios),
+        if median_added <= 2.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
 
-    // Phase 2: our own metric alone, then beside forwarded traffic.
-    let (alone, alone_errors) = stream(
-        aggregator.clone(),
-        own_urls.clone(),
-        args.own_rate,
-        args.phase,
-        true,
-    )
-    .await?;
-    let (beside, background) = tokio::join!(
-        stream(aggregator.clone(), own_urls.clone(), args.own_rate, args.phase, true),
-        stream(
-            aggregator.clone(),
-            forwarded_urls.clone(),
-            args.forwarded_rate,
-            args.phase,
-            true
-        ),
-    );
-    let ((beside, beside_errors), (background, background_errors)) = (beside?, background?);
+    // Phase 2: our own metric alone, beside forwarded traffic, and beside as much traffic for our
+    // own metrics (the control: what any 1,000 req/s on the shared connection costs), in rounds.
     println!();
     println!(
-        "## isolation: our own metric at {} req/s, alone and beside {} req/s of forwarded traffic, {} s each",
+        "## isolation: p99 of our own metric at {} req/s, alone / beside {} req/s forwarded / beside {} req/s of our own metric (control), {} rounds of {} s each",
         args.own_rate,
         args.forwarded_rate,
+        args.forwarded_rate,
+        args.rounds,
         args.phase.as_secs()
     );
-    println!("| our metric | requests | errors | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|");
-    for (name, h, errors) in [
-        ("alone", &alone, alone_errors),
-        ("beside forwarded traffic", &beside, beside_errors),
-    ] {
+    println!(
+        "| round | alone p99 ms | beside forwarded p99 ms | beside own (control) p99 ms | forwarded traffic p99 ms | front CPU us/request: forwarded / own | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let other_own: Vec<String> = (0..QUEUES)
+        .map(|q| url(&front.base, "ours-depth", (q + QUEUES / 2) % QUEUES))
+        .collect();
+    let requests = (args.own_rate + args.forwarded_rate) as f64 * args.phase.as_secs_f64();
+    let (mut vs_alone, mut vs_control) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let (alone, alone_errors) = stream(
+            aggregator.clone(),
+            own_urls.clone(),
+            args.own_rate,
+            args.phase,
+            true,
+        )
+        .await?;
+        let cpu_before = front.cpu_seconds();
+        let (beside, background) = tokio::join!(
+            stream(
+                aggregator.clone(),
+                own_urls.clone(),
+                args.own_rate,
+                args.phase,
+                true
+            ),
+            stream(
+                aggregator.clone(),
+                forwarded_urls.clone(),
+                args.forwarded_rate,
+                args.phase,
+                true
+            ),
+        );
+        let forwarded_cpu = front.cpu_seconds() - cpu_before;
+        let ((beside, beside_errors), (background, background_errors)) = (beside?, background?);
+        let cpu_before = front.cpu_seconds();
+        let (control, control_background) = tokio::join!(
+            stream(
+                aggregator.clone(),
+                own_urls.clone(),
+                args.own_rate,
+                args.phase,
+                true
+            ),
+            stream(
+                aggregator.clone(),
+                other_own.clone(),
+                args.forwarded_rate,
+                args.phase,
+                false
+            ),
+        );
+        let own_cpu = front.cpu_seconds() - cpu_before;
+        let ((control, control_errors), (_, control_background_errors)) =
+            (control?, control_background?);
+        vs_alone.push(ms(&beside, 0.99) / ms(&alone, 0.99));
+        vs_control.push(ms(&beside, 0.99) / ms(&control, 0.99));
         println!(
-            "| {name} | {} | {errors} | {:.3} | {:.3} | {:.3} |",
-            h.len(),
-            ms(h, 0.5),
-            ms(h, 0.99),
-            h.max() as f64 / 1000.0
+            "| {round} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} / {:.0} | {} |",
+            ms(&alone, 0.99),
+            ms(&beside, 0.99),
+            ms(&control, 0.99),
+            ms(&background, 0.99),
+            forwarded_cpu * 1e6 / requests,
+            own_cpu * 1e6 / requests,
+            alone_errors
+                + beside_errors
+                + background_errors
+                + control_errors
+                + control_background_errors
         );
     }
     println!(
-        "forwarded traffic meanwhile: {} requests, {background_errors} errors, p99 {:.3} ms",
-        background.len(),
-        ms(&background, 0.99)
-    );
-    println!(
-        "our p99 beside forwarded traffic / alone: {:.2}x ({:+.3} ms)",
-        ms(&beside, 0.99) / ms(&alone, 0.99),
-        ms(&beside, 0.99) - ms(&alone, 0.99)
+        "median ratio of our p99 beside {} req/s forwarded: {:.2}x vs alone, {:.2}x vs beside as many requests for our own metric",
+        args.forwarded_rate,
+        median(&mut vs_alone),
+        median(&mut vs_control)
     );
 
+    println!();
+    println!("front's forwarding counters after the run:");
+    for line in front.delegate_counters().await {
+        println!("  {line}");
+    }
     let (mut front, mut delegate) = (front, delegate);
     front.child.kill().await?;
     delegate.child.kill().await?;
