@@ -13,10 +13,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use crate::auth::connection::ClientCertificate;
 
 /// What the TLS layer learned about a connection, attached to each of its requests as an
 /// extension so authentication can use it.
@@ -24,10 +25,11 @@ use tower::ServiceExt;
 pub struct ConnectionInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The certificate chain the client presented (end entity first), if any. It chained to a
-    /// CA trusted at handshake time; authentication re-checks it against the CAs trusted now,
-    /// because HTTP/2 connections outlive CA rotations.
-    pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
+    /// The certificate chain the client presented, if any, shared by every request of the
+    /// connection. It chained to a CA trusted at handshake time; authentication checks it
+    /// against the CAs trusted now (HTTP/2 connections outlive CA rotations) and keeps what it
+    /// concluded on it, so a warm connection is not verified again.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// A client gets this long to finish its TLS handshake, so idle sockets cannot pile up.
@@ -83,12 +85,12 @@ pub async fn serve_tls(
                 };
             let info = ConnectionInfo {
                 peer,
-                peer_certificates: tls_stream
+                client_certificate: tls_stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .filter(|chain| !chain.is_empty())
-                    .map(|chain| Arc::from(chain.to_vec())),
+                    .map(|chain| Arc::new(ClientCertificate::new(chain.to_vec()))),
             };
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
