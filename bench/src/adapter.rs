@@ -125,6 +125,30 @@ impl Adapter {
         Ok(kib / 1024.0)
     }
 
+    /// CPU time the process has used so far (user + system, all threads), from
+    /// `/proc/<pid>/stat` in clock ticks (USER_HZ, 100 per second on Linux).
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("unexpected /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+        let ticks: u64 = [11, 12]
+            .iter()
+            .map(|&i| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum();
+        Ok(Duration::from_millis(ticks * 10))
+    }
+
     /// The adapter's `/metrics` text.
     pub async fn metrics(&self, client: &reqwest::Client) -> anyhow::Result<String> {
         Ok(client

@@ -38,7 +38,8 @@ struct Args {
     /// Distinct series those HPAs ask for (HPAs share series).
     #[arg(long, default_value_t = 1000)]
     series: usize,
-    /// How long the HPA simulation runs (the call count is taken over its last minute).
+    /// How long the HPA simulation runs (the call count is taken over its last minute); 0
+    /// skips it (e.g. to profile the request paths alone).
     #[arg(long, default_value = "75", value_parser = parse_secs)]
     simulate: Duration,
     /// Fixed request rate for the latency phases.
@@ -177,12 +178,20 @@ struct RequestPath {
     throughput: Vec<Throughput>,
     /// (served in <= 1 ms, all) by the adapter during the latency phases.
     server: (u64, u64),
+    /// The adapter's CPU time per request in the throughput phases, microseconds, per round.
+    cpu_per_request: Vec<f64>,
 }
 
 impl RequestPath {
     fn median_throughput(&self) -> Throughput {
         let mut rounds = self.throughput.clone();
         rounds.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+        rounds[rounds.len() / 2]
+    }
+
+    fn median_cpu_per_request(&self) -> f64 {
+        let mut rounds = self.cpu_per_request.clone();
+        rounds.sort_by(f64::total_cmp);
         rounds[rounds.len() / 2]
     }
 }
@@ -217,7 +226,9 @@ async fn main() -> anyhow::Result<()> {
     let anonymous_client = load::client(None, args.concurrency)?;
     let anonymous_target = Target::new(urls(&bare, args.series));
     load::warm(&anonymous_client, &anonymous_target, 64).await?;
-    simulate_hpas(&args, &emulator, &bare, &anonymous_client).await?;
+    if !args.simulate.is_zero() {
+        simulate_hpas(&args, &emulator, &bare, &anonymous_client).await?;
+    }
 
     // The aggregator's path: the front proxy's CA trusted from a file (as with the ConfigMap,
     // without needing one), its client certificate on every connection, the HPA controller's
@@ -251,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         latency: Latency::empty()?,
         throughput: Vec::new(),
         server: (0, 0),
+        cpu_per_request: Vec::new(),
     }];
     for (name, flags, subdirectory) in [
         ("front-proxy, AlwaysAllow", &allow_all, "front-proxy"),
@@ -278,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
             latency: Latency::empty()?,
             throughput: Vec::new(),
             server: (0, 0),
+            cpu_per_request: Vec::new(),
         });
     }
 
@@ -292,8 +305,13 @@ async fn main() -> anyhow::Result<()> {
             path.latency.merge(&latency)?;
             path.server.0 += after.0 - before.0;
             path.server.1 += after.1 - before.1;
+            let cpu_before = path.adapter.cpu_time()?;
             let throughput =
                 load::closed_loop(&path.client, &path.target, args.concurrency, args.phase).await;
+            let cpu = path.adapter.cpu_time()? - cpu_before;
+            let requests = throughput.per_second * args.phase.as_secs_f64();
+            path.cpu_per_request
+                .push(cpu.as_secs_f64() * 1e6 / requests.max(1.0));
             path.throughput.push(throughput);
         }
     }
@@ -309,16 +327,18 @@ async fn main() -> anyhow::Result<()> {
         args.rounds
     );
     println!(
-        "| path | p50 ms | p99 ms | max ms | server-side <= 1 ms | errors | peak req/s (median round) | peak vs anonymous | p99 vs anonymous |"
+        "| path | p50 ms | p99 ms | max ms | server-side <= 1 ms | errors | peak req/s (median round) | peak vs anonymous | p99 vs anonymous | adapter CPU µs/request at peak | vs anonymous |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let base_peak = paths[0].median_throughput().per_second;
     let base_p99 = paths[0].latency.ms(0.99);
+    let base_cpu = paths[0].median_cpu_per_request();
     for path in &paths {
         let peak = path.median_throughput();
         let errors = path.latency.errors + path.throughput.iter().map(|t| t.errors).sum::<u64>();
+        let cpu = path.median_cpu_per_request();
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.2}% | {} | {:.0} | {:.2}x | {:.2}x |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.2}% | {} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:+.1} |",
             path.name,
             path.latency.ms(0.5),
             path.latency.ms(0.99),
@@ -328,6 +348,8 @@ async fn main() -> anyhow::Result<()> {
             peak.per_second,
             peak.per_second / base_peak,
             path.latency.ms(0.99) / base_p99,
+            cpu,
+            cpu - base_cpu,
         );
     }
     let rounds: Vec<String> = paths
