@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::UserInfo;
+use super::requestheader;
 use super::trust::Trust;
 use super::x509::{self, CertificateError, Subject};
 
@@ -69,6 +71,15 @@ struct ChainFacts {
     not_after: u64,
 }
 
+/// The identity a front proxy last asserted on this connection, with the header lines it was
+/// read from.
+#[derive(Debug)]
+struct AssertedIdentity {
+    generation: u64,
+    lines: Vec<(HeaderName, HeaderValue)>,
+    user: Arc<UserInfo>,
+}
+
 /// The client certificate chain of one connection (end entity first), with what it was last
 /// found to prove. Shared by every request of the connection.
 #[derive(Debug)]
@@ -78,6 +89,10 @@ pub struct ClientCertificate {
     verdict: ArcSwapOption<Verdict>,
     /// Held while a verdict is worked out, so concurrent HTTP/2 streams verify once.
     verifying: Mutex<()>,
+    /// The aggregator sends the same caller (the HPA controller) request after request: the
+    /// last identity read from the headers is reused while the headers are the same, so a warm
+    /// request allocates nothing for it.
+    asserted: ArcSwapOption<AssertedIdentity>,
 }
 
 impl ClientCertificate {
@@ -88,7 +103,39 @@ impl ClientCertificate {
             facts: std::sync::OnceLock::new(),
             verdict: ArcSwapOption::empty(),
             verifying: Mutex::new(()),
+            asserted: ArcSwapOption::empty(),
         }
+    }
+
+    /// The identity the front proxy asserts in `headers`, read with the settings of `trust`
+    /// (whose front-proxy half must be what this connection's verdict trusted): the last one
+    /// read on this connection when the identity header lines are exactly the same, else read
+    /// anew. `None` when no user-name header has a value.
+    pub fn front_proxy_identity(
+        &self,
+        trust: &Trust,
+        headers: &HeaderMap,
+    ) -> Option<Arc<UserInfo>> {
+        let settings = &trust.request_header.as_ref()?.settings;
+        if let Some(asserted) = &*self.asserted.load()
+            && asserted.generation == trust.generation
+            && same_lines(
+                requestheader::identity_lines(headers, settings),
+                &asserted.lines,
+            )
+        {
+            return Some(asserted.user.clone());
+        }
+        let user = Arc::new(requestheader::identity(headers, settings)?.with_authenticated_group());
+        let lines = requestheader::identity_lines(headers, settings)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        self.asserted.store(Some(Arc::new(AssertedIdentity {
+            generation: trust.generation,
+            lines,
+            user: user.clone(),
+        })));
+        Some(user)
     }
 
     /// The chain, end entity first.
@@ -183,6 +230,22 @@ impl ClientCertificate {
             valid_through: accepted.then_some(facts.not_after),
             front_proxy,
             client_ca,
+        }
+    }
+}
+
+/// Whether a request's identity header lines are exactly those remembered.
+fn same_lines<'a>(
+    mut now: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    then: &[(HeaderName, HeaderValue)],
+) -> bool {
+    let mut then = then.iter();
+    loop {
+        match (now.next(), then.next()) {
+            (Some((name, value)), Some((old_name, old_value)))
+                if name == old_name && value == old_value => {}
+            (None, None) => return true,
+            _ => return false,
         }
     }
 }
@@ -372,6 +435,80 @@ mod tests {
             early.verdict(&trust, at(NOW), || {}).front_proxy,
             FrontProxyVerdict::Refused
         );
+    }
+
+    #[test]
+    fn the_last_asserted_identity_is_reused_while_its_header_lines_are_the_same() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let proxy = ca("front-proxy-ca");
+        let store = TrustStore::new(front_proxy(&proxy, &[]), None);
+        let aggregator = leaf(&proxy, "front-proxy-client", None, 0, i64::from(i32::MAX));
+        let headers = |lines: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in lines {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            map
+        };
+        let hpa = [
+            ("X-Remote-User", "hpa"),
+            ("X-Remote-Group", "a"),
+            ("X-Remote-Group", "b"),
+            ("Accept", "*/*"),
+        ];
+        let trust = store.current();
+        let first = aggregator
+            .front_proxy_identity(&trust, &headers(&hpa))
+            .unwrap();
+        assert_eq!(first.name, "hpa");
+        assert_eq!(first.groups, ["a", "b", crate::auth::AUTHENTICATED]);
+        // The same lines (other headers may differ): the same identity, nothing parsed.
+        let mut same = hpa.to_vec();
+        same[3] = ("Accept", "application/json");
+        let again = aggregator
+            .front_proxy_identity(&trust, &headers(&same))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // Any difference in what identity reads is a new identity: a value, a line more or
+        // less, their order.
+        for lines in [
+            vec![
+                ("X-Remote-User", "hpa"),
+                ("X-Remote-Group", "a"),
+                ("X-Remote-Group", "c"),
+            ],
+            vec![("X-Remote-User", "hpa"), ("X-Remote-Group", "a")],
+            vec![
+                ("X-Remote-User", "hpa"),
+                ("X-Remote-Group", "b"),
+                ("X-Remote-Group", "a"),
+            ],
+        ] {
+            let other = aggregator
+                .front_proxy_identity(&trust, &headers(&lines))
+                .unwrap();
+            assert!(!Arc::ptr_eq(&first, &other), "{lines:?}");
+            assert_ne!(*first, *other, "{lines:?}");
+        }
+        // No user name: no identity, and nothing remembered is returned for it.
+        assert!(
+            aggregator
+                .front_proxy_identity(&trust, &headers(&[("X-Remote-Group", "a")]))
+                .is_none()
+        );
+        // A new trust generation (say, other header names) reads the headers anew.
+        let before = aggregator
+            .front_proxy_identity(&trust, &headers(&hpa))
+            .unwrap();
+        store.set_request_header(front_proxy(&proxy, &[]));
+        let after = aggregator
+            .front_proxy_identity(&store.current(), &headers(&hpa))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert_eq!(*before, *after);
     }
 
     #[test]

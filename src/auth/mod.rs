@@ -237,13 +237,9 @@ impl Auth {
                 self.metrics.certificate_verification()
             });
             if verdict.front_proxy == FrontProxyVerdict::Trusted
-                && let Some(front_proxy) = &trust.request_header
-                && let Some(user) = requestheader::identity(headers, &front_proxy.settings)
+                && let Some(user) = certificate.front_proxy_identity(&trust, headers)
             {
-                return Ok(Authentication::User(
-                    Arc::new(user.with_authenticated_group()),
-                    Method::FrontProxy,
-                ));
+                return Ok(Authentication::User(user, Method::FrontProxy));
             }
             if let ClientCaVerdict::User(user) = &verdict.client_ca {
                 return Ok(Authentication::User(
