@@ -1,0 +1,398 @@
+//! The serving edge under slow, silent and greedy clients, on real sockets: the connection cap
+//! and who is shed at it, the handshake, header-read and idle timeouts, HTTP/2 stream limits.
+//!
+//! Real sockets and real time: tokio's paused time auto-advances whenever the runtime is idle,
+//! which with real I/O outstanding fires every timeout at once. The timeouts are short instead,
+//! and each test waits for the event it expects (bounded), never for a fixed time.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudwatch_emulator::Emulator;
+use common::{DEFINITIONS, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const DISCOVERY: &str = "/apis/external.metrics.k8s.io/v1beta1";
+
+/// A TLS client trusting `ca_pem`, offering `alpn`.
+fn connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(addr: SocketAddr, connector: &TlsConnector) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Whether the server closes the connection within `limit` (EOF, reset, or a TLS close).
+async fn closed_within<S: AsyncReadExt + Unpin>(stream: &mut S, limit: Duration) -> bool {
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// One sample of an adapter metric (first line starting with `name`), from the admin port.
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .map(|value| value.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// A plain HTTP/1.1 GET over an open TLS stream; returns the status line.
+async fn get_http1(stream: &mut TlsStream<TcpStream>, path: &str) -> String {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The discovery document is small: read until the JSON closes.
+    while !response.ends_with(b"}") {
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert_ne!(read, 0, "closed before the response ended");
+        response.extend_from_slice(&buffer[..read]);
+    }
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_silent_connections_do_not_lock_out_a_legitimate_client() {
+    // The test holds ~1,100 sockets of its own besides the server's.
+    cloudwatch_metrics_adapter::server::open_files_limit();
+    let emulator = Emulator::start().await.unwrap();
+    // Timeouts far beyond the test: only the cap and who it sheds can let the client in.
+    let server = TestServer::start_with(
+        DEFINITIONS,
+        &emulator,
+        &[
+            "--max-connections=64",
+            "--tls-handshake-timeout=5m",
+            "--header-read-timeout=5m",
+        ],
+    )
+    .await;
+    // An established client, idle between requests while the flood arrives.
+    let established = server.client();
+    let response = established
+        .get(format!("{}{DISCOVERY}", server.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // 500 that never start a handshake, 500 that finish it and then send nothing.
+    let mut silent_tcp = Vec::new();
+    for _ in 0..500 {
+        silent_tcp.push(TcpStream::connect(server.secure).await.unwrap());
+    }
+    let tls = connector(&server.ca.pem, &[b"h2", b"http/1.1"]);
+    let mut silent_tls = Vec::new();
+    for _ in 0..500 {
+        silent_tls.push(tls_connect(server.secure, &tls).await);
+    }
+
+    // While all of them are still open, a new client is served, and so is the established one.
+    let response = server
+        .client()
+        .get(format!("{}{DISCOVERY}", server.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = established
+        .get(format!("{}{DISCOVERY}", server.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // The cap held, and room was made by closing silent connections.
+    assert!(metric(&server, "cloudwatch_adapter_api_connections ").await <= 64.0);
+    assert_eq!(
+        metric(&server, "cloudwatch_adapter_api_connection_limit ").await,
+        64.0
+    );
+    let shed = metric(
+        &server,
+        "cloudwatch_adapter_api_connections_closed_total{reason=\"shed\"}",
+    )
+    .await;
+    assert!(shed >= 900.0, "only {shed} connections shed");
+    // The silent TLS connections that were shed were really closed.
+    let mut closed = 0;
+    for stream in silent_tls.iter_mut().take(100) {
+        if closed_within(stream, Duration::from_secs(5)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 100);
+    drop(silent_tcp);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_clients_are_closed_after_the_header_read_timeout() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start_with(
+        DEFINITIONS,
+        &emulator,
+        &[
+            "--header-read-timeout=300ms",
+            "--tls-handshake-timeout=300ms",
+        ],
+    )
+    .await;
+    let limit = Duration::from_secs(10);
+    // HTTP/1.1 after the handshake: nothing at all, then half a request head (slowloris).
+    let http1 = connector(&server.ca.pem, &[b"http/1.1"]);
+    let mut silent = tls_connect(server.secure, &http1).await;
+    assert!(closed_within(&mut silent, limit).await);
+    let mut slow = tls_connect(server.secure, &http1).await;
+    slow.write_all(b"GET /apis HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut slow, limit).await);
+    // HTTP/2 (ALPN h2) that never sends its preface, and a client offering no ALPN at all.
+    let mut silent_h2 = tls_connect(server.secure, &connector(&server.ca.pem, &[b"h2"])).await;
+    assert!(closed_within(&mut silent_h2, limit).await);
+    let mut no_alpn = tls_connect(server.secure, &connector(&server.ca.pem, &[])).await;
+    assert!(closed_within(&mut no_alpn, limit).await);
+    // A TCP connection that never starts its handshake.
+    let mut no_handshake = TcpStream::connect(server.secure).await.unwrap();
+    assert!(closed_within(&mut no_handshake, limit).await);
+
+    assert!(
+        metric(
+            &server,
+            "cloudwatch_adapter_api_connections_closed_total{reason=\"header_read_timeout\"}"
+        )
+        .await
+            >= 4.0
+    );
+    assert!(
+        metric(
+            &server,
+            "cloudwatch_adapter_api_connections_closed_total{reason=\"tls_handshake_timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // A client that does send its request in time is served.
+    let mut prompt = tls_connect(server.secure, &http1).await;
+    assert_eq!(get_http1(&mut prompt, DISCOVERY).await, "HTTP/1.1 200 OK");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_for_both_protocols() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start_with(
+        DEFINITIONS,
+        &emulator,
+        &["--idle-timeout=2s", "--request-timeout=1s"],
+    )
+    .await;
+    let limit = Duration::from_secs(15);
+    // HTTP/1.1: a request, then nothing; the keep-alive connection is closed.
+    let mut http1 = tls_connect(server.secure, &connector(&server.ca.pem, &[b"http/1.1"])).await;
+    assert_eq!(get_http1(&mut http1, DISCOVERY).await, "HTTP/1.1 200 OK");
+    assert!(closed_within(&mut http1, limit).await);
+
+    // HTTP/2: a request, then nothing; the server says GOAWAY and the connection ends.
+    let stream = tls_connect(server.secure, &connector(&server.ca.pem, &[b"h2"])).await;
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("https://localhost{DISCOVERY}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    drop(client);
+    let ended = tokio::time::timeout(limit, connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+    assert!(
+        metric(
+            &server,
+            "cloudwatch_adapter_api_connections_closed_total{reason=\"idle_timeout\"}"
+        )
+        .await
+            >= 2.0
+    );
+    server.stop().await.unwrap();
+}
+
+/// An HTTP/2 connection that opens `streams` requests for `path` with a zero receive window, so
+/// no response body can ever be sent; returns what keeps it open, and the responses the server
+/// started (the rest it refused).
+pub async fn zero_window_connection(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    streams: usize,
+    path: &str,
+) -> (
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    Vec<http::Response<h2::RecvStream>>,
+    h2::client::SendRequest<bytes::Bytes>,
+) {
+    let stream = tls_connect(addr, connector).await;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake(stream)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut responses = Vec::new();
+    for _ in 0..streams {
+        // Waits while the server's stream limit is reached; opening more is the attack.
+        let ready = std::future::poll_fn(|cx| client.poll_ready(cx));
+        let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), ready).await else {
+            break;
+        };
+        let request = http::Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        match client.send_request(request, true) {
+            Ok((response, _)) => responses.push(response),
+            Err(_) => break,
+        }
+    }
+    // Response heads are not flow-controlled: every stream the server accepted gets one; a
+    // stream past its limit is refused (RST_STREAM).
+    let answered = futures_util::future::join_all(
+        responses
+            .into_iter()
+            .map(|response| tokio::time::timeout(Duration::from_secs(3), response)),
+    )
+    .await;
+    let started = answered
+        .into_iter()
+        .filter_map(|answer| answer.ok().and_then(Result::ok))
+        .collect();
+    (connection, started, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_and_connections_with_work_in_flight_are_not_shed() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start_with(
+        DEFINITIONS,
+        &emulator,
+        &["--max-connections=4", "--http2-max-concurrent-streams=8"],
+    )
+    .await;
+    let h2 = connector(&server.ca.pem, &[b"h2"]);
+    // Four connections, each with requests whose responses cannot be sent (zero window): at
+    // the cap, and all with work in flight.
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        let (connection, responses, client) =
+            zero_window_connection(server.secure, &h2, 50, DISCOVERY).await;
+        // The server's stream limit holds: 8 streams open, not 50.
+        assert_eq!(responses.len(), 8);
+        holders.push((connection, responses, client));
+    }
+    // A fifth client is not accepted while all four have work in flight...
+    let waiting = tokio::spawn({
+        let client = server.client();
+        let url = format!("{}{DISCOVERY}", server.base());
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let mut waited = false;
+    for _ in 0..100 {
+        if metric(&server, "cloudwatch_adapter_api_connection_waits_total").await >= 1.0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waited, "the accept loop never waited at the cap");
+    assert!(!waiting.is_finished());
+    assert_eq!(
+        metric(
+            &server,
+            "cloudwatch_adapter_api_connections_closed_total{reason=\"shed\"}"
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        metric(&server, "cloudwatch_adapter_api_connections ").await,
+        4.0
+    );
+    // ...and is served as soon as one of them leaves.
+    let (connection, responses, client) = holders.pop().unwrap();
+    drop((responses, client));
+    connection.abort();
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting client was not served after a slot freed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(holders);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_streams_are_closed_when_they_make_no_progress() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start_with(
+        DEFINITIONS,
+        &emulator,
+        &["--idle-timeout=2s", "--request-timeout=1s"],
+    )
+    .await;
+    let h2 = connector(&server.ca.pem, &[b"h2"]);
+    let (connection, responses, _client) =
+        zero_window_connection(server.secure, &h2, 100, DISCOVERY).await;
+    assert_eq!(responses.len(), 100);
+    // No response can finish: after the idle timeout the server gives up on the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(ended.is_ok(), "a connection that never reads was kept");
+    server.stop().await.unwrap();
+}
