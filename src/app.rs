@@ -260,7 +260,11 @@ pub async fn serve_until(
     let mut watchers: JoinSet<&'static str> = JoinSet::new();
     let store = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(cert), Some(key)) => {
-            let (certified, pair) = tls::load_files(cert, key)?;
+            let (cert_path, key_path) = (cert.clone(), key.clone());
+            let (certified, pair) =
+                tokio::task::spawn_blocking(move || tls::load_files(&cert_path, &key_path))
+                    .await
+                    .context("loading the serving certificate failed")??;
             let store = Arc::new(CertificateStore::new(certified));
             let watcher_stop = stop.clone();
             let watch = tls::watch_files(
