@@ -57,7 +57,8 @@ pub enum ConnectionClose {
 }
 
 impl ConnectionClose {
-    fn label(self) -> &'static str {
+    /// The metric label, also used in logs.
+    pub fn label(self) -> &'static str {
         match self {
             ConnectionClose::Client => "client",
             ConnectionClose::HandshakeFailed => "tls_handshake_failed",

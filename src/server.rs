@@ -431,6 +431,7 @@ impl Connection {
                 }
             }
         };
+        tracing::debug!(reason = reason.label(), "connection closed");
         metrics.connection_closed(reason);
         drop(slot);
     }

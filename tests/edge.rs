@@ -8,38 +8,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cloudwatch_emulator::Emulator;
+use common::edge::{connector, tls_connect, zero_window_connection};
 use common::{DEFINITIONS, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 const DISCOVERY: &str = "/apis/external.metrics.k8s.io/v1beta1";
-
-/// A TLS client trusting `ca_pem`, offering `alpn`.
-fn connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConnector::from(Arc::new(config))
-}
-
-async fn tls_connect(addr: SocketAddr, connector: &TlsConnector) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.unwrap()
-}
 
 /// Whether the server closes the connection within `limit` (EOF, reset, or a TLS close).
 async fn closed_within<S: AsyncReadExt + Unpin>(stream: &mut S, limit: Duration) -> bool {
@@ -265,57 +243,6 @@ async fn idle_keep_alive_connections_are_closed_for_both_protocols() {
     server.stop().await.unwrap();
 }
 
-/// An HTTP/2 connection that opens `streams` requests for `path` with a zero receive window, so
-/// no response body can ever be sent; returns what keeps it open, and the responses the server
-/// started (the rest it refused).
-pub async fn zero_window_connection(
-    addr: SocketAddr,
-    connector: &TlsConnector,
-    streams: usize,
-    path: &str,
-) -> (
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-    Vec<http::Response<h2::RecvStream>>,
-    h2::client::SendRequest<bytes::Bytes>,
-) {
-    let stream = tls_connect(addr, connector).await;
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake(stream)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let mut responses = Vec::new();
-    for _ in 0..streams {
-        // Waits while the server's stream limit is reached; opening more is the attack.
-        let ready = std::future::poll_fn(|cx| client.poll_ready(cx));
-        let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), ready).await else {
-            break;
-        };
-        let request = http::Request::get(format!("https://localhost{path}"))
-            .body(())
-            .unwrap();
-        match client.send_request(request, true) {
-            Ok((response, _)) => responses.push(response),
-            Err(_) => break,
-        }
-    }
-    // Response heads are not flow-controlled: every stream the server accepted gets one; a
-    // stream past its limit is refused (RST_STREAM).
-    let answered = futures_util::future::join_all(
-        responses
-            .into_iter()
-            .map(|response| tokio::time::timeout(Duration::from_secs(3), response)),
-    )
-    .await;
-    let started = answered
-        .into_iter()
-        .filter_map(|answer| answer.ok().and_then(Result::ok))
-        .collect();
-    (connection, started, client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_holds_and_connections_with_work_in_flight_are_not_shed() {
     let emulator = Emulator::start().await.unwrap();
@@ -330,11 +257,11 @@ async fn the_cap_holds_and_connections_with_work_in_flight_are_not_shed() {
     // the cap, and all with work in flight.
     let mut holders = Vec::new();
     for _ in 0..4 {
-        let (connection, responses, client) =
-            zero_window_connection(server.secure, &h2, 50, DISCOVERY).await;
-        // The server's stream limit holds: 8 streams open, not 50.
-        assert_eq!(responses.len(), 8);
-        holders.push((connection, responses, client));
+        let holder = zero_window_connection(server.secure, &h2, 50, DISCOVERY).await;
+        // The server's stream limit: 8, not 50.
+        assert_eq!(holder.advertised_streams, 8);
+        assert_eq!(holder.responses.len(), 8);
+        holders.push(holder);
     }
     // A fifth client is not accepted while all four have work in flight...
     let waiting = tokio::spawn({
@@ -365,9 +292,7 @@ async fn the_cap_holds_and_connections_with_work_in_flight_are_not_shed() {
         4.0
     );
     // ...and is served as soon as one of them leaves.
-    let (connection, responses, client) = holders.pop().unwrap();
-    drop((responses, client));
-    connection.abort();
+    holders.pop().unwrap().connection.abort();
     let status = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("the waiting client was not served after a slot freed")
@@ -388,11 +313,10 @@ async fn zero_window_streams_are_closed_when_they_make_no_progress() {
     )
     .await;
     let h2 = connector(&server.ca.pem, &[b"h2"]);
-    let (connection, responses, _client) =
-        zero_window_connection(server.secure, &h2, 100, DISCOVERY).await;
-    assert_eq!(responses.len(), 100);
+    let holder = zero_window_connection(server.secure, &h2, 100, DISCOVERY).await;
+    assert_eq!(holder.responses.len(), 100);
     // No response can finish: after the idle timeout the server gives up on the connection.
-    let ended = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    let ended = tokio::time::timeout(Duration::from_secs(15), holder.connection).await;
     assert!(ended.is_ok(), "a connection that never reads was kept");
     server.stop().await.unwrap();
 }
