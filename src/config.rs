@@ -396,6 +396,7 @@ impl EdgeFlags {
                 .unwrap_or(usize::MAX),
             http2_keepalive_interval: self.http2_keepalive_interval,
             max_header_bytes: self.max_request_header_bytes,
+            request_timeout: self.request_timeout,
         }
     }
 }

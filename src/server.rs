@@ -18,11 +18,14 @@
 //!   connection is not refused outright: the connection that is least useful is closed to make
 //!   room, in this order: (1) the oldest connection that has not yet sent a complete request
 //!   (handshaking, or silent after it), (2) the connection idle the longest (no request in
-//!   flight). Only when every connection has a request in flight does the server stop accepting
-//!   until one closes; new clients then wait in the kernel's accept queue. So a flood of silent
+//!   flight), (3) the connection stalled the longest: requests in flight for longer than any
+//!   handler may take (`request_timeout` + [`STALL_MARGIN`]) with no response finishing, which
+//!   means its client is not reading. Only when every connection is doing work does the server
+//!   stop accepting; new clients then wait in the kernel's accept queue. So a flood of silent
 //!   connections can never lock out a legitimate client (each new connection displaces the
 //!   oldest silent one, and a legitimate client's first request arrives long before `max` more
-//!   handshakes do), and established connections doing work are never shed for newcomers.
+//!   handshakes do), zero-window connections can delay one by at most the request timeout and
+//!   the margin, and connections doing work are never shed for newcomers.
 //! - **Memory per connection.** HTTP/2: `http2_max_concurrent_streams` streams, response bytes
 //!   buffered per stream capped by `http2_max_send_buffer`, small receive windows (this API
 //!   takes no request bodies), a header list cap, and h2's rapid-reset guards. HTTP/1.1: one
@@ -102,6 +105,10 @@ pub struct EdgeLimits {
     pub http2_keepalive_interval: Duration,
     /// Request header bytes (HTTP/2: the decoded header list; HTTP/1.1: the read buffer).
     pub max_header_bytes: u32,
+    /// How long a handler may take (the API layer answers `504` then). A connection whose
+    /// requests have been in flight longer than this plus [`STALL_MARGIN`], with no response
+    /// finishing, is waiting on its client (a closed receive window): sheddable at the cap.
+    pub request_timeout: Duration,
 }
 
 impl Default for EdgeLimits {
@@ -115,6 +122,7 @@ impl Default for EdgeLimits {
             http2_max_send_buffer: 64 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -135,6 +143,12 @@ const HTTP2_CONNECTION_WINDOW: u32 = 65_535;
 const HTTP2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 64;
 
+/// Time to write a finished response to a client that reads, beyond the request timeout.
+pub const STALL_MARGIN: Duration = Duration::from_secs(5);
+
+/// How often a full accept loop looks again for a stalled connection to shed.
+const ROOM_RECHECK: Duration = Duration::from_secs(1);
+
 /// After an idle connection is told to close (HTTP/2 GOAWAY), how long it gets to go quietly
 /// before its socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -154,7 +168,11 @@ pub async fn serve_tls(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
-    let registry = Registry::new(limits.max_connections, metrics.clone());
+    let registry = Registry::new(
+        limits.max_connections,
+        limits.request_timeout + STALL_MARGIN,
+        metrics.clone(),
+    );
     // Told at shutdown: every connection finishes what is in flight, then closes.
     let draining = CancellationToken::new();
     // Told when the drain period ends or a second signal arrives: connections close at once.
@@ -168,6 +186,8 @@ pub async fn serve_tls(
             while !registry.has_room() {
                 tokio::select! {
                     () = registry.room.notified() => {}
+                    // A connection can become sheddable (stalled) without any event.
+                    () = tokio::time::sleep(ROOM_RECHECK) => {}
                     () = shutdown.cancelled() => break 'accept,
                 }
             }
@@ -199,6 +219,7 @@ pub async fn serve_tls(
             }
             tokio::select! {
                 () = registry.room.notified() => {}
+                () = tokio::time::sleep(ROOM_RECHECK) => {}
                 () = shutdown.cancelled() => break 'accept,
             }
         };
@@ -477,6 +498,10 @@ struct ConnectionState {
     requests: AtomicU64,
     /// Requests whose response is not fully sent.
     in_flight: AtomicUsize,
+    /// Nanoseconds after `admitted` when `in_flight` last went from 0 to 1.
+    busy_since: AtomicU64,
+    /// Nanoseconds after `admitted` when a response last finished.
+    last_finish: AtomicU64,
     /// Told when the registry closes this connection to make room.
     shed: CancellationToken,
     /// The registry's room signal: this connection going idle may make room at the cap.
@@ -490,14 +515,35 @@ impl ConnectionState {
             progress: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            busy_since: AtomicU64::new(0),
+            last_finish: AtomicU64::new(0),
             shed: CancellationToken::new(),
             room,
         }
     }
 
-    fn mark_progress(&self) {
-        let nanos = u64::try_from(self.admitted.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.progress.fetch_max(nanos, Ordering::Relaxed);
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.admitted.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn mark_progress(&self) -> u64 {
+        let now = self.now_nanos();
+        self.progress.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// How long this connection has had requests in flight without any response finishing.
+    /// Every request in flight at the later of "became busy" and "last finish" is still in
+    /// flight, so that request has waited at least this long.
+    fn stalled_for(&self) -> Duration {
+        if self.in_flight() == 0 {
+            return Duration::ZERO;
+        }
+        let since = self
+            .busy_since
+            .load(Ordering::Relaxed)
+            .max(self.last_finish.load(Ordering::Relaxed));
+        Duration::from_nanos(self.now_nanos().saturating_sub(since))
     }
 
     fn last_progress(&self) -> Instant {
@@ -510,8 +556,10 @@ impl ConnectionState {
 
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.mark_progress();
+        let now = self.mark_progress();
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.busy_since.store(now, Ordering::Relaxed);
+        }
         InFlight {
             state: self.clone(),
         }
@@ -544,8 +592,9 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let now = self.state.mark_progress();
+        self.state.last_finish.fetch_max(now, Ordering::Relaxed);
         let before = self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.state.mark_progress();
         if before == 1 {
             self.state.room.notify_one();
         }
@@ -555,6 +604,8 @@ impl Drop for InFlight {
 /// The open connections, oldest first, and the cap.
 struct Registry {
     max: usize,
+    /// In flight this long with nothing finishing: waiting on the client, sheddable.
+    stall_after: Duration,
     connections: Mutex<BTreeMap<u64, Arc<ConnectionState>>>,
     next_id: AtomicU64,
     /// Told when a connection ends or goes idle: room at the cap, perhaps.
@@ -563,10 +614,11 @@ struct Registry {
 }
 
 impl Registry {
-    fn new(max: usize, metrics: Arc<AdapterMetrics>) -> Arc<Self> {
+    fn new(max: usize, stall_after: Duration, metrics: Arc<AdapterMetrics>) -> Arc<Self> {
         metrics.set_connection_limit(max);
         Arc::new(Registry {
             max,
+            stall_after,
             connections: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             room: Arc::new(Notify::new()),
@@ -581,25 +633,35 @@ impl Registry {
     }
 
     /// The connection to close to make room at the cap (see the module documentation): the
-    /// oldest that has sent no request, else the one idle longest; none if all are busy.
-    fn victim(connections: &BTreeMap<u64, Arc<ConnectionState>>) -> Option<u64> {
+    /// oldest that has sent no request, else the one idle longest, else the one stalled longest
+    /// on a client that does not read; none if every connection is doing work.
+    fn victim(&self, connections: &BTreeMap<u64, Arc<ConnectionState>>) -> Option<u64> {
         let silent = connections
             .iter()
             .find(|(_, state)| state.requests() == 0)
             .map(|(id, _)| *id);
-        silent.or_else(|| {
+        let idle = || {
             connections
                 .iter()
                 .filter(|(_, state)| state.in_flight() == 0)
                 .min_by_key(|(_, state)| state.last_progress())
                 .map(|(id, _)| *id)
-        })
+        };
+        let stalled = || {
+            connections
+                .iter()
+                .map(|(id, state)| (*id, state.stalled_for()))
+                .filter(|(_, stalled)| *stalled > self.stall_after)
+                .max_by_key(|(_, stalled)| *stalled)
+                .map(|(id, _)| id)
+        };
+        silent.or_else(idle).or_else(stalled)
     }
 
     /// Whether one more connection could be admitted now.
     fn has_room(&self) -> bool {
         let connections = self.lock();
-        connections.len() < self.max || Self::victim(&connections).is_some()
+        connections.len() < self.max || self.victim(&connections).is_some()
     }
 
     /// A slot for one more connection, shedding another at the cap; `None` when every
@@ -607,7 +669,7 @@ impl Registry {
     fn admit(self: &Arc<Self>) -> Option<Slot> {
         let mut connections = self.lock();
         if connections.len() >= self.max {
-            let victim = Self::victim(&connections)?;
+            let victim = self.victim(&connections)?;
             if let Some(state) = connections.remove(&victim) {
                 state.shed.cancel();
             }

@@ -320,3 +320,44 @@ async fn zero_window_streams_are_closed_when_they_make_no_progress() {
     assert!(ended.is_ok(), "a connection that never reads was kept");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_a_connection_whose_client_does_not_read_makes_room() {
+    let emulator = Emulator::start().await.unwrap();
+    let server = TestServer::start_with(
+        DEFINITIONS,
+        &emulator,
+        &[
+            "--max-connections=2",
+            "--request-timeout=1s",
+            "--idle-timeout=1h",
+        ],
+    )
+    .await;
+    let h2 = connector(&server.ca.pem, &[b"h2"]);
+    // Both slots taken by clients that never read their responses (idle timeout far away).
+    let first = zero_window_connection(server.secure, &h2, 3, DISCOVERY).await;
+    let second = zero_window_connection(server.secure, &h2, 3, DISCOVERY).await;
+    // A legitimate client waits at most the request timeout plus the stall margin.
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        server
+            .client()
+            .get(format!("{}{DISCOVERY}", server.base()))
+            .send(),
+    )
+    .await
+    .expect("the client was locked out by connections that do not read")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        metric(
+            &server,
+            "cloudwatch_adapter_api_connections_closed_total{reason=\"shed\"}"
+        )
+        .await
+            >= 1.0
+    );
+    drop((first, second));
+    server.stop().await.unwrap();
+}
