@@ -99,6 +99,7 @@ pub struct AdapterMetrics {
     api_connections: Gauge,
     api_connection_limit: Gauge,
     api_connection_waits: Counter,
+    api_requests_in_flight: Gauge,
     api_connections_closed: Family<ReasonLabels, Counter>,
     api_rejections: Family<ReasonLabels, Counter>,
     collector: OnceLock<Collector>,
@@ -186,6 +187,7 @@ impl Default for AdapterMetrics {
         let api_connections = Gauge::default();
         let api_connection_limit = Gauge::default();
         let api_connection_waits = Counter::default();
+        let api_requests_in_flight = Gauge::default();
         let api_connections_closed = Family::<ReasonLabels, Counter>::default();
         let api_rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -202,6 +204,11 @@ impl Default for AdapterMetrics {
             "api_connection_waits",
             "Times the API port stopped accepting because every connection at the cap had a request in flight",
             api_connection_waits.clone(),
+        );
+        registry.register(
+            "api_requests_in_flight",
+            "API requests whose response is not fully sent (bounded by connections x HTTP/2 streams); high and flat means clients that do not read",
+            api_requests_in_flight.clone(),
         );
         registry.register(
             "api_connections_closed",
@@ -229,6 +236,7 @@ impl Default for AdapterMetrics {
             api_connections,
             api_connection_limit,
             api_connection_waits,
+            api_requests_in_flight,
             api_connections_closed,
             api_rejections,
             collector: OnceLock::new(),
@@ -320,6 +328,11 @@ impl AdapterMetrics {
     /// Count one pause of the accept loop at the connection cap.
     pub fn connection_wait(&self) {
         self.api_connection_waits.inc();
+    }
+
+    /// One more (or, with -1, one fewer) API request whose response is not fully sent.
+    pub fn request_in_flight(&self, delta: i64) {
+        self.api_requests_in_flight.inc_by(delta);
     }
 
     /// Count one ended API connection.

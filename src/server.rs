@@ -506,10 +506,12 @@ struct ConnectionState {
     shed: CancellationToken,
     /// The registry's room signal: this connection going idle may make room at the cap.
     room: Arc<Notify>,
+    /// For `api_requests_in_flight`.
+    metrics: Arc<AdapterMetrics>,
 }
 
 impl ConnectionState {
-    fn new(room: Arc<Notify>) -> Self {
+    fn new(room: Arc<Notify>, metrics: Arc<AdapterMetrics>) -> Self {
         ConnectionState {
             admitted: Instant::now(),
             progress: AtomicU64::new(0),
@@ -519,6 +521,7 @@ impl ConnectionState {
             last_finish: AtomicU64::new(0),
             shed: CancellationToken::new(),
             room,
+            metrics,
         }
     }
 
@@ -560,6 +563,7 @@ impl ConnectionState {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             self.busy_since.store(now, Ordering::Relaxed);
         }
+        self.metrics.request_in_flight(1);
         InFlight {
             state: self.clone(),
         }
@@ -595,6 +599,7 @@ impl Drop for InFlight {
         let now = self.state.mark_progress();
         self.state.last_finish.fetch_max(now, Ordering::Relaxed);
         let before = self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics.request_in_flight(-1);
         if before == 1 {
             self.state.room.notify_one();
         }
@@ -675,7 +680,10 @@ impl Registry {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnectionState::new(self.room.clone()));
+        let state = Arc::new(ConnectionState::new(
+            self.room.clone(),
+            self.metrics.clone(),
+        ));
         connections.insert(id, state.clone());
         self.metrics.set_open_connections(connections.len());
         Some(Slot {
