@@ -291,6 +291,10 @@ async fn the_cap_holds_and_connections_with_work_in_flight_are_not_shed() {
         metric(&server, "cloudwatch_adapter_api_connections ").await,
         4.0
     );
+    assert_eq!(
+        metric(&server, "cloudwatch_adapter_api_requests_in_flight ").await,
+        32.0
+    );
     // ...and is served as soon as one of them leaves.
     holders.pop().unwrap().connection.abort();
     let status = tokio::time::timeout(Duration::from_secs(10), waiting)
