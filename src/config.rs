@@ -321,7 +321,7 @@ pub struct CacheFlags {
     #[arg(long, env = "CLOUDWATCH_CALLS_PER_SECOND", default_value_t = 10.0, value_parser = number_in(0.01, 50.0))]
     pub cloudwatch_calls_per_second: f64,
     /// Upper bound on tracked series, so a flood of distinct selectors cannot exhaust memory.
-    #[arg(long, env = "MAX_SERIES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    #[arg(long, env = "MAX_SERIES", default_value_t = 100_000, value_parser = integer_in::<u64>(1, 10_000_000))]
     pub max_series: u64,
 }
 
@@ -357,19 +357,19 @@ pub struct EdgeFlags {
     /// At most this many connections on the API port at once, handshakes included. At the cap,
     /// the oldest connection that has sent no request yet (then the one idle longest) is closed
     /// to make room; if all have requests in flight, new connections wait.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = integer_in::<u64>(1, 1_000_000))]
     pub max_connections: u64,
     /// HTTP/2: streams a client may have open at once on one connection.
-    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = integer_in::<u32>(1, 1000))]
     pub http2_max_concurrent_streams: u32,
     /// HTTP/2: response bytes buffered per stream while the client's receive window is closed.
-    #[arg(long, env = "HTTP2_MAX_SEND_BUFFER", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(16_384..=16_777_216))]
+    #[arg(long, env = "HTTP2_MAX_SEND_BUFFER", default_value_t = 65_536, value_parser = integer_in::<u64>(16_384, 16_777_216))]
     pub http2_max_send_buffer: u64,
     /// HTTP/2: ping a connection this often to find dead peers (no answer in 20s closes it).
     #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration_in(SECOND, HOUR))]
     pub http2_keepalive_interval: Duration,
     /// Request header bytes a client may send (HTTP/2: the decoded header list).
-    #[arg(long, env = "MAX_REQUEST_HEADER_BYTES", default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(8_192..=1_048_576))]
+    #[arg(long, env = "MAX_REQUEST_HEADER_BYTES", default_value_t = 32_768, value_parser = integer_in::<u32>(8_192, 1_048_576))]
     pub max_request_header_bytes: u32,
 }
 
@@ -433,6 +433,27 @@ fn duration_in(
                 "{} is out of range: {}",
                 humantime::format_duration(value),
                 range()
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// A clap value parser for a whole number within `min..=max` (too large for the type included).
+fn integer_in<T>(
+    min: T,
+    max: T,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text: &str| {
+        let value: T = text.trim().parse().map_err(|_| {
+            format!("{text:?} is not a whole number in the accepted range {min} to {max}")
+        })?;
+        if value < min || value > max {
+            return Err(format!(
+                "{value} is out of range: the accepted range is {min} to {max}"
             ));
         }
         Ok(value)
@@ -688,14 +709,75 @@ mod tests {
             "eu-west-1",
             "--kubeconfig",
             "/nonexistent/kubeconfig",
-            "--status-writes-per-second",
-            "0",
         ]);
         let text = config.validate().unwrap_err().to_string();
         assert!(
             text.contains("--kubeconfig: /nonexistent/kubeconfig"),
             "{text}"
         );
-        assert!(text.contains("--status-writes-per-second"), "{text}");
+    }
+
+    /// Every duration and number flag is range-checked by its parser: the error names the flag
+    /// and the accepted range, and no value that passes can overflow `Instant + d` or `d * n`.
+    #[test]
+    fn out_of_range_values_are_refused_where_they_are_parsed() {
+        let refused = [
+            ("--max-value-age", "7000000000000000000s"),
+            ("--max-value-age", "0s"),
+            ("--series-idle-timeout", "1000years"),
+            ("--cloudwatch-timeout", "0s"),
+            ("--cloudwatch-timeout", "1h"),
+            ("--cloudwatch-calls-per-second", "1e300"),
+            ("--cloudwatch-calls-per-second", "51"),
+            ("--cloudwatch-calls-per-second", "1e-300"),
+            ("--cloudwatch-calls-per-second", "NaN"),
+            ("--cloudwatch-calls-per-second", "inf"),
+            ("--status-writes-per-second", "0"),
+            ("--status-update-interval", "0s"),
+            ("--tls-reload-interval", "1ms"),
+            ("--shutdown-delay", "1y"),
+            ("--shutdown-grace-period", "100000h"),
+            ("--authentication-token-webhook-cache-ttl", "0s"),
+            ("--authorization-webhook-cache-authorized-ttl", "10years"),
+            ("--authorization-webhook-cache-unauthorized-ttl", "10years"),
+            ("--tls-handshake-timeout", "0s"),
+            ("--header-read-timeout", "1h"),
+            ("--idle-timeout", "18446744073709551615s"),
+            ("--request-timeout", "0s"),
+            ("--http2-keepalive-interval", "0s"),
+            ("--max-connections", "0"),
+            ("--max-connections", "18446744073709551616"),
+            ("--http2-max-concurrent-streams", "0"),
+            ("--http2-max-send-buffer", "1"),
+            ("--max-request-header-bytes", "4294967295"),
+            ("--max-series", "0"),
+            ("--max-value-age", "soon"),
+        ];
+        for (flag, value) in refused {
+            let argv = [
+                "cloudwatch-metrics-adapter",
+                "serve",
+                "--aws-region",
+                "eu-west-1",
+                flag,
+                value,
+            ];
+            let err = Cli::try_parse_from(argv).expect_err(&format!("{flag} {value} was accepted"));
+            let text = err.to_string();
+            assert!(text.contains(flag), "{flag} {value}: {text}");
+            assert!(text.contains("accepted range"), "{flag} {value}: {text}");
+        }
+        // The bounds themselves are accepted.
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--max-value-age=7d",
+            "--cloudwatch-calls-per-second=50",
+            "--shutdown-grace-period=1h",
+            "--tls-handshake-timeout=100ms",
+            "--max-connections=1",
+        ]);
+        assert_eq!(config.cache.max_value_age, Duration::from_secs(7 * 86_400));
+        config.validate().unwrap();
     }
 }
