@@ -384,9 +384,11 @@ pub async fn serve_until(
             router,
             config.edge.limits(),
             metrics.clone(),
-            stop.clone(),
-            abort.clone(),
-            config.shutdown_grace_period,
+            crate::server::Drain {
+                shutdown: stop.clone(),
+                abort: abort.clone(),
+                grace: config.shutdown_grace_period,
+            },
         )
         .instrument(tracing::info_span!("task", name = "API server")),
     );

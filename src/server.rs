@@ -153,19 +153,34 @@ const ROOM_RECHECK: Duration = Duration::from_secs(1);
 /// before its socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serve `router` over TLS (HTTP/1.1 and HTTP/2 by ALPN) within `limits` until `shutdown` is
-/// cancelled, then stop accepting and wait up to `drain` for in-flight requests to finish;
-/// `abort` (a second signal) cuts the drain short. Returns once every connection task ended.
+/// When and how the API server stops.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// Cancelled to stop accepting and start draining.
+    pub shutdown: CancellationToken,
+    /// Cancelled (a second signal) to cut the drain short.
+    pub abort: CancellationToken,
+    /// How long in-flight requests get to finish.
+    pub grace: Duration,
+}
+
+/// Serve `router` over TLS (HTTP/1.1 and HTTP/2 by ALPN) within `limits` until
+/// `drain.shutdown` is cancelled, then stop accepting and wait up to `drain.grace` for
+/// in-flight requests to finish; `drain.abort` cuts that short. Returns once every connection
+/// task ended.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
     limits: EdgeLimits,
     metrics: Arc<AdapterMetrics>,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-    drain: Duration,
+    drain: Drain,
 ) {
+    let Drain {
+        shutdown,
+        abort,
+        grace: drain,
+    } = drain;
     let acceptor = TlsAcceptor::from(tls);
     let tracker = TaskTracker::new();
     let registry = Registry::new(
