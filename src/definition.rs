@@ -356,7 +356,7 @@ pub enum LoadError {
     Parse {
         /// The file.
         path: String,
-        /// serde_yaml's message, which names the line and field.
+        /// the YAML parser's message, which names the line and field.
         message: String,
     },
     /// The YAML parsed but some definitions are unusable.
@@ -400,7 +400,7 @@ pub enum ParseError {
 /// Parse and validate definitions text.
 pub fn parse(text: &str) -> Result<DefinitionSet, ParseError> {
     let file: DefinitionsFile =
-        serde_yaml::from_str(text).map_err(|err| ParseError::Yaml(err.to_string()))?;
+        serde_saphyr::from_str(text).map_err(|err| ParseError::Yaml(err.to_string()))?;
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     let mut metrics = BTreeMap::new();

@@ -43,6 +43,68 @@ struct DelegateNameLabels {
     delegate: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthenticationLabels {
+    method: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewLabels {
+    review: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewCacheLabels {
+    review: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why an API connection ended (the `reason` label of `api_connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// The client closed it, or it failed (normal life).
+    Client,
+    /// The TLS handshake failed.
+    HandshakeFailed,
+    /// The TLS handshake did not finish within `--tls-handshake-timeout`.
+    HandshakeTimeout,
+    /// No complete request within `--header-read-timeout` of the handshake.
+    HeaderReadTimeout,
+    /// No request started or finished within `--idle-timeout`.
+    IdleTimeout,
+    /// Closed at `--max-connections` to make room for a new connection.
+    Shed,
+    /// Closed by shutdown (drained, or cut at the end of the grace period).
+    Shutdown,
+}
+
+impl ConnectionClose {
+    /// The metric label, also used in logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionClose::Client => "client",
+            ConnectionClose::HandshakeFailed => "tls_handshake_failed",
+            ConnectionClose::HandshakeTimeout => "tls_handshake_timeout",
+            ConnectionClose::HeaderReadTimeout => "header_read_timeout",
+            ConnectionClose::IdleTimeout => "idle_timeout",
+            ConnectionClose::Shed => "shed",
+            ConnectionClose::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Latency buckets (seconds) for value requests.
 const REQUEST_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
@@ -72,7 +134,168 @@ pub struct AdapterMetrics {
     delegate_request_duration: Family<DelegateLabels, Histogram>,
     delegate_discovery_refreshes: Family<DelegateLabels, Counter>,
     delegate_discovered_metrics: Family<DelegateNameLabels, Gauge>,
+    api_connections: Gauge,
+    api_connection_limit: Gauge,
+    api_connection_waits: Counter,
+    api_requests_in_flight: Gauge,
+    api_connections_closed: Family<ReasonLabels, Counter>,
+    api_rejections: Family<ReasonLabels, Counter>,
     collector: OnceLock<Collector>,
+    auth: AuthMetrics,
+}
+
+/// Authentication and authorization counters. Every label value is a fixed word (how a caller
+/// authenticated, never who). The known combinations are created up front, so they show as 0
+/// before they happen and counting one is an atomic increment, not a map lookup.
+#[derive(Clone, Debug)]
+pub struct AuthMetrics {
+    authentications: Vec<(&'static str, &'static str, Counter)>,
+    decisions: Vec<(&'static str, Counter)>,
+    reviews: Vec<(&'static str, &'static str, Counter)>,
+    review_cache: Vec<(&'static str, &'static str, Counter)>,
+    certificate_verifications: Counter,
+}
+
+impl AuthMetrics {
+    /// Count one authentication: `method` is `front-proxy`, `client-certificate`, `token`,
+    /// `anonymous` or `none`; `result` is `success`, `failure` (401) or `error` (503).
+    pub fn authentication(&self, method: &'static str, result: &'static str) {
+        count(&self.authentications, method, result);
+    }
+
+    /// Count one authorization decision: `allowed`, `denied` or `error`.
+    pub fn decision(&self, decision: &'static str) {
+        if let Some((_, counter)) = self.decisions.iter().find(|(d, _)| *d == decision) {
+            counter.inc();
+        }
+    }
+
+    /// Count one call to the cluster: `review` is `TokenReview` or `SubjectAccessReview`,
+    /// `outcome` what it answered (`authenticated`, `rejected`, `allowed`, `denied`) or `error`.
+    pub fn review(&self, review: &'static str, outcome: &'static str) {
+        count(&self.reviews, review, outcome);
+    }
+
+    /// Count one review-cache lookup: `hit`, `miss` (a review was made) or `shared` (waited for
+    /// an identical review already under way).
+    pub fn review_cache(&self, review: &'static str, result: &'static str) {
+        count(&self.review_cache, review, result);
+    }
+
+    /// Count one verification of a client certificate chain (once per connection and CA
+    /// version, and again when a certificate expires).
+    pub fn certificate_verification(&self) {
+        self.certificate_verifications.inc();
+    }
+}
+
+fn count(counters: &[(&'static str, &'static str, Counter)], first: &str, second: &str) {
+    if let Some((.., counter)) = counters
+        .iter()
+        .find(|(a, b, _)| *a == first && *b == second)
+    {
+        counter.inc();
+    }
+}
+
+const AUTHENTICATIONS: [(&str, &str); 8] = [
+    ("front-proxy", "success"),
+    ("client-certificate", "success"),
+    ("client-certificate", "failure"),
+    ("token", "success"),
+    ("token", "failure"),
+    ("token", "error"),
+    ("anonymous", "success"),
+    ("none", "failure"),
+];
+const DECISIONS: [&str; 3] = ["allowed", "denied", "error"];
+const REVIEWS: [(&str, &str); 6] = [
+    ("TokenReview", "authenticated"),
+    ("TokenReview", "rejected"),
+    ("TokenReview", "error"),
+    ("SubjectAccessReview", "allowed"),
+    ("SubjectAccessReview", "denied"),
+    ("SubjectAccessReview", "error"),
+];
+const REVIEW_CACHE: [(&str, &str); 6] = [
+    ("TokenReview", "hit"),
+    ("TokenReview", "miss"),
+    ("TokenReview", "shared"),
+    ("SubjectAccessReview", "hit"),
+    ("SubjectAccessReview", "miss"),
+    ("SubjectAccessReview", "shared"),
+];
+
+impl AuthMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let authentications = Family::<AuthenticationLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        let review_cache = Family::<ReviewCacheLabels, Counter>::default();
+        let certificate_verifications = Counter::default();
+        registry.register(
+            "authentications",
+            "API requests by how the caller authenticated (front-proxy, client-certificate, token, anonymous, none) and the result",
+            authentications.clone(),
+        );
+        registry.register(
+            "authorization_decisions",
+            "Authorization decisions on API requests",
+            decisions.clone(),
+        );
+        registry.register(
+            "reviews",
+            "TokenReview and SubjectAccessReview calls to the Kubernetes API server by outcome",
+            reviews.clone(),
+        );
+        registry.register(
+            "review_cache_lookups",
+            "Review answers found in the cache (hit), asked for (miss), or shared with an identical review under way",
+            review_cache.clone(),
+        );
+        registry.register(
+            "client_certificate_verifications",
+            "Client certificate chains verified (once per connection and CA version)",
+            certificate_verifications.clone(),
+        );
+        Self {
+            authentications: AUTHENTICATIONS
+                .iter()
+                .map(|&(method, result)| {
+                    let labels = AuthenticationLabels { method, result };
+                    (
+                        method,
+                        result,
+                        authentications.get_or_create(&labels).clone(),
+                    )
+                })
+                .collect(),
+            decisions: DECISIONS
+                .iter()
+                .map(|&decision| {
+                    let counter = decisions
+                        .get_or_create(&DecisionLabels { decision })
+                        .clone();
+                    (decision, counter)
+                })
+                .collect(),
+            reviews: REVIEWS
+                .iter()
+                .map(|&(review, outcome)| {
+                    let labels = ReviewLabels { review, outcome };
+                    (review, outcome, reviews.get_or_create(&labels).clone())
+                })
+                .collect(),
+            review_cache: REVIEW_CACHE
+                .iter()
+                .map(|&(review, result)| {
+                    let labels = ReviewCacheLabels { review, result };
+                    (review, result, review_cache.get_or_create(&labels).clone())
+                })
+                .collect(),
+            certificate_verifications,
+        }
+    }
 }
 
 impl std::fmt::Debug for AdapterMetrics {
@@ -156,6 +379,7 @@ impl Default for AdapterMetrics {
             "Age of the oldest served datapoint per metric (now minus datapoint time)",
             value_age.clone(),
         );
+        let auth = AuthMetrics::register(&mut registry);
         registry.register(
             "refresh_lag_seconds",
             "How late the last refresh of a metric's series started, past its due time",
@@ -181,6 +405,42 @@ impl Default for AdapterMetrics {
             "Metric names a delegate lists that discovery shows",
             delegate_discovered_metrics.clone(),
         );
+        let api_connections = Gauge::default();
+        let api_connection_limit = Gauge::default();
+        let api_connection_waits = Counter::default();
+        let api_requests_in_flight = Gauge::default();
+        let api_connections_closed = Family::<ReasonLabels, Counter>::default();
+        let api_rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "api_connections",
+            "Open connections on the API port, handshakes included",
+            api_connections.clone(),
+        );
+        registry.register(
+            "api_connection_limit",
+            "The API port's connection cap (--max-connections)",
+            api_connection_limit.clone(),
+        );
+        registry.register(
+            "api_connection_waits",
+            "Times the API port stopped accepting because every connection at the cap had a request in flight",
+            api_connection_waits.clone(),
+        );
+        registry.register(
+            "api_requests_in_flight",
+            "API requests whose response is not fully sent (bounded by connections x HTTP/2 streams); high and flat means clients that do not read",
+            api_requests_in_flight.clone(),
+        );
+        registry.register(
+            "api_connections_closed",
+            "API connections ended, by reason: client, tls_handshake_failed, tls_handshake_timeout, header_read_timeout, idle_timeout, shed (at the cap), shutdown",
+            api_connections_closed.clone(),
+        );
+        registry.register(
+            "api_rejections",
+            "API requests refused before reaching a handler, by reason: request_body, timeout, panic",
+            api_rejections.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -198,12 +458,24 @@ impl Default for AdapterMetrics {
             delegate_request_duration,
             delegate_discovery_refreshes,
             delegate_discovered_metrics,
+            api_connections,
+            api_connection_limit,
+            api_connection_waits,
+            api_requests_in_flight,
+            api_connections_closed,
+            api_rejections,
             collector: OnceLock::new(),
+            auth,
         }
     }
 }
 
 impl AdapterMetrics {
+    /// The authentication and authorization counters.
+    pub fn auth(&self) -> &AuthMetrics {
+        &self.auth
+    }
+
     /// Record one value request. `metric` must be a defined metric name or a fixed word, never
     /// raw user input, to keep label cardinality bounded.
     pub fn observe_request(&self, metric: &str, code: u16, elapsed: Duration) {
@@ -301,6 +573,44 @@ impl AdapterMetrics {
         }
     }
 
+    /// Set the number of open API connections.
+    pub fn set_open_connections(&self, count: usize) {
+        self.api_connections
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Set the API port's connection cap.
+    pub fn set_connection_limit(&self, limit: usize) {
+        self.api_connection_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// Count one pause of the accept loop at the connection cap.
+    pub fn connection_wait(&self) {
+        self.api_connection_waits.inc();
+    }
+
+    /// One more (or, with -1, one fewer) API request whose response is not fully sent.
+    pub fn request_in_flight(&self, delta: i64) {
+        self.api_requests_in_flight.inc_by(delta);
+    }
+
+    /// Count one ended API connection.
+    pub fn connection_closed(&self, reason: ConnectionClose) {
+        self.api_connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// Count one request refused at the edge (`request_body`, `timeout`, `panic`).
+    pub fn rejection(&self, reason: &'static str) {
+        self.api_rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// Install the scrape-time collector (once).
     pub fn set_collector(&self, collector: Collector) {
         if self.collector.set(collector).is_err() {
@@ -349,5 +659,37 @@ mod tests {
             text.contains("cloudwatch_adapter_cloudwatch_calls_total{outcome=\"ok\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn auth_counters_exist_from_the_start_and_count() {
+        let metrics = AdapterMetrics::default();
+        let text = metrics.encode();
+        for line in [
+            "cloudwatch_adapter_authentications_total{method=\"front-proxy\",result=\"success\"} 0",
+            "cloudwatch_adapter_authorization_decisions_total{decision=\"denied\"} 0",
+            "cloudwatch_adapter_reviews_total{review=\"SubjectAccessReview\",outcome=\"error\"} 0",
+            "cloudwatch_adapter_review_cache_lookups_total{review=\"TokenReview\",result=\"shared\"} 0",
+            "cloudwatch_adapter_client_certificate_verifications_total 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let auth = metrics.auth();
+        auth.authentication("front-proxy", "success");
+        auth.authentication("front-proxy", "success");
+        auth.decision("allowed");
+        auth.review("SubjectAccessReview", "allowed");
+        auth.review_cache("SubjectAccessReview", "hit");
+        auth.certificate_verification();
+        let text = metrics.encode();
+        for line in [
+            "cloudwatch_adapter_authentications_total{method=\"front-proxy\",result=\"success\"} 2",
+            "cloudwatch_adapter_authorization_decisions_total{decision=\"allowed\"} 1",
+            "cloudwatch_adapter_reviews_total{review=\"SubjectAccessReview\",outcome=\"allowed\"} 1",
+            "cloudwatch_adapter_review_cache_lookups_total{review=\"SubjectAccessReview\",result=\"hit\"} 1",
+            "cloudwatch_adapter_client_certificate_verifications_total 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -10,7 +10,6 @@ use clap::Parser;
 use cloudwatch_metrics_adapter::config::{Cli, Command};
 use cloudwatch_metrics_adapter::delegate::config::CaSource;
 use common::{path_str, tool};
-use serde::Deserialize;
 use serde_json::Value;
 
 #[test]
@@ -35,12 +34,13 @@ fn the_rendered_delegates_file_is_valid_for_the_adapter() {
         String::from_utf8_lossy(&output.stderr)
     );
     let rendered = String::from_utf8(output.stdout).unwrap();
-    let configmap: Value = serde_yaml::Deserializer::from_str(&rendered)
-        .map(|doc| Value::deserialize(doc).unwrap())
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&rendered).unwrap();
+    let configmap = documents
+        .iter()
         .find(|doc| doc["data"]["delegates.yaml"].is_string())
         .unwrap();
-    let args: Vec<String> = serde_yaml::Deserializer::from_str(&rendered)
-        .map(|doc| Value::deserialize(doc).unwrap())
+    let args: Vec<String> = documents
+        .iter()
         .find(|doc| doc["kind"] == "Deployment")
         .unwrap()["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -54,12 +54,12 @@ fn the_rendered_delegates_file_is_valid_for_the_adapter() {
     let token = dir.path().join("token");
     std::fs::write(&token, "t").unwrap();
     let mut file: Value =
-        serde_yaml::from_str(configmap["data"]["delegates.yaml"].as_str().unwrap()).unwrap();
+        serde_saphyr::from_str(configmap["data"]["delegates.yaml"].as_str().unwrap()).unwrap();
     for entry in file["delegates"].as_array_mut().unwrap() {
         entry["auth"] = serde_json::json!({"tokenFile": path_str(&token)});
     }
     let path = dir.path().join("delegates.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&file).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&file).unwrap()).unwrap();
 
     // The chart's delegate flags, with the file path swapped for the local copy.
     let mut argv = vec![

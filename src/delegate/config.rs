@@ -471,7 +471,7 @@ impl DelegateFlags {
                 return Vec::new();
             }
         };
-        let parsed: DelegatesFile = match serde_yaml::from_str(&text) {
+        let parsed: DelegatesFile = match serde_saphyr::from_str(&text) {
             Ok(parsed) => parsed,
             Err(err) => {
                 problems.push(format!("--delegates-config {file}: {err}"));

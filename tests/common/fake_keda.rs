@@ -231,9 +231,9 @@ impl FakeKeda {
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .and_then(|cert| {
-                                cloudwatch_metrics_adapter::auth::x509::subject(cert).ok()
+                                cloudwatch_metrics_adapter::auth::x509::read(cert).ok()
                             })
-                            .and_then(|subject| subject.common_name),
+                            .and_then(|facts| facts.subject.common_name),
                         http2: connection.alpn_protocol() == Some(b"h2"),
                     };
                     let service = hyper::service::service_fn(move |mut request: Request<_>| {

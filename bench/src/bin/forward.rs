@@ -1,45 +1,36 @@
 //! Benchmark of forwarding to a delegate (issue 11), on the path users really take: requests sent
-//! as kube-apiserver's aggregator sends them (front-proxy client certificate, X-Remote-* headers,
-//! HTTP/2), with delegated authorization by SubjectAccessReview against a fake Kubernetes API.
+//! as kube-apiserver's aggregator sends them (front-proxy client certificate, the HPA
+//! controller's `X-Remote-*` headers, HTTP/2), with delegated authorization by
+//! SubjectAccessReview against a fake Kubernetes API.
 //!
 //! Two release adapters run as processes: the delegate (a real aggregated API server serving
 //! `theirs-depth`) and the front (serving `ours-depth`, forwarding `theirs-*` to the delegate with
 //! its ServiceAccount token, which the delegate checks by TokenReview). Everything listens on
-//! 127.0.0.1 and stops by itself. In one run it reports:
+//! 127.0.0.1 and stops by itself. The building blocks (certificates, the aggregator's requests,
+//! the fake API server, the adapter process, the load generator) are the crate's shared modules.
+//! In one run it reports:
 //!
 //! 1. Overhead: the same request for `theirs-depth`, direct to the delegate and through the
 //!    front, as two streams at a fixed rate in the same seconds; p50/p99 of each, the difference
 //!    and the ratio. Goal: forwarding adds at most 2 ms at p99.
 //! 2. Isolation: p99 of our own metric at a fixed rate, alone, beside 1,000 requests/s of
 //!    forwarded traffic through the same front, and (the control) beside as many requests for
-//!    another of our own metrics, with the front's CPU per request. Goal: forwarded traffic does
-//!    not move our p99 more than any traffic of the same rate would.
+//!    our own metric, with the front's CPU per request. Goal: forwarded traffic does not move
+//!    our p99 more than any traffic of the same rate would.
 //!
 //! The machine is shared, so each comparison runs in rounds and the medians are reported.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use axum::Router;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use anyhow::bail;
 use clap::Parser;
-use cloudwatch_emulator::{Datum, Emulator};
-use hdrhistogram::Histogram;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use cloudwatch_emulator::Emulator;
+use cwma_bench::adapter::{self, Adapter};
+use cwma_bench::aggregator::{Caller, FrontProxy};
+use cwma_bench::certs::Ca;
+use cwma_bench::kube::{AccessPolicy, FakeKube};
+use cwma_bench::load::{self, Latency, Target};
 
 /// Benchmark forwarding to a delegate.
 #[derive(Debug, Parser)]
@@ -70,183 +61,17 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+/// The front's ServiceAccount, as the delegate's TokenReview names it.
 const FRONT_SA: &str =
     "system:serviceaccount:cloudwatch-metrics-adapter:cloudwatch-metrics-adapter";
+/// The front's projected ServiceAccount token (a file, as in the pod).
 const FRONT_TOKEN: &str = "front-service-account-token";
-const ADAPTER_TOKEN: &str = "adapter-kubeconfig-token";
+/// Queues (series) each metric is asked about, in turn.
 const QUEUES: usize = 50;
 
+/// One metric named `name` over the seeded queue depths.
 fn definitions(name: &str) -> String {
-    format!(
-        r#"
-metrics:
-  - name: {name}
-    queries:
-      - id: visible
-        metricStat:
-          metric:
-            namespace: AWS/SQS
-            metricName: ApproximateNumberOfMessagesVisible
-            dimensions: [{{name: QueueName, value: "${{QueueName}}"}}]
-          period: 60
-          stat: Average
-"#
-    )
-}
-
-/// A CA that signs serving and client certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> anyhow::Result<Ca> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    /// (certificate, key) PEM for 127.0.0.1, or a client certificate with `cn`.
-    fn sign(&self, cn: &str, client: bool) -> anyhow::Result<(String, String)> {
-        let names = if client {
-            Vec::new()
-        } else {
-            vec!["127.0.0.1".to_string(), "localhost".to_string()]
-        };
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        if client {
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        }
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-}
-
-/// The Kubernetes API as an aggregated server sees it: TokenReview and SubjectAccessReview
-/// (everything allowed; the adapters cache the answers, as kube's delegating servers do).
-async fn start_fake_kube(ca: &Ca) -> anyhow::Result<SocketAddr> {
-    let (cert, key) = ca.sign("kube-apiserver", false)?;
-    let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
-    let mut tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = Router::new()
-        .route(
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            post(token_review),
-        )
-        .route(
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-            post(access_review),
-        );
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, router) = (acceptor.clone(), router.clone());
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(stream).await {
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(router))
-                        .await;
-                }
-            });
-        }
-    });
-    Ok(addr)
-}
-
-fn review_answer(body: &Bytes, headers: &HeaderMap, status: Value) -> Response {
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(&format!("Bearer {ADAPTER_TOKEN}"))
-    {
-        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
-    }
-    let mut review: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    review["status"] = status;
-    (
-        StatusCode::CREATED,
-        [(header::CONTENT_TYPE, "application/json")],
-        review.to_string(),
-    )
-        .into_response()
-}
-
-async fn token_review(headers: HeaderMap, body: Bytes) -> Response {
-    let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let status = if review["spec"]["token"] == FRONT_TOKEN {
-        json!({"authenticated": true, "user": {"username": FRONT_SA, "uid": "uid-front",
-               "groups": ["system:serviceaccounts", "system:authenticated"]}})
-    } else {
-        json!({"user": {}, "error": "invalid bearer token"})
-    };
-    review_answer(&body, &headers, status)
-}
-
-async fn access_review(headers: HeaderMap, body: Bytes) -> Response {
-    review_answer(&body, &headers, json!({"allowed": true, "reason": "bench"}))
-}
-
-struct Adapter {
-    child: Child,
-    base: String,
-    admin: String,
-    pid: u32,
-}
-
-impl Adapter {
-    /// CPU seconds the process has used (user + system), from /proc.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
-    }
-
-    /// The adapter's own counters for forwarded requests, one line each.
-    async fn delegate_counters(&self) -> Vec<String> {
-        let text = match reqwest::get(format!("{}/metrics", self.admin)).await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.lines()
-            .filter(|l| l.starts_with("cloudwatch_adapter_delegate_requests_total"))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    adapter::DEFINITIONS.replace("name: sqs-depth", &format!("name: {name}"))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
@@ -255,261 +80,118 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Start the adapter with delegated authentication against the fake API server.
-async fn start_adapter(
-    binary: &Path,
-    dir: &Path,
-    name: &str,
-    emulator: &Emulator,
-    serving: &Ca,
-    extra: &[String],
-) -> anyhow::Result<Adapter> {
-    let (cert, key) = serving.sign(name, false)?;
-    let config = write(
-        dir,
-        &format!("{name}.yaml"),
-        &definitions(&format!("{name}-depth")),
-    )?;
-    let (secure, admin) = (free_port()?, free_port()?);
-    let mut command = Command::new(binary);
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg(format!(
-            "--tls-cert-file={}",
-            write(dir, &format!("{name}.crt"), &cert)?.display()
-        ))
-        .arg(format!(
-            "--tls-private-key-file={}",
-            write(dir, &format!("{name}.key"), &key)?.display()
-        ))
-        .args(["--bind-address=127.0.0.1", "--admin-bind-address=127.0.0.1"])
-        .arg(format!("--secure-port={secure}"))
-        .arg(format!("--admin-port={admin}"))
-        .arg(format!("--kubeconfig={}", dir.join("kubeconfig").display()))
-        .arg("--authentication-skip-lookup")
-        .arg(format!(
-            "--requestheader-client-ca-file={}",
-            dir.join("front-proxy-ca.pem").display()
-        ))
-        .arg("--requestheader-allowed-names=front-proxy-client")
-        .arg("--watch-external-metrics=false")
-        .args(extra)
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_CLOUDWATCH", emulator.endpoint_url())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    let child = command.spawn().with_context(|| {
-        format!(
-            "cannot start {} (build it with cargo build --release)",
-            binary.display()
-        )
-    })?;
-    let pid = child.id().context("adapter exited")?;
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("adapter {name} not ready within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(Adapter {
-        child,
-        base: format!("https://127.0.0.1:{secure}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-        pid,
-    })
-}
-
-fn seed(emulator: &Emulator) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        / 60
-        * 60;
-    for queue in 0..QUEUES {
-        for minutes_ago in 1..=3u64 {
-            emulator.put(Datum {
-                namespace: "AWS/SQS".into(),
-                metric_name: "ApproximateNumberOfMessagesVisible".into(),
-                dimensions: vec![("QueueName".into(), format!("q{queue}"))],
-                timestamp: UNIX_EPOCH + Duration::from_secs(now - minutes_ago * 60),
-                value: queue as f64,
-                unit: Some("Count".into()),
-            });
-        }
-    }
-}
-
-fn url(base: &str, metric: &str, queue: usize) -> String {
-    format!(
-        "{base}/apis/external.metrics.k8s.io/v1beta1/namespaces/default/{metric}?labelSelector=QueueName%3Dq{queue}"
-    )
-}
-
-/// The aggregator's request for the HPA.
-async fn aggregator_get(client: &reqwest::Client, url: &str) -> bool {
-    match client
-        .get(url)
-        .header("X-Remote-User", HPA)
-        .header("X-Remote-Group", "system:serviceaccounts")
-        .header("X-Remote-Group", "system:serviceaccounts:kube-system")
-        .header("X-Remote-Group", "system:authenticated")
-        .header("Accept", "application/vnd.kubernetes.protobuf, */*")
-        .send()
-        .await
-    {
-        Ok(response) if response.status() == 200 => response.bytes().await.is_ok(),
-        _ => false,
-    }
-}
-
-/// One open-loop stream: `rate` requests per second to `urls` (round robin) for `length`,
-/// latency measured from each send. Returns (latencies in µs, errors).
-async fn stream(
-    client: reqwest::Client,
-    urls: Vec<String>,
-    rate: u64,
-    length: Duration,
-    record: bool,
-) -> anyhow::Result<(Histogram<u64>, u64)> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
-    // Tokio's timer resolution is 1 ms: send rate/1000 per tick, or one every few ticks.
-    let (tick, per_tick) = if rate >= 1000 {
-        (Duration::from_millis(1), rate / 1000)
-    } else {
-        (Duration::from_micros(1_000_000 / rate.max(1)), 1)
-    };
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + length;
-    let mut sent = 0usize;
-    while Instant::now() < end {
-        ticker.tick().await;
-        for _ in 0..per_tick {
-            let (client, url, tx) = (client.clone(), urls[sent % urls.len()].clone(), tx.clone());
-            sent += 1;
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let ok = aggregator_get(&client, &url).await;
-                let micros = start.elapsed().as_micros() as u64;
-                let _ = tx.send(ok.then_some(micros));
-            });
-        }
-    }
-    drop(tx);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0;
-    while let Some(result) = rx.recv().await {
-        match result {
-            Some(micros) if record => histogram.record(micros.max(1))?,
-            Some(_) => {}
-            None => errors += 1,
-        }
-    }
-    Ok((histogram, errors))
-}
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
-    histogram.value_at_quantile(quantile) as f64 / 1000.0
+/// The front's CPU time while `work` runs, in seconds.
+async fn with_cpu<T>(front: &Adapter, work: impl Future<Output = T>) -> anyhow::Result<(T, f64)> {
+    let before = front.cpu_time()?;
+    let result = work.await;
+    Ok((result, (front.cpu_time()? - before).as_secs_f64()))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
-    let dir = std::env::temp_dir().join(format!("cwma-bench-forward-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = tempfile::tempdir()?;
     let emulator = Emulator::start().await?;
-    seed(&emulator);
+    adapter::seed(&emulator, QUEUES);
 
-    let kube_ca = Ca::new("fake-kube-ca")?;
-    let front_proxy = Ca::new("front-proxy-ca")?;
+    // The cluster: reviews allowed; the front's token is a ServiceAccount token.
+    let kube = FakeKube::start(
+        dir.path(),
+        AccessPolicy::AllowAll,
+        vec![(
+            FRONT_TOKEN.to_string(),
+            FRONT_SA.to_string(),
+            vec![
+                "system:serviceaccounts".to_string(),
+                "system:authenticated".to_string(),
+            ],
+        )],
+    )
+    .await?;
+    let front_proxy = FrontProxy::new()?;
+    let front_proxy_ca = write(dir.path(), "front-proxy-ca.pem", &front_proxy.ca.pem)?;
+    // The delegate's serving CA, which the front verifies it against (as KEDA's kedaorg-certs).
     let serving = Ca::new("serving-ca")?;
-    let kube = start_fake_kube(&kube_ca).await?;
-    let kube_ca_path = write(&dir, "kube-ca.pem", &kube_ca.pem)?;
-    write(
-        &dir,
-        "kubeconfig",
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: https://{kube}\n    certificate-authority: {}\nusers:\n- name: adapter\n  user:\n    token: {ADAPTER_TOKEN}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: adapter\ncurrent-context: fake\n",
-            kube_ca_path.display()
-        ),
-    )?;
-    write(&dir, "front-proxy-ca.pem", &front_proxy.pem)?;
-    let serving_ca = write(&dir, "serving-ca.pem", &serving.pem)?;
-    let token = write(&dir, "token", FRONT_TOKEN)?;
+    let serving_ca = write(dir.path(), "serving-ca.pem", &serving.pem)?;
+    let token = write(dir.path(), "token", FRONT_TOKEN)?;
+    let flags = |name: &str| -> anyhow::Result<Vec<String>> {
+        let pair = serving.server(name)?;
+        let mut flags = front_proxy.adapter_flags(&front_proxy_ca);
+        flags.extend([
+            format!("--kubeconfig={}", kube.kubeconfig.display()),
+            "--authorization-mode=Delegated".to_string(),
+            "--watch-external-metrics=false".to_string(),
+            format!(
+                "--tls-cert-file={}",
+                write(dir.path(), &format!("{name}.crt"), &pair.cert)?.display()
+            ),
+            format!(
+                "--tls-private-key-file={}",
+                write(dir.path(), &format!("{name}.key"), &pair.key)?.display()
+            ),
+        ]);
+        Ok(flags)
+    };
 
-    let delegate = start_adapter(&args.adapter, &dir, "theirs", &emulator, &serving, &[]).await?;
-    let front = start_adapter(
+    let cloudwatch = emulator.endpoint_url();
+    let delegate = Adapter::start_with(
         &args.adapter,
-        &dir,
-        "ours",
-        &emulator,
-        &serving,
-        &[
-            format!("--delegate-url={}", delegate.base),
-            "--delegate-name=delegate".to_string(),
-            format!("--delegate-ca-file={}", serving_ca.display()),
-            format!("--delegate-token-file={}", token.display()),
-            "--delegate-name-pattern=^theirs-".to_string(),
-        ],
+        &dir.path().join("theirs"),
+        &cloudwatch,
+        &definitions("theirs-depth"),
+        &flags("theirs")?,
+    )
+    .await?;
+    let mut front_flags = flags("ours")?;
+    front_flags.extend([
+        format!("--delegate-url={}", delegate.base),
+        "--delegate-name=delegate".to_string(),
+        format!("--delegate-ca-file={}", serving_ca.display()),
+        format!("--delegate-token-file={}", token.display()),
+        "--delegate-name-pattern=^theirs-".to_string(),
+    ]);
+    let front = Adapter::start_with(
+        &args.adapter,
+        &dir.path().join("ours"),
+        &cloudwatch,
+        &definitions("ours-depth"),
+        &front_flags,
     )
     .await?;
 
-    // The aggregator: front-proxy client certificate, HTTP/2, trusting the serving CA.
-    let (cert, key) = front_proxy.sign("front-proxy-client", true)?;
-    let aggregator = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(serving.pem.as_bytes())?])
-        .identity(reqwest::Identity::from_pem(
-            format!("{cert}{key}").as_bytes(),
-        )?)
-        .timeout(Duration::from_secs(10))
-        .build()?;
-
-    let direct_urls: Vec<String> = (0..QUEUES)
-        .map(|q| url(&delegate.base, "theirs-depth", q))
-        .collect();
-    let forwarded_urls: Vec<String> = (0..QUEUES)
-        .map(|q| url(&front.base, "theirs-depth", q))
-        .collect();
-    let own_urls: Vec<String> = (0..QUEUES)
-        .map(|q| url(&front.base, "ours-depth", q))
-        .collect();
-    // Warm every series on both adapters, and every review cache.
-    for url in direct_urls.iter().chain(&forwarded_urls).chain(&own_urls) {
-        if !aggregator_get(&aggregator, url).await {
-            bail!("warm-up request failed: {url}");
-        }
+    let aggregator = load::client(Some(front_proxy.client.identity()?), 64)?;
+    let headers = Caller::hpa_controller().headers()?;
+    let target = |adapter: &Adapter, metric: &str, offset: usize| {
+        Target::new(
+            (0..QUEUES)
+                .map(|q| adapter.value_url(metric, (q + offset) % QUEUES))
+                .collect(),
+        )
+        .with_headers(headers.clone())
+    };
+    let direct = target(&delegate, "theirs-depth", 0);
+    let forwarded = target(&front, "theirs-depth", 0);
+    let own = target(&front, "ours-depth", 0);
+    let other_own = target(&front, "ours-depth", QUEUES / 2);
+    // Every series on both adapters, every review cache, the front's connection to the delegate.
+    for target in [&direct, &forwarded, &own] {
+        load::warm(&aggregator, target, 8).await?;
     }
-    let (_, warm_errors) = stream(
-        aggregator.clone(),
-        forwarded_urls.clone(),
+    let warm = load::fixed_rate(
+        &aggregator,
+        &forwarded,
         args.forwarded_rate,
         Duration::from_secs(3),
-        false,
     )
     .await?;
-    if warm_errors > 0 {
-        bail!("{warm_errors} errors while warming up");
+    if warm.errors > 0 {
+        bail!("{} errors while warming up", warm.errors);
     }
 
     println!(
@@ -520,10 +202,10 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "Requests as the aggregator sends them: front-proxy client certificate, X-Remote-User/Group, HTTP/2; delegated authorization (SubjectAccessReview, cached). The front forwards with its ServiceAccount token (TokenReview at the delegate, cached)."
+        "Requests as the aggregator sends them: front-proxy client certificate, the HPA controller's X-Remote-* headers, HTTP/2; delegated authorization (SubjectAccessReview, cached). The front forwards with its ServiceAccount token (TokenReview at the delegate, cached) and verifies the delegate against its CA."
     );
 
-    // Phase 1: overhead. Both paths in the same seconds (interleaved streams), in rounds.
+    // Phase 1: overhead. Both paths in the same seconds (two streams at once), in rounds.
     println!();
     println!(
         "## overhead: {} req/s direct to the delegate and {} req/s through the front at the same time, {} rounds of {} s",
@@ -533,40 +215,28 @@ async fn main() -> anyhow::Result<()> {
         args.phase.as_secs()
     );
     println!(
-        "| round | direct p50 ms | direct p99 ms | forwarded p50 ms | forwarded p99 ms | added at p99 ms | p99 ratio | errors |"
+        "| round | direct p50 ms | direct p99 ms | forwarded p50 ms | forwarded p99 ms | added at p99 ms | p99 ratio | generator lag p99 ms | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut added = Vec::new();
-    let mut ratios = Vec::new();
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let (mut added, mut ratios) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let (direct, forwarded) = tokio::join!(
-            stream(
-                aggregator.clone(),
-                direct_urls.clone(),
-                args.overhead_rate,
-                args.phase,
-                true
-            ),
-            stream(
-                aggregator.clone(),
-                forwarded_urls.clone(),
-                args.overhead_rate,
-                args.phase,
-                true
-            ),
+        let (straight, through) = tokio::join!(
+            load::fixed_rate(&aggregator, &direct, args.overhead_rate, args.phase),
+            load::fixed_rate(&aggregator, &forwarded, args.overhead_rate, args.phase),
         );
-        let ((direct, direct_errors), (forwarded, forwarded_errors)) = (direct?, forwarded?);
-        let delta = ms(&forwarded, 0.99) - ms(&direct, 0.99);
-        let ratio = ms(&forwarded, 0.99) / ms(&direct, 0.99);
+        let (straight, through) = (straight?, through?);
+        let delta = through.ms(0.99) - straight.ms(0.99);
+        let ratio = through.ms(0.99) / straight.ms(0.99);
         added.push(delta);
         ratios.push(ratio);
         println!(
-            "| {round} | {:.3} | {:.3} | {:.3} | {:.3} | {delta:+.3} | {ratio:.2}x | {} |",
-            ms(&direct, 0.5),
-            ms(&direct, 0.99),
-            ms(&forwarded, 0.5),
-            ms(&forwarded, 0.99),
-            direct_errors + forwarded_errors
+            "| {round} | {:.3} | {:.3} | {:.3} | {:.3} | {delta:+.3} | {ratio:.2}x | {:.3} | {} |",
+            straight.ms(0.5),
+            straight.ms(0.99),
+            through.ms(0.5),
+            through.ms(0.99),
+            lag_ms(&[&straight, &through]),
+            straight.errors + through.errors
         );
     }
     let median_added = median(&mut added);
@@ -581,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Phase 2: our own metric alone, beside forwarded traffic, and beside as much traffic for our
-    // own metrics (the control: what any 1,000 req/s on the shared connection costs), in rounds.
+    // own metric (the control: what any such load costs on two shared cores), in rounds.
     println!();
     println!(
         "## isolation: p99 of our own metric at {} req/s, alone / beside {} req/s forwarded / beside {} req/s of our own metric (control), {} rounds of {} s each",
@@ -592,77 +262,42 @@ async fn main() -> anyhow::Result<()> {
         args.phase.as_secs()
     );
     println!(
-        "| round | alone p99 ms | beside forwarded p99 ms | beside own (control) p99 ms | forwarded traffic p99 ms | front CPU us/request: forwarded / own | errors |"
+        "| round | alone p99 ms | beside forwarded p99 ms | beside own (control) p99 ms | forwarded traffic p99 ms | front CPU µs/request, forwarded run / control run | generator lag p99 ms | errors |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let other_own: Vec<String> = (0..QUEUES)
-        .map(|q| url(&front.base, "ours-depth", (q + QUEUES / 2) % QUEUES))
-        .collect();
+    println!("|---|---|---|---|---|---|---|---|");
     let requests = (args.own_rate + args.forwarded_rate) as f64 * args.phase.as_secs_f64();
     let (mut vs_alone, mut vs_control) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let (alone, alone_errors) = stream(
-            aggregator.clone(),
-            own_urls.clone(),
-            args.own_rate,
-            args.phase,
-            true,
-        )
+        let alone = load::fixed_rate(&aggregator, &own, args.own_rate, args.phase).await?;
+        let ((beside, background), forwarded_cpu) = with_cpu(&front, async {
+            tokio::join!(
+                load::fixed_rate(&aggregator, &own, args.own_rate, args.phase),
+                load::fixed_rate(&aggregator, &forwarded, args.forwarded_rate, args.phase),
+            )
+        })
         .await?;
-        let cpu_before = front.cpu_seconds();
-        let (beside, background) = tokio::join!(
-            stream(
-                aggregator.clone(),
-                own_urls.clone(),
-                args.own_rate,
-                args.phase,
-                true
-            ),
-            stream(
-                aggregator.clone(),
-                forwarded_urls.clone(),
-                args.forwarded_rate,
-                args.phase,
-                true
-            ),
-        );
-        let forwarded_cpu = front.cpu_seconds() - cpu_before;
-        let ((beside, beside_errors), (background, background_errors)) = (beside?, background?);
-        let cpu_before = front.cpu_seconds();
-        let (control, control_background) = tokio::join!(
-            stream(
-                aggregator.clone(),
-                own_urls.clone(),
-                args.own_rate,
-                args.phase,
-                true
-            ),
-            stream(
-                aggregator.clone(),
-                other_own.clone(),
-                args.forwarded_rate,
-                args.phase,
-                false
-            ),
-        );
-        let own_cpu = front.cpu_seconds() - cpu_before;
-        let ((control, control_errors), (_, control_background_errors)) =
-            (control?, control_background?);
-        vs_alone.push(ms(&beside, 0.99) / ms(&alone, 0.99));
-        vs_control.push(ms(&beside, 0.99) / ms(&control, 0.99));
+        let ((control, control_background), own_cpu) = with_cpu(&front, async {
+            tokio::join!(
+                load::fixed_rate(&aggregator, &own, args.own_rate, args.phase),
+                load::fixed_rate(&aggregator, &other_own, args.forwarded_rate, args.phase),
+            )
+        })
+        .await?;
+        let (beside, background, control, control_background) =
+            (beside?, background?, control?, control_background?);
+        vs_alone.push(beside.ms(0.99) / alone.ms(0.99));
+        vs_control.push(beside.ms(0.99) / control.ms(0.99));
+        let runs = [&alone, &beside, &background, &control, &control_background];
         println!(
-            "| {round} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} / {:.0} | {} |",
-            ms(&alone, 0.99),
-            ms(&beside, 0.99),
-            ms(&control, 0.99),
-            ms(&background, 0.99),
+            "| {round} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} / {:.0} | {:.3} | {} |",
+            alone.ms(0.99),
+            beside.ms(0.99),
+            control.ms(0.99),
+            background.ms(0.99),
             forwarded_cpu * 1e6 / requests,
             own_cpu * 1e6 / requests,
-            alone_errors
-                + beside_errors
-                + background_errors
-                + control_errors
-                + control_background_errors
+            lag_ms(&runs),
+            runs.iter().map(|run| run.errors).sum::<u64>()
         );
     }
     println!(
@@ -673,13 +308,26 @@ async fn main() -> anyhow::Result<()> {
     );
 
     println!();
-    println!("front's forwarding counters after the run:");
-    for line in front.delegate_counters().await {
+    println!("the front's forwarding counters after the run:");
+    let plain = reqwest::Client::new();
+    for line in front
+        .metrics(&plain)
+        .await?
+        .lines()
+        .filter(|l| l.starts_with("cloudwatch_adapter_delegate_requests_total"))
+    {
         println!("  {line}");
     }
-    let (mut front, mut delegate) = (front, delegate);
-    front.child.kill().await?;
-    delegate.child.kill().await?;
-    let _ = std::fs::remove_dir_all(&dir);
+    front.stop().await?;
+    delegate.stop().await?;
+    drop(kube);
     Ok(())
+}
+
+/// The worst p99 of the load generator's own lag behind its schedule across `runs`: when it is
+/// large, the generator (not the adapters) was starved of CPU.
+fn lag_ms(runs: &[&Latency]) -> f64 {
+    runs.iter()
+        .map(|run| run.lag.value_at_quantile(0.99) as f64 / 1000.0)
+        .fold(0.0, f64::max)
 }
