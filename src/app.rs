@@ -21,16 +21,18 @@ use crate::auth::review::{KubeReviewer, Reviewer};
 use crate::auth::source::{self, FileRole, FromCluster, HeaderFlags};
 use crate::auth::trust::TrustStore;
 use crate::auth::{self, Auth, AuthSettings};
-use crate::cache::{CacheConfig, QueryCache};
-use crate::cloudwatch::client::AwsCloudWatch;
-use crate::cloudwatch::translate;
 use crate::config::{
-    AuthFlags, AuthorizationMode, AwsConfig, Command, CrdFlags, QueryConfig, ServeConfig,
+    AuthFlags, AuthorizationMode, AwsConfig, CacheFlags, Command, CrdFlags, QueryConfig,
+    ServeConfig,
 };
 use crate::controller::{self, Reconciler, status};
 use crate::definition::{self, DefinitionSet};
+use crate::engine::{Engine, EngineConfig, Pacing, Sources};
 use crate::metrics::AdapterMetrics;
 use crate::provider::MetricRequest;
+use crate::source::cloudwatch::CloudWatchSource;
+use crate::source::cloudwatch::client::AwsCloudWatch;
+use crate::source::cloudwatch::translate;
 use crate::tls::{self, CertificateStore};
 
 /// Run a parsed command.
@@ -219,9 +221,9 @@ pub async fn serve_with_kube(
     )
     .await?;
 
-    let cache = QueryCache::new(
+    let cache = Engine::new(
         definitions.clone(),
-        AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
+        sources(&config.cache, &sdk, &config.aws),
         config.cache.to_config(),
         metrics.clone(),
     );
@@ -300,7 +302,7 @@ pub async fn serve_with_kube(
         }
         result = &mut refresher => {
             stop.cancel();
-            anyhow::bail!("the CloudWatch refresher stopped unexpectedly: {result:?}");
+            anyhow::bail!("the refresh engine stopped unexpectedly: {result:?}");
         }
         result = &mut external_metrics => {
             stop.cancel();
@@ -322,6 +324,16 @@ pub async fn serve_with_kube(
         .context("admin server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sources the engine reads from, each with its budget from the flags.
+fn sources(flags: &CacheFlags, sdk: &SdkConfig, aws: &AwsConfig) -> Sources {
+    Sources::new().with(
+        CloudWatchSource::new(
+            AwsCloudWatch::new(sdk.clone()).with_endpoint_url(aws.cloudwatch_endpoint_url.clone()),
+        ),
+        Pacing::per_second(flags.cloudwatch_calls_per_second),
+    )
 }
 
 fn status_config(flags: &CrdFlags) -> status::StatusConfig {
@@ -579,7 +591,7 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
         )
     })?;
     let selector = api::selector::parse(&config.selector)?;
-    let labels = translate::selector_labels(definition, &selector)?;
+    let labels = definition::selector_labels(definition, &selector)?;
     let request = translate::build_request(definition, &labels, std::time::SystemTime::now())?;
     println!(
         "# GetMetricData request ({})",
@@ -590,10 +602,16 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     let sdk = load_sdk_config(&config.aws).await;
-    let provider = QueryCache::new(
+    let provider = Engine::new(
         Arc::new(ArcSwap::from_pointee(definitions.clone())),
-        AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
-        CacheConfig::default(),
+        Sources::new().with(
+            CloudWatchSource::new(
+                AwsCloudWatch::new(sdk)
+                    .with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
+            ),
+            Pacing::per_second(10.0),
+        ),
+        EngineConfig::default(),
         Arc::new(AdapterMetrics::default()),
     );
     let stop = CancellationToken::new();
@@ -622,7 +640,7 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
     }
 }
 
-fn describe_target(target: &crate::cloudwatch::Target, aws: &AwsConfig) -> String {
+fn describe_target(target: &crate::source::cloudwatch::Target, aws: &AwsConfig) -> String {
     let region = target
         .region
         .clone()

@@ -359,14 +359,13 @@ impl CacheFlags {
         }
     }
 
-    /// The cache configuration these flags describe.
-    pub fn to_config(&self) -> crate::cache::CacheConfig {
-        crate::cache::CacheConfig {
+    /// The engine configuration these flags describe.
+    pub fn to_config(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
             max_age: self.max_value_age,
             idle_timeout: self.series_idle_timeout,
-            calls_per_second: self.cloudwatch_calls_per_second,
             max_series: self.max_series,
-            ..crate::cache::CacheConfig::default()
+            ..crate::engine::EngineConfig::default()
         }
     }
 }

@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::definition::Backend;
+use crate::source::Usage;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     metric: String,
@@ -36,9 +39,6 @@ struct ResultLabels {
 const REQUEST_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
-
-/// Dollars per metric requested from `GetMetricData` (us-east-1 list price, no free tier).
-pub const DOLLARS_PER_METRIC: f64 = 0.01 / 1000.0;
 
 /// Computes point-in-time gauges (value ages, active series) just before each scrape.
 pub type Collector = Box<dyn Fn(&AdapterMetrics) + Send + Sync>;
@@ -171,23 +171,23 @@ impl AdapterMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Record one `GetMetricData` call and how many queries it carried.
-    pub fn cloudwatch_call(&self, outcome: &str, queries: usize) {
-        self.cloudwatch_calls
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
-            })
-            .inc();
-        self.cloudwatch_queries.inc_by(queries as u64);
-    }
-
-    /// Record what one call requested and returned (the billed part).
-    pub fn cloudwatch_usage(&self, metrics_requested: usize, datapoints: usize) {
-        self.cloudwatch_metrics_requested
-            .inc_by(metrics_requested as u64);
-        self.cloudwatch_datapoints.inc_by(datapoints as u64);
-        self.estimated_cost
-            .inc_by(metrics_requested as f64 * DOLLARS_PER_METRIC);
+    /// Record one call of `backend`'s source: its outcome, what it used, and its estimated
+    /// cost.
+    pub fn source_call(&self, backend: Backend, outcome: &str, usage: &Usage, dollars: f64) {
+        match backend {
+            Backend::CloudWatch => {
+                self.cloudwatch_calls
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.to_string(),
+                    })
+                    .inc();
+                self.cloudwatch_queries.inc_by(usage.items as u64);
+                self.cloudwatch_metrics_requested
+                    .inc_by(usage.billed as u64);
+                self.cloudwatch_datapoints.inc_by(usage.datapoints as u64);
+            }
+        }
+        self.estimated_cost.inc_by(dollars);
     }
 
     /// Count one cache lookup: `hit`, `miss` or `stale`.
@@ -258,7 +258,16 @@ mod tests {
     fn exposes_requests_and_cloudwatch_calls() {
         let metrics = AdapterMetrics::default();
         metrics.observe_request("sqs-visible", 200, Duration::from_millis(2));
-        metrics.cloudwatch_call("ok", 3);
+        metrics.source_call(
+            Backend::CloudWatch,
+            "ok",
+            &Usage {
+                items: 3,
+                billed: 2,
+                datapoints: 6,
+            },
+            0.00002,
+        );
         let text = metrics.encode();
         assert!(
             text.contains(

@@ -27,9 +27,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ObjectKey;
-use crate::cache::OutcomeObserver;
 use crate::crd::{self, CONDITION_READY, CONDITION_VALID, ExternalMetricStatus};
 use crate::definition::{Definition, HumanDuration};
+use crate::engine::OutcomeObserver;
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
 
 /// How many outcomes may wait for the status writer before new ones are dropped.

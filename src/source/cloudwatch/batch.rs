@@ -52,9 +52,17 @@ fn is_sql(query: &Query) -> bool {
 
 /// Pack `requests` (one per series) into calls of at most `max_queries` queries each.
 pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
+    let items: Vec<(&MetricDataRequest, bool)> = requests.iter().map(|r| (*r, false)).collect();
+    plan_isolating(&items, max_queries)
+}
+
+/// As [`plan`], where a request flagged `true` gets a call of its own (it was found to make
+/// CloudWatch reject the calls it shares). Within a group, earlier requests go into earlier
+/// calls.
+pub fn plan_isolating(items: &[(&MetricDataRequest, bool)], max_queries: usize) -> Vec<Batch> {
     type GroupKey = (Target, SystemTime, SystemTime, &'static str);
     let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
-    for (index, request) in requests.iter().enumerate() {
+    for (index, (request, _)) in items.iter().enumerate() {
         groups
             .entry((
                 request.target.clone(),
@@ -70,10 +78,10 @@ pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
         // (batch, holds a SQL query, closed to other series)
         let mut open: Vec<(Batch, bool, bool)> = Vec::new();
         for index in members {
-            let request = requests[index];
+            let (request, isolated) = items[index];
             let size = request.metric_data_queries.len();
             let sql = request.metric_data_queries.iter().any(is_sql);
-            let alone = !self_contained(request);
+            let alone = isolated || !self_contained(request);
             let fits = |(batch, has_sql, closed): &(Batch, bool, bool)| {
                 let full = batch.request.metric_data_queries.len() + size > max_queries;
                 let second_sql = sql && *has_sql;
@@ -232,7 +240,7 @@ pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::cloudwatch::{MetricStat, ResultStatus};
+    use crate::source::cloudwatch::{MetricStat, ResultStatus};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn stat(id: &str, value_query: bool) -> Query {

@@ -1,12 +1,15 @@
-//! Cache behaviour under tokio's paused clock, against a scripted CloudWatch.
+//! Engine behaviour under tokio's paused clock, against a scripted CloudWatch.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Mutex;
 
 use super::*;
-use crate::cloudwatch::{QueryResult, ResultStatus};
 use crate::definition::parse;
 use crate::provider::{Operator, Requirement, Selector};
+use crate::source::cloudwatch::{
+    CloudWatchError, CloudWatchSource, MetricDataRequest, MetricDataSource, QueryKind, QueryResult,
+    ResultStatus,
+};
 
 /// Answers every returned query with the number in its `QueueName` (`q17` -> 17), or fails.
 #[derive(Default)]
@@ -77,12 +80,27 @@ metrics:
           stat: Average
 "#;
 
-fn setup(config: CacheConfig) -> (QueryCache<Arc<Fake>>, Arc<Fake>, CancellationToken) {
+/// The fake as the engine's only source, at `calls_per_second`.
+fn sources(fake: &Arc<Fake>, calls_per_second: f64) -> Sources {
+    Sources::new().with(
+        CloudWatchSource::new(fake.clone()),
+        Pacing::per_second(calls_per_second),
+    )
+}
+
+fn setup(config: EngineConfig) -> (Engine, Arc<Fake>, CancellationToken) {
+    setup_paced(config, 10.0)
+}
+
+fn setup_paced(
+    config: EngineConfig,
+    calls_per_second: f64,
+) -> (Engine, Arc<Fake>, CancellationToken) {
     let fake = Arc::new(Fake::default());
     let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
-    let cache = QueryCache::with_wall_clock(
+    let cache = Engine::with_wall_clock(
         definitions,
-        fake.clone(),
+        sources(&fake, calls_per_second),
         config,
         Arc::new(AdapterMetrics::default()),
         grid_anchor(),
@@ -106,7 +124,7 @@ fn request(queue: &str) -> MetricRequest {
     }
 }
 
-async fn value(cache: &QueryCache<Arc<Fake>>, queue: &str) -> Result<f64, ProviderError> {
+async fn value(cache: &Engine, queue: &str) -> Result<f64, ProviderError> {
     cache
         .get_values(request(queue))
         .await
@@ -115,7 +133,7 @@ async fn value(cache: &QueryCache<Arc<Fake>>, queue: &str) -> Result<f64, Provid
 
 #[tokio::test(start_paused = true)]
 async fn more_than_500_cold_series_take_ceil_n_over_500_calls_and_map_back() {
-    let (cache, fake, stop) = setup(CacheConfig::default());
+    let (cache, fake, stop) = setup(EngineConfig::default());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1201 {
         let cache = cache.clone_handle();
@@ -143,7 +161,7 @@ async fn more_than_500_cold_series_take_ceil_n_over_500_calls_and_map_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_first_requests_for_one_series_make_one_call() {
-    let (cache, fake, stop) = setup(CacheConfig::default());
+    let (cache, fake, stop) = setup(EngineConfig::default());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let cache = cache.clone_handle();
@@ -158,7 +176,7 @@ async fn a_hundred_first_requests_for_one_series_make_one_call() {
 
 #[tokio::test(start_paused = true)]
 async fn warm_requests_are_answered_from_memory_while_the_refresher_keeps_them_fresh() {
-    let (cache, fake, stop) = setup(CacheConfig::default());
+    let (cache, fake, stop) = setup(EngineConfig::default());
     assert_eq!(value(&cache, "q3").await.unwrap(), 3.0);
     let before = Instant::now();
     for _ in 0..50 {
@@ -186,7 +204,7 @@ async fn warm_requests_are_answered_from_memory_while_the_refresher_keeps_them_f
 
 #[tokio::test(start_paused = true)]
 async fn series_first_asked_for_at_different_times_are_refreshed_in_one_call() {
-    let (cache, fake, stop) = setup(CacheConfig::default());
+    let (cache, fake, stop) = setup(EngineConfig::default());
     for i in 0..300 {
         value(&cache, &format!("q{i}")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -212,7 +230,7 @@ async fn series_first_asked_for_at_different_times_are_refreshed_in_one_call() {
 
 #[tokio::test(start_paused = true)]
 async fn throttling_backs_off_serves_last_good_until_max_age_then_fails_and_recovers() {
-    let config = CacheConfig::default();
+    let config = EngineConfig::default();
     let (cache, fake, stop) = setup(config.clone());
     assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
     let good_at = Instant::now();
@@ -258,9 +276,9 @@ async fn throttling_backs_off_serves_last_good_until_max_age_then_fails_and_reco
 
 #[tokio::test(start_paused = true)]
 async fn idle_series_stop_being_refreshed() {
-    let config = CacheConfig {
+    let config = EngineConfig {
         idle_timeout: Duration::from_secs(300),
-        ..CacheConfig::default()
+        ..EngineConfig::default()
     };
     let (cache, fake, stop) = setup(config);
     value(&cache, "q1").await.unwrap();
@@ -284,11 +302,7 @@ async fn idle_series_stop_being_refreshed() {
 
 #[tokio::test(start_paused = true)]
 async fn the_call_budget_is_never_exceeded() {
-    let config = CacheConfig {
-        calls_per_second: 2.0,
-        ..CacheConfig::default()
-    };
-    let (cache, fake, stop) = setup(config);
+    let (cache, fake, stop) = setup_paced(EngineConfig::default(), 2.0);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..5000 {
         let cache = cache.clone_handle();
@@ -315,10 +329,10 @@ async fn the_call_budget_is_never_exceeded() {
 async fn an_edited_definition_is_never_answered_with_the_old_specs_value() {
     let fake = Arc::new(Fake::default());
     let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
-    let cache = QueryCache::with_wall_clock(
+    let cache = Engine::with_wall_clock(
         definitions.clone(),
-        fake.clone(),
-        CacheConfig::default(),
+        sources(&fake, 10.0),
+        EngineConfig::default(),
         Arc::new(AdapterMetrics::default()),
         grid_anchor(),
     );
@@ -363,10 +377,13 @@ async fn no_data_is_an_answer_not_a_failure() {
             Ok(vec![])
         }
     }
-    let cache = QueryCache::with_wall_clock(
+    let cache = Engine::with_wall_clock(
         definitions,
-        Empty(fake.clone()),
-        CacheConfig::default(),
+        Sources::new().with(
+            CloudWatchSource::new(Empty(fake.clone())),
+            Pacing::per_second(10.0),
+        ),
+        EngineConfig::default(),
         Arc::new(AdapterMetrics::default()),
         grid_anchor(),
     );

@@ -1,0 +1,224 @@
+//! `${label}` placeholders: found when a definition is validated, filled from the HPA's selector
+//! when a series is read.
+//!
+//! Translation is exact or refused: the selector may only say `key=value` (or `key in (value)`)
+//! for exactly the labels the definition's placeholders name, because widening or narrowing a
+//! query silently would scale on the wrong number.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::Definition;
+use crate::provider::{Operator, ProviderError, Selector};
+
+static PLACEHOLDER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\$\{([^}]*)\}").expect("static regex"));
+static LABEL_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    // A Kubernetes label key: optional DNS prefix, then a name of at most 63 characters.
+    Regex::new(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+        .expect("static regex")
+});
+
+/// Report a `${...}` in a field that is never filled.
+pub(crate) fn no_placeholder(field: &str, value: &str, push: &mut impl FnMut(String)) {
+    if value.contains("${") {
+        push(format!(
+            "{field} contains a ${{...}} placeholder, but placeholders are only filled in dimension values and expressions"
+        ));
+    }
+}
+
+/// Collect the label names of `value`'s placeholders into `labels`, reporting malformed ones.
+pub(crate) fn collect_placeholders(
+    field: &str,
+    value: &str,
+    labels: &mut BTreeSet<String>,
+    push: &mut impl FnMut(String),
+) {
+    let mut covered = 0;
+    for capture in PLACEHOLDER.captures_iter(value) {
+        let whole = capture.get(0).expect("capture 0 always exists");
+        let name = &capture[1];
+        if !LABEL_NAME.is_match(name) {
+            push(format!(
+                "{field}: placeholder ${{{name}}} is not a valid Kubernetes label name"
+            ));
+        } else {
+            labels.insert(name.to_string());
+        }
+        if value[covered..whole.start()].contains("${") {
+            push(format!("{field}: unclosed ${{ placeholder"));
+        }
+        covered = whole.end();
+    }
+    if value[covered..].contains("${") {
+        push(format!("{field}: unclosed ${{ placeholder"));
+    }
+}
+
+/// Fill `${label}` placeholders from `labels`. Validation guarantees every placeholder is
+/// well-formed; the caller guarantees every needed label is present.
+pub fn render(template: &str, labels: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut missing = None;
+    let rendered = PLACEHOLDER.replace_all(template, |capture: &regex::Captures<'_>| match labels
+        .get(&capture[1])
+    {
+        Some(value) => value.clone(),
+        None => {
+            missing.get_or_insert_with(|| capture[1].to_string());
+            String::new()
+        }
+    });
+    match missing {
+        Some(label) => Err(label),
+        None => Ok(rendered.into_owned()),
+    }
+}
+
+/// Turn the selector into the exact label values the definition needs, or refuse.
+///
+/// Only equality (and `in` with a single value) can be translated exactly; anything else would
+/// silently widen or narrow the query, so it is a 400.
+pub fn selector_labels(
+    definition: &Definition,
+    selector: &Selector,
+) -> Result<BTreeMap<String, String>, ProviderError> {
+    let name = &definition.spec.name;
+    let mut labels = BTreeMap::new();
+    for requirement in &selector.requirements {
+        let key = &requirement.key;
+        if !definition.labels.contains(key) {
+            return Err(ProviderError::InvalidSelector(format!(
+                "label {key:?} in the selector is not used by metric {name} ({})",
+                describe_labels(definition)
+            )));
+        }
+        let value = match (requirement.operator, requirement.values.as_slice()) {
+            (Operator::Equals | Operator::In, [value]) => value,
+            (operator, _) => {
+                return Err(ProviderError::InvalidSelector(format!(
+                    "label {key:?} uses operator {:?}{}; metric {name} can only match a label exactly (use matchLabels: {{{key}: VALUE}})",
+                    operator.symbol(),
+                    if operator == Operator::In {
+                        " with several values"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        };
+        if labels.insert(key.clone(), value.clone()).is_some() {
+            return Err(ProviderError::InvalidSelector(format!(
+                "label {key:?} appears more than once in the selector"
+            )));
+        }
+    }
+    if let Some(missing) = definition.labels.iter().find(|l| !labels.contains_key(*l)) {
+        return Err(ProviderError::InvalidSelector(format!(
+            "metric {name} needs label {missing:?} in the HPA's metric selector (matchLabels: {{{missing}: VALUE}})"
+        )));
+    }
+    Ok(labels)
+}
+
+fn describe_labels(definition: &Definition) -> String {
+    if definition.labels.is_empty() {
+        "it takes no labels".to_string()
+    } else {
+        let names: Vec<&str> = definition.labels.iter().map(String::as_str).collect();
+        format!("it takes {}", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::definition::file::parse;
+    use crate::provider::Requirement;
+    use std::sync::Arc;
+
+    fn sqs() -> Arc<Definition> {
+        let set = parse(
+            r#"
+metrics:
+  - name: sqs-visible
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+"#,
+        )
+        .unwrap();
+        set.iter().next().unwrap().clone()
+    }
+
+    fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
+        Requirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn render_fills_and_reports_missing_labels() {
+        let labels = BTreeMap::from([("QueueName".to_string(), "orders".to_string())]);
+        assert_eq!(render("q-${QueueName}", &labels).unwrap(), "q-orders");
+        assert_eq!(render("plain", &labels).unwrap(), "plain");
+        assert_eq!(render("${Other}", &labels).unwrap_err(), "Other");
+    }
+
+    #[test]
+    fn selectors_that_cannot_be_exact_are_refused_naming_the_label() {
+        let def = sqs();
+        let cases = [
+            (
+                vec![req("QueueName", Operator::NotEquals, &["x"])],
+                "\"QueueName\" uses operator \"!=\"",
+            ),
+            (
+                vec![req("QueueName", Operator::In, &["a", "b"])],
+                "with several values",
+            ),
+            (
+                vec![req("QueueName", Operator::Exists, &[])],
+                "operator \"exists\"",
+            ),
+            (
+                vec![req("env", Operator::Equals, &["prod"])],
+                "label \"env\" in the selector is not used",
+            ),
+            (vec![], "needs label \"QueueName\""),
+        ];
+        for (requirements, needle) in cases {
+            let err = selector_labels(&def, &Selector { requirements }).unwrap_err();
+            let ProviderError::InvalidSelector(message) = err else {
+                panic!("expected InvalidSelector");
+            };
+            assert!(
+                message.contains(needle),
+                "{message} should contain {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_with_one_value_is_equality() {
+        let def = sqs();
+        let selector = Selector {
+            requirements: vec![req("QueueName", Operator::In, &["orders"])],
+        };
+        assert_eq!(
+            selector_labels(&def, &selector).unwrap()["QueueName"],
+            "orders"
+        );
+    }
+}

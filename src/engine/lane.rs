@@ -1,0 +1,221 @@
+//! A lane: one source's refresh loop, with its own budget. Lanes run side by side, so a slow or
+//! throttled backend never delays another's series.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::pacer::Pacer;
+use super::{Core, Pacing};
+use crate::definition::Backend;
+use crate::provider::ProviderError;
+use crate::series::Series;
+use crate::source::{Member, PlanItem, Profile, Source, backend_error};
+
+/// What the engine needs of a lane, whatever its source.
+pub(crate) trait Lane: Send + Sync + std::fmt::Debug {
+    /// The backend it reads.
+    fn backend(&self) -> Backend;
+    /// A new series wants its first fetch.
+    fn wake(&self);
+    /// Refresh this backend's series until `stop`.
+    fn run(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) -> BoxFuture<'static, ()>;
+}
+
+/// The lane of one [`Source`].
+pub(crate) struct SourceLane<S> {
+    source: S,
+    profile: Profile,
+    pacer: Pacer,
+    calls: Arc<Semaphore>,
+    wake: Notify,
+}
+
+impl<S> std::fmt::Debug for SourceLane<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceLane")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A planned call with its members and their prepared requests.
+type CallPlan<S> = (
+    <S as Source>::Call,
+    Vec<(Arc<Series>, <S as Source>::Request)>,
+);
+
+impl<S: Source> SourceLane<S> {
+    pub(crate) fn new(source: S, pacing: Pacing) -> Self {
+        let profile = source.profile();
+        Self {
+            source,
+            profile,
+            pacer: Pacer::new(pacing.calls_per_second),
+            calls: Arc::new(Semaphore::new(pacing.max_concurrent_calls.max(1))),
+            wake: Notify::new(),
+        }
+    }
+
+    async fn run_loop(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) {
+        loop {
+            let next_wake = self.cycle(&core).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next_wake) => {}
+                () = self.wake.notified() => {
+                    // Gather a burst of first requests into the same call.
+                    tokio::time::sleep(core.config.batch_linger).await;
+                }
+            }
+        }
+    }
+
+    /// One cycle: fetch every due series of this backend, and return when the next falls due.
+    async fn cycle(self: &Arc<Self>, core: &Arc<Core>) -> Instant {
+        let (due, next_wake) = core.collect_due(self.profile.backend);
+        if due.is_empty() {
+            return next_wake;
+        }
+        let wall = core.clock.wall_now();
+        let mut prepared = Vec::with_capacity(due.len());
+        for series in due {
+            match self
+                .source
+                .prepare(&series.definition, &series.labels, wall)
+            {
+                Ok(request) => prepared.push((series, request)),
+                // This series alone cannot be read (e.g. a label value its query cannot take).
+                Err(error) => core.record(&series, Err(error), Instant::now(), false),
+            }
+        }
+        for (call, members) in self.plan(prepared) {
+            self.pacer.acquire().await;
+            let Ok(permit) = self.calls.clone().acquire_owned().await else {
+                break;
+            };
+            let lane = self.clone();
+            let core = core.clone();
+            tokio::spawn(async move {
+                lane.execute(&core, call, members, wall).await;
+                drop(permit);
+            });
+        }
+        next_wake
+    }
+
+    /// Plan the prepared series into calls, each with its members.
+    fn plan(&self, prepared: Vec<(Arc<Series>, S::Request)>) -> Vec<CallPlan<S>> {
+        let items: Vec<PlanItem<'_, S::Request>> = prepared
+            .iter()
+            .map(|(_, request)| PlanItem {
+                request,
+                alone: false,
+            })
+            .collect();
+        let planned = self.source.plan(&items);
+        drop(items);
+        let mut slots: Vec<Option<(Arc<Series>, S::Request)>> =
+            prepared.into_iter().map(Some).collect();
+        planned
+            .into_iter()
+            .map(|planned| {
+                let members = planned
+                    .members
+                    .iter()
+                    .filter_map(|&index| slots.get_mut(index).and_then(Option::take))
+                    .collect();
+                (planned.call, members)
+            })
+            .collect()
+    }
+
+    /// Make one call and record its outcome for every member.
+    async fn execute(
+        &self,
+        core: &Core,
+        call: S::Call,
+        members: Vec<(Arc<Series>, S::Request)>,
+        wall: SystemTime,
+    ) {
+        let refs: Vec<Member<'_, S::Request>> = members
+            .iter()
+            .map(|(series, request)| Member {
+                definition: &series.definition,
+                labels: &series.labels,
+                request,
+            })
+            .collect();
+        let fetched = self.source.fetch(&call, &refs, wall).await;
+        drop(refs);
+        let at = Instant::now();
+        let outcome = match &fetched.outcome {
+            Ok(_) => "ok",
+            Err(error) => error.failure.describe(),
+        };
+        core.metrics.source_call(
+            self.profile.backend,
+            outcome,
+            &fetched.usage,
+            fetched.usage.billed as f64 * self.profile.dollars_per_unit,
+        );
+        match fetched.outcome {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (series, _) in &members {
+                    let result = outcomes.next().unwrap_or_else(|| {
+                        Err(backend_error(
+                            &self.profile,
+                            crate::provider::BackendFailure::ServiceError,
+                            &series.definition.spec.name,
+                        ))
+                    });
+                    let failed = matches!(result, Err(ProviderError::Backend { .. }));
+                    core.record(series, result, at, failed);
+                }
+            }
+            Err(error) => {
+                let metrics: BTreeMap<&str, usize> =
+                    members.iter().fold(BTreeMap::new(), |mut names, (s, _)| {
+                        *names.entry(s.definition.spec.name.as_str()).or_default() += 1;
+                        names
+                    });
+                tracing::warn!(
+                    backend = %self.profile.backend,
+                    series = members.len(),
+                    metrics = ?metrics,
+                    %error,
+                    "{} call failed",
+                    self.profile.operation
+                );
+                for (series, _) in &members {
+                    let result = Err(backend_error(
+                        &self.profile,
+                        error.failure,
+                        &series.definition.spec.name,
+                    ));
+                    core.record(series, result, at, true);
+                }
+            }
+        }
+    }
+}
+
+impl<S: Source> Lane for SourceLane<S> {
+    fn backend(&self) -> Backend {
+        self.profile.backend
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn run(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) -> BoxFuture<'static, ()> {
+        Box::pin(self.run_loop(core, stop))
+    }
+}
