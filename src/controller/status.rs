@@ -842,6 +842,9 @@ fn reason_of(error: &ProviderError) -> &'static str {
         ProviderError::InvalidSelector(_) => "InvalidSelector",
         ProviderError::NoData(_) => "NoData",
         ProviderError::Unrepresentable(_) => "Unrepresentable",
+        ProviderError::Stale { .. } => "Stale",
+        ProviderError::FirstFetchPending(_) => "Pending",
+        ProviderError::AtCapacity(_) => "AtCapacity",
         ProviderError::Backend { failure, .. } => match failure {
             BackendFailure::AccessDenied => "AccessDenied",
             BackendFailure::Throttled => "Throttled",

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::definition::{Backend, Definition, DefinitionSet, HumanDuration, selector_labels};
 use crate::metrics::AdapterMetrics;
 use crate::provider::{
-    BackendFailure, ExternalMetricsProvider, MetricInfo, MetricRequest, MetricValue, ProviderError,
+    ExternalMetricsProvider, MetricInfo, MetricRequest, MetricValue, ProviderError,
 };
 use crate::series::{self, Found, Series, SeriesKey, SeriesTable};
 use crate::source::Source;
@@ -278,15 +278,12 @@ impl Engine {
                     // Evicted before its first fetch: the table is at --max-series.
                     return Err(capacity_error(definition, core.table.max_series()));
                 }
-                return Err(ProviderError::Backend {
-                    failure: BackendFailure::Unreachable,
-                    message: format!(
-                        "unable to fetch metric {}: no answer from {} within {}; it will be retried",
-                        definition.spec.name,
-                        definition.backend(),
-                        HumanDuration(core.config.first_fetch_timeout)
-                    ),
-                });
+                return Err(ProviderError::FirstFetchPending(format!(
+                    "unable to fetch metric {}: no answer from {} within {}; it will be retried",
+                    definition.spec.name,
+                    definition.backend(),
+                    HumanDuration(core.config.first_fetch_timeout)
+                )));
             }
         }
         let (answer, stale) = series::answer(&series, core.config.max_age, Instant::now());
@@ -298,13 +295,10 @@ impl Engine {
 }
 
 fn capacity_error(definition: &Definition, max_series: u64) -> ProviderError {
-    ProviderError::Backend {
-        failure: BackendFailure::ServiceError,
-        message: format!(
-            "unable to serve metric {}: the adapter already tracks its maximum of {max_series} series (--max-series); too many distinct selectors are being asked for",
-            definition.spec.name
-        ),
-    }
+    ProviderError::AtCapacity(format!(
+        "unable to serve metric {}: the adapter already tracks its maximum of {max_series} series (--max-series); too many distinct selectors are being asked for",
+        definition.spec.name
+    ))
 }
 
 impl Core {

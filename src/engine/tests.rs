@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::definition::parse;
-use crate::provider::{Operator, Requirement, Selector};
+use crate::provider::{BackendFailure, Operator, Requirement, Selector};
 use crate::source::cloudwatch::{
     CloudWatchError, CloudWatchSource, MetricDataRequest, MetricDataSource, QueryKind, QueryResult,
     ResultStatus,
@@ -260,10 +260,10 @@ async fn throttling_backs_off_serves_last_good_until_max_age_then_fails_and_reco
     // Past max age: an error that says the value is stale and why, never the old number.
     tokio::time::sleep_until(good_at + Duration::from_secs(301)).await;
     let err = value(&cache, "q5").await.unwrap_err();
-    let ProviderError::Backend { failure, message } = &err else {
-        panic!("expected a backend error, got {err:?}");
+    let ProviderError::Stale { failure, message } = &err else {
+        panic!("expected a stale-value error, got {err:?}");
     };
-    assert_eq!(*failure, BackendFailure::Throttled);
+    assert_eq!(*failure, Some(BackendFailure::Throttled));
     assert!(message.contains("throttled"), "{message}");
     assert!(message.contains("past its max age of 5m"), "{message}");
 

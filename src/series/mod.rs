@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::definition::{Backend, Definition, HumanDuration, Tenant};
-use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::provider::{MetricValue, ProviderError};
 
 /// Identity of a series: which definition (namespace-scoped or cluster-wide) and which labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -135,22 +135,19 @@ pub fn answer(
     let state = series.lock();
     let Some((latest, fetched)) = &state.latest else {
         return (
-            Err(ProviderError::Backend {
-                failure: BackendFailure::Unreachable,
-                message: format!(
-                    "unable to fetch metric {}: no value has been fetched from {} yet",
-                    definition.spec.name,
-                    definition.backend()
-                ),
-            }),
+            Err(ProviderError::FirstFetchPending(format!(
+                "metric {}: no value has been fetched from {} yet; it will be",
+                definition.spec.name,
+                definition.backend()
+            ))),
             false,
         );
     };
     match latest {
         Ok(value) if now.duration_since(*fetched) <= max_age => (Ok(value.clone()), false),
         Ok(_) => (
-            Err(ProviderError::Backend {
-                failure: BackendFailure::ServiceError,
+            Err(ProviderError::Stale {
+                failure: None,
                 message: format!(
                     "the value of metric {} is {} old, past its max age of {} (refreshes are behind schedule)",
                     definition.spec.name,
@@ -165,8 +162,8 @@ pub fn answer(
                 (Ok(value.clone()), false)
             }
             Some((_, good_at)) => (
-                Err(ProviderError::Backend {
-                    failure: *failure,
+                Err(ProviderError::Stale {
+                    failure: Some(*failure),
                     message: format!(
                         "{}; the last good value is {} old, past its max age of {}",
                         message,
