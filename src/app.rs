@@ -26,13 +26,15 @@ use crate::config::{
     ServeConfig,
 };
 use crate::controller::{self, Reconciler, status};
-use crate::definition::{self, DefinitionSet};
+use crate::definition::{self, Backend, DefinitionSet};
 use crate::engine::{Engine, EngineConfig, Pacing, Sources};
 use crate::metrics::AdapterMetrics;
 use crate::provider::MetricRequest;
 use crate::source::cloudwatch::CloudWatchSource;
 use crate::source::cloudwatch::client::AwsCloudWatch;
 use crate::source::cloudwatch::translate;
+use crate::source::sqs::SqsSource;
+use crate::source::sqs::client::AwsSqs;
 use crate::tls::{self, CertificateStore};
 
 /// Run a parsed command.
@@ -328,12 +330,20 @@ pub async fn serve_with_kube(
 
 /// The sources the engine reads from, each with its budget from the flags.
 fn sources(flags: &CacheFlags, sdk: &SdkConfig, aws: &AwsConfig) -> Sources {
-    Sources::new().with(
-        CloudWatchSource::new(
-            AwsCloudWatch::new(sdk.clone()).with_endpoint_url(aws.cloudwatch_endpoint_url.clone()),
-        ),
-        Pacing::per_second(flags.cloudwatch_calls_per_second),
-    )
+    Sources::new()
+        .with(
+            CloudWatchSource::new(
+                AwsCloudWatch::new(sdk.clone())
+                    .with_endpoint_url(aws.cloudwatch_endpoint_url.clone()),
+            ),
+            Pacing::per_second(flags.cloudwatch_calls_per_second),
+        )
+        .with(
+            SqsSource::new(
+                AwsSqs::new(sdk.clone()).with_endpoint_url(aws.sqs_endpoint_url.clone()),
+            ),
+            Pacing::per_second(flags.sqs_calls_per_second),
+        )
 }
 
 fn status_config(flags: &CrdFlags) -> status::StatusConfig {
@@ -592,25 +602,35 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
     })?;
     let selector = api::selector::parse(&config.selector)?;
     let labels = definition::selector_labels(definition, &selector)?;
-    let request = translate::build_request(definition, &labels, std::time::SystemTime::now())?;
-    println!(
-        "# GetMetricData request ({})",
-        describe_target(&request.target, &config.aws)
-    );
-    println!("{}", serde_json::to_string_pretty(&request)?);
+    match definition.backend() {
+        Backend::CloudWatch => {
+            let request =
+                translate::build_request(definition, &labels, std::time::SystemTime::now())?;
+            println!(
+                "# GetMetricData request ({})",
+                describe_target(&request.target, &config.aws)
+            );
+            println!("{}", serde_json::to_string_pretty(&request)?);
+        }
+        Backend::Sqs => {
+            let request = crate::source::sqs::request(definition, &labels)?;
+            println!(
+                "# SQS calls ({})",
+                describe_target(&request.target, &config.aws)
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&request.describe_calls())?
+            );
+        }
+    }
     if config.dry_run {
         return Ok(());
     }
     let sdk = load_sdk_config(&config.aws).await;
     let provider = Engine::new(
         Arc::new(ArcSwap::from_pointee(definitions.clone())),
-        Sources::new().with(
-            CloudWatchSource::new(
-                AwsCloudWatch::new(sdk)
-                    .with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
-            ),
-            Pacing::per_second(10.0),
-        ),
+        sources(&CacheFlags::default(), &sdk, &config.aws),
         EngineConfig::default(),
         Arc::new(AdapterMetrics::default()),
     );

@@ -26,6 +26,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MetricLabels {
     metric: String,
 }
@@ -52,7 +57,9 @@ pub struct AdapterMetrics {
     cloudwatch_queries: Counter,
     cloudwatch_metrics_requested: Counter,
     cloudwatch_datapoints: Counter,
-    estimated_cost: Counter<f64, AtomicU64>,
+    sqs_calls: Family<OutcomeLabels, Counter>,
+    sqs_requests: Counter,
+    estimated_cost: Family<SourceLabels, Counter<f64, AtomicU64>>,
     cache_lookups: Family<ResultLabels, Counter>,
     active_series: Gauge,
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
@@ -79,7 +86,9 @@ impl Default for AdapterMetrics {
         let cloudwatch_queries = Counter::default();
         let cloudwatch_metrics_requested = Counter::default();
         let cloudwatch_datapoints = Counter::default();
-        let estimated_cost = Counter::<f64, AtomicU64>::default();
+        let sqs_calls = Family::<OutcomeLabels, Counter>::default();
+        let sqs_requests = Counter::default();
+        let estimated_cost = Family::<SourceLabels, Counter<f64, AtomicU64>>::default();
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         let active_series = Gauge::default();
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
@@ -115,8 +124,18 @@ impl Default for AdapterMetrics {
             cloudwatch_datapoints.clone(),
         );
         registry.register(
+            "sqs_calls",
+            "SQS GetQueueAttributes calls by outcome",
+            sqs_calls.clone(),
+        );
+        registry.register(
+            "sqs_requests",
+            "SQS requests made (GetQueueAttributes and GetQueueUrl), the billed unit",
+            sqs_requests.clone(),
+        );
+        registry.register(
             "estimated_cost_dollars",
-            "Estimated GetMetricData cost at $0.01 per 1,000 metrics requested",
+            "Estimated cost by source: GetMetricData at $0.01 per 1,000 metrics requested, SQS at $0.40 per million requests",
             estimated_cost.clone(),
         );
         registry.register(
@@ -147,6 +166,8 @@ impl Default for AdapterMetrics {
             cloudwatch_queries,
             cloudwatch_metrics_requested,
             cloudwatch_datapoints,
+            sqs_calls,
+            sqs_requests,
             estimated_cost,
             cache_lookups,
             active_series,
@@ -186,8 +207,20 @@ impl AdapterMetrics {
                     .inc_by(usage.billed as u64);
                 self.cloudwatch_datapoints.inc_by(usage.datapoints as u64);
             }
+            Backend::Sqs => {
+                self.sqs_calls
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.to_string(),
+                    })
+                    .inc();
+                self.sqs_requests.inc_by(usage.billed as u64);
+            }
         }
-        self.estimated_cost.inc_by(dollars);
+        self.estimated_cost
+            .get_or_create(&SourceLabels {
+                source: backend.label().to_string(),
+            })
+            .inc_by(dollars);
     }
 
     /// Count one cache lookup: `hit`, `miss` or `stale`.
@@ -281,6 +314,32 @@ mod tests {
         );
         assert!(
             text.contains("cloudwatch_adapter_cloudwatch_calls_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        metrics.source_call(
+            Backend::Sqs,
+            "throttled",
+            &Usage {
+                items: 1,
+                billed: 2,
+                datapoints: 1,
+            },
+            0.0000008,
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("cloudwatch_adapter_sqs_calls_total{outcome=\"throttled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudwatch_adapter_sqs_requests_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudwatch_adapter_estimated_cost_dollars_total{source=\"sqs\"} 8e-7")
+                || text.contains(
+                    "cloudwatch_adapter_estimated_cost_dollars_total{source=\"sqs\"} 0.0000008"
+                ),
             "{text}"
         );
     }

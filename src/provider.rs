@@ -161,6 +161,9 @@ pub enum ProviderError {
     /// The value cannot be represented for the HPA.
     #[error("{0}")]
     Unrepresentable(String),
+    /// What the definition reads does not exist (an SQS queue); the message names it.
+    #[error("{0}")]
+    ResourceNotFound(String),
     /// The adapter's own condition: the last value is past its max age (refreshes are failing,
     /// for the reason given, or behind schedule).
     #[error("{message}")]

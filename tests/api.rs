@@ -448,7 +448,7 @@ async fn admin_port_serves_health_and_prometheus_metrics() {
         "cloudwatch_adapter_active_series 1",
         r#"cloudwatch_adapter_value_age_seconds{metric="sqs-visible"}"#,
         "cloudwatch_adapter_cloudwatch_metrics_requested_total 1",
-        "cloudwatch_adapter_estimated_cost_dollars_total 0.00001",
+        r#"cloudwatch_adapter_estimated_cost_dollars_total{source="cloudwatch"} 0.00001"#,
         "cloudwatch_adapter_request_duration_seconds_bucket",
     ] {
         assert!(text.contains(needle), "missing {needle} in {text}");

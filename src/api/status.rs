@@ -122,7 +122,9 @@ impl From<ProviderError> for ApiError {
     fn from(error: ProviderError) -> Self {
         let message = error.to_string();
         match error {
-            ProviderError::NotFound { .. } | ProviderError::NoData(_) => Self::not_found(message),
+            ProviderError::NotFound { .. }
+            | ProviderError::NoData(_)
+            | ProviderError::ResourceNotFound(_) => Self::not_found(message),
             ProviderError::InvalidSelector(_) => Self::bad_request(message),
             ProviderError::Unrepresentable(_) => Self::internal(message),
             ProviderError::Backend { failure, .. }

@@ -13,6 +13,7 @@ pub mod cloudwatch;
 pub mod file;
 pub mod placeholder;
 pub mod spec;
+pub mod sqs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
@@ -24,8 +25,10 @@ pub use cloudwatch::{CloudWatchRead, DEFAULT_WINDOW, MAX_QUERIES, check_period};
 pub use file::{LoadError, ParseError, load_file, parse};
 pub use placeholder::{render, selector_labels};
 pub use spec::{
-    DefinitionsFile, DimensionSpec, HumanDuration, MetricRef, MetricSpec, MetricStatSpec, QuerySpec,
+    DefinitionsFile, DimensionSpec, HumanDuration, MetricRef, MetricSpec, MetricStatSpec,
+    QuerySpec, QueueCount, SqsSpec,
 };
+pub use sqs::{QueueRef, SqsRead};
 
 /// The HPA reads values as int64 milli-units, so anything at or above this cannot be represented.
 pub const MAX_HPA_VALUE: f64 = 9.2e15;
@@ -40,16 +43,19 @@ static ROLE_ARN: LazyLock<Regex> =
 pub enum Backend {
     /// CloudWatch `GetMetricData` (a definition with `queries`).
     CloudWatch,
+    /// SQS `GetQueueAttributes` (a definition with `sqs`).
+    Sqs,
 }
 
 impl Backend {
     /// Every backend.
-    pub const ALL: [Backend; 1] = [Backend::CloudWatch];
+    pub const ALL: [Backend; 2] = [Backend::CloudWatch, Backend::Sqs];
 
     /// The name users know it by, for messages.
     pub fn name(self) -> &'static str {
         match self {
             Backend::CloudWatch => "CloudWatch",
+            Backend::Sqs => "SQS",
         }
     }
 
@@ -57,6 +63,7 @@ impl Backend {
     pub fn label(self) -> &'static str {
         match self {
             Backend::CloudWatch => "cloudwatch",
+            Backend::Sqs => "sqs",
         }
     }
 }
@@ -92,6 +99,8 @@ impl std::fmt::Display for Tenant {
 pub enum Read {
     /// `GetMetricData` queries.
     CloudWatch(CloudWatchRead),
+    /// An SQS queue's approximate counts.
+    Sqs(SqsRead),
 }
 
 /// Validated definitions: the cluster-wide ones (the definitions file) by metric name, and the
@@ -230,20 +239,47 @@ impl Definition {
             ));
         }
 
-        let cloudwatch = cloudwatch::validate(&spec, &mut labels, &mut problems);
-        let period = cloudwatch.period;
-        let period_duration = cloudwatch.period_duration();
-        let refresh_interval = match spec.refresh_interval {
-            Some(HumanDuration(interval)) => {
-                if interval < period_duration {
-                    problems.push(format!(
-                        "refreshInterval {} is shorter than the period ({period}s): CloudWatch cannot have newer data that often",
-                        HumanDuration(interval)
-                    ));
+        let (read, refresh_interval) = match (&spec.sqs, spec.queries.is_empty()) {
+            (Some(sqs), queries_empty) => {
+                if !queries_empty {
+                    problems.push(
+                        "set either queries (CloudWatch) or sqs (an SQS queue's depth), not both"
+                            .to_string(),
+                    );
                 }
-                interval
+                let read = sqs::validate(&spec, sqs, &mut labels, &mut problems);
+                let refresh_interval = match spec.refresh_interval {
+                    Some(HumanDuration(interval)) => {
+                        if interval < sqs::MIN_REFRESH_INTERVAL {
+                            problems.push(format!(
+                                "refreshInterval {} is shorter than the 1s minimum",
+                                HumanDuration(interval)
+                            ));
+                        }
+                        interval
+                    }
+                    None => sqs::DEFAULT_REFRESH_INTERVAL,
+                };
+                (Read::Sqs(read), refresh_interval)
             }
-            None => period_duration,
+            (None, _) => {
+                let read = cloudwatch::validate(&spec, &mut labels, &mut problems);
+                let period = read.period;
+                let period_duration = read.period_duration();
+                let refresh_interval = match spec.refresh_interval {
+                    Some(HumanDuration(interval)) => {
+                        if interval < period_duration {
+                            problems.push(format!(
+                                "refreshInterval {} is shorter than the period ({period}s): CloudWatch cannot have newer data that often",
+                                HumanDuration(interval)
+                            ));
+                        }
+                        interval
+                    }
+                    None => period_duration,
+                };
+                (Read::CloudWatch(read), refresh_interval)
+            }
         };
         let max_age = spec.max_age.map(|d| d.0);
         if let Some(age) = max_age
@@ -259,7 +295,7 @@ impl Definition {
             Ok(Definition {
                 spec,
                 labels,
-                read: Read::CloudWatch(cloudwatch),
+                read,
                 refresh_interval,
                 max_age,
                 namespace: None,
@@ -273,6 +309,7 @@ impl Definition {
     pub fn backend(&self) -> Backend {
         match &self.read {
             Read::CloudWatch(_) => Backend::CloudWatch,
+            Read::Sqs(_) => Backend::Sqs,
         }
     }
 
@@ -280,6 +317,15 @@ impl Definition {
     pub fn cloudwatch(&self) -> Option<&CloudWatchRead> {
         match &self.read {
             Read::CloudWatch(read) => Some(read),
+            Read::Sqs(_) => None,
+        }
+    }
+
+    /// What it reads from SQS, if it is an SQS definition.
+    pub fn sqs(&self) -> Option<(&SqsSpec, &SqsRead)> {
+        match (&self.read, &self.spec.sqs) {
+            (Read::Sqs(read), Some(spec)) => Some((spec, read)),
+            _ => None,
         }
     }
 

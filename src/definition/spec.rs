@@ -35,10 +35,21 @@ pub struct DefinitionsFile {
     pub metrics: Vec<MetricSpec>,
 }
 
-/// One metric: its name for the HPA and the CloudWatch queries that produce its value.
+/// One metric: its name for the HPA and where its value is read: the CloudWatch `queries` that
+/// produce it, or the SQS queue (`sqs`) whose depth it is.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &["queries"]))]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &[]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.queries) != has(self.sqs)",
+        "message": "set exactly one of queries (CloudWatch) or sqs (an SQS queue's depth)",
+    },
+    {
+        "rule": "!has(self.sqs) || (!has(self.window) && !has(self.endOffset) && !has(self.noDataValue))",
+        "message": "window, endOffset and noDataValue apply to CloudWatch queries only: an SQS queue's depth is read as it is now, and an empty queue is a real 0",
+    },
+]))]
 pub struct MetricSpec {
     /// The metric name HPAs ask for (`external.metric.name`). Required in the definitions file.
     /// In an ExternalMetric object the name is metadata.name; spec.name is accepted for
@@ -64,8 +75,8 @@ pub struct MetricSpec {
     /// How far before now the window ends, to skip CloudWatch's still-filling newest bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_offset: Option<HumanDuration>,
-    /// How often the adapter refreshes this metric's series (default and minimum: the period,
-    /// because CloudWatch cannot have newer data sooner).
+    /// How often the adapter refreshes this metric's series. CloudWatch: default and minimum the
+    /// period, because CloudWatch cannot have newer data sooner. SQS: default 15s, at least 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<HumanDuration>,
     /// How long the last good value may be served while refreshes fail (default: the adapter's
@@ -76,10 +87,14 @@ pub struct MetricSpec {
     /// publishes nothing). Absent means "answer with an error".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_data_value: Option<f64>,
-    /// The `GetMetricData` queries; exactly one must return data.
-    #[serde(default)]
+    /// The `GetMetricData` queries; exactly one must return data. Set this or `sqs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1, max = 500))]
     pub queries: Vec<QuerySpec>,
+    /// An SQS queue whose depth is the value, read with `GetQueueAttributes`. Set this or
+    /// `queries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqs: Option<SqsSpec>,
     /// Accepted for compatibility with awslabs k8s-cloudwatch-adapter configs; not used.
     #[serde(default, skip_serializing)]
     #[schemars(schema_with = "any_value")]
@@ -179,6 +194,62 @@ pub struct DimensionSpec {
     /// Dimension value; may hold `${label}` placeholders.
     #[schemars(length(min = 1, max = 1024))]
     pub value: String,
+}
+
+/// An SQS queue read natively: its approximate message counts, added up.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &["queue"]))]
+pub struct SqsSpec {
+    /// The queue's name (resolved once with `GetQueueUrl`) or its full URL; may hold `${label}`
+    /// placeholders.
+    #[schemars(length(min = 1, max = 1024))]
+    pub queue: String,
+    /// The AWS account that owns a queue given by name, when it is not the adapter's (or the
+    /// role's) own; 12 digits, may hold `${label}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub account_id: Option<String>,
+    /// Which counts to add up: `visible` (ApproximateNumberOfMessages), `inFlight`
+    /// (ApproximateNumberOfMessagesNotVisible), `delayed` (ApproximateNumberOfMessagesDelayed).
+    /// Default: `[visible]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3), extend("x-kubernetes-list-type" = "set"))]
+    pub count: Option<Vec<QueueCount>>,
+}
+
+/// One of a queue's approximate message counts.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum QueueCount {
+    /// Messages available for retrieval (`ApproximateNumberOfMessages`).
+    Visible,
+    /// Messages received but not yet deleted (`ApproximateNumberOfMessagesNotVisible`).
+    InFlight,
+    /// Messages not yet available because of a delay (`ApproximateNumberOfMessagesDelayed`).
+    Delayed,
+}
+
+impl QueueCount {
+    /// How the field is written in a definition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueCount::Visible => "visible",
+            QueueCount::InFlight => "inFlight",
+            QueueCount::Delayed => "delayed",
+        }
+    }
+
+    /// The SQS queue attribute it reads.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            QueueCount::Visible => "ApproximateNumberOfMessages",
+            QueueCount::InFlight => "ApproximateNumberOfMessagesNotVisible",
+            QueueCount::Delayed => "ApproximateNumberOfMessagesDelayed",
+        }
+    }
 }
 
 /// Shape a struct's schema for the CRD: `required` lists the fields the adapter requires although

@@ -184,3 +184,82 @@ fn cluster_wide_definitions_win_and_namespaced_ones_stay_in_their_namespace() {
         "get() is the definitions file only"
     );
 }
+
+#[test]
+fn sqs_definitions_read_a_queue_every_15s_by_default() {
+    let text = r#"
+metrics:
+  - name: orders-backlog
+    sqs:
+      queue: "${QueueName}"
+      accountId: "123456789012"
+      count: [inFlight, visible]
+  - name: fast
+    refreshInterval: 1s
+    sqs: {queue: orders}
+"#;
+    let set = parse(text).unwrap();
+    let backlog = set.get("orders-backlog").unwrap();
+    assert_eq!(backlog.backend(), Backend::Sqs);
+    assert_eq!(backlog.labels, BTreeSet::from(["QueueName".to_string()]));
+    assert_eq!(backlog.refresh_interval, Duration::from_secs(15));
+    let (_, read) = backlog.sqs().unwrap();
+    assert_eq!(read.counts, [QueueCount::Visible, QueueCount::InFlight]);
+    assert!(backlog.cloudwatch().is_none());
+    assert_eq!(
+        set.get("fast").unwrap().refresh_interval,
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
+fn sqs_definitions_refuse_what_does_not_apply_to_them() {
+    let text = r#"
+metrics:
+  - name: both
+    sqs: {queue: orders}
+    queries:
+      - id: a
+        metricStat:
+          metric: {namespace: N, metricName: M}
+          period: 60
+          stat: Sum
+  - name: cloudwatch-fields
+    window: 5m
+    endOffset: 1m
+    noDataValue: 0
+    sqs: {queue: orders}
+  - name: too-fast
+    refreshInterval: 500ms
+    sqs: {queue: orders}
+  - name: bad-names
+    sqs:
+      queue: "orders queue"
+      accountId: "12345"
+      count: [visible, visible]
+  - name: url-and-account
+    sqs:
+      queue: "https://sqs.eu-west-1.amazonaws.com/123456789012/orders"
+      accountId: "123456789012"
+  - name: bad-placeholder
+    sqs: {queue: "${Queue"}
+"#;
+    let Err(ParseError::Invalid(problems)) = parse(text) else {
+        panic!("expected validation problems");
+    };
+    let all = problems.join("\n");
+    for needle in [
+        "metrics[0] (both): set either queries (CloudWatch) or sqs",
+        "metrics[1] (cloudwatch-fields): window applies to CloudWatch queries only",
+        "metrics[1] (cloudwatch-fields): endOffset applies to CloudWatch queries only",
+        "metrics[1] (cloudwatch-fields): noDataValue applies to CloudWatch queries only",
+        "metrics[2] (too-fast): refreshInterval 500ms is shorter than the 1s minimum",
+        "metrics[3] (bad-names): sqs: queue \"orders queue\" is not an SQS queue name",
+        "metrics[3] (bad-names): sqs: accountId \"12345\" must be a 12-digit AWS account id",
+        "metrics[3] (bad-names): sqs: count: each count may be listed once",
+        "metrics[4] (url-and-account): sqs: accountId is set, but the queue URL already names",
+        "metrics[5] (bad-placeholder): sqs: queue: unclosed ${ placeholder",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}

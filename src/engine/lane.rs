@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore};
@@ -102,7 +101,7 @@ impl<S: Source> SourceLane<S> {
             let lane = self.clone();
             let core = core.clone();
             tokio::spawn(async move {
-                lane.execute(&core, call, members, wall).await;
+                lane.execute(&core, call, members).await;
                 drop(permit);
             });
         }
@@ -136,13 +135,7 @@ impl<S: Source> SourceLane<S> {
     }
 
     /// Make one call and record its outcome for every member.
-    async fn execute(
-        &self,
-        core: &Core,
-        call: S::Call,
-        members: Vec<(Arc<Series>, S::Request)>,
-        wall: SystemTime,
-    ) {
+    async fn execute(&self, core: &Core, call: S::Call, members: Vec<(Arc<Series>, S::Request)>) {
         let refs: Vec<Member<'_, S::Request>> = members
             .iter()
             .map(|(series, request)| Member {
@@ -151,7 +144,8 @@ impl<S: Source> SourceLane<S> {
                 request,
             })
             .collect();
-        let fetched = self.source.fetch(&call, &refs, wall).await;
+        // The time of the call itself (a value read now is timestamped now).
+        let fetched = self.source.fetch(&call, &refs, core.clock.wall_now()).await;
         drop(refs);
         let at = Instant::now();
         let outcome = match &fetched.outcome {

@@ -9,14 +9,45 @@
 //! whether the backend refused the request as invalid, and a detail for the log only); a series
 //! whose value could not be made is a [`ProviderError`] whose message names the backend.
 
+mod aws;
 pub mod cloudwatch;
+pub mod sqs;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::SystemTime;
 
+use serde::Serialize;
+
 use crate::definition::{Backend, Definition};
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
+
+/// Which account, region and identity a call runs as. Calls are batched per target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Region; the adapter's default when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Role to assume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// External id for the role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+impl Target {
+    /// Where `definition`'s calls run.
+    pub fn of(definition: &Definition) -> Self {
+        let spec = &definition.spec;
+        Self {
+            region: spec.region.clone(),
+            role_arn: spec.role_arn.clone(),
+            external_id: spec.external_id.clone(),
+        }
+    }
+}
 
 /// How a source batches and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq)]

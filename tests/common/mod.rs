@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod fake_kube;
+pub mod sqs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

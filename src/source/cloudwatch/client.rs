@@ -1,41 +1,33 @@
-//! The AWS SDK behind [`MetricDataSource`]: the only file that imports `aws-sdk-*` types.
+//! The AWS SDK behind [`MetricDataSource`]: the only CloudWatch file that imports `aws-sdk-*`
+//! types.
 
-use std::collections::HashMap;
-use std::error::Error as _;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_config::SdkConfig;
-use aws_config::sts::AssumeRoleProvider;
-use aws_credential_types::provider::error::CredentialsError;
-use aws_sdk_cloudwatch::config::http::HttpResponse;
-use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatch::operation::get_metric_data::GetMetricDataError;
+use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{
     Dimension as AwsDimension, Metric, MetricDataQuery, MetricStat as AwsMetricStat, ScanBy,
     StandardUnit, StatusCode,
 };
-use aws_sdk_cloudwatch::{Client, config::Region};
 
 use super::{
     CloudWatchError, MetricDataRequest, MetricDataSource, QueryKind, QueryResult, ResultStatus,
     Target,
 };
+use crate::provider::BackendFailure;
+use crate::source::aws::{self, Classified, Clients};
 
 /// The most `NextToken` pages followed for one request. A window of a few periods fits in one
 /// page; this only bounds a pathological definition.
 const MAX_PAGES: usize = 20;
-
-/// Session name the adapter uses when assuming a definition's role (shows in CloudTrail).
-const SESSION_NAME: &str = "cloudwatch-metrics-adapter";
 
 /// `GetMetricData` through the real SDK, one client per target, built once and reused.
 #[derive(Debug)]
 pub struct AwsCloudWatch {
     base: SdkConfig,
     endpoint_url: Option<String>,
-    clients: Mutex<HashMap<Target, Client>>,
+    clients: Clients<Client>,
 }
 
 impl AwsCloudWatch {
@@ -44,7 +36,7 @@ impl AwsCloudWatch {
         Self {
             base,
             endpoint_url: None,
-            clients: Mutex::new(HashMap::new()),
+            clients: Clients::default(),
         }
     }
 
@@ -55,38 +47,15 @@ impl AwsCloudWatch {
     }
 
     async fn client(&self, target: &Target) -> Client {
-        if let Some(client) = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(target)
-        {
-            return client.clone();
-        }
-        let mut builder = aws_sdk_cloudwatch::config::Builder::from(&self.base);
-        if let Some(url) = &self.endpoint_url {
-            builder = builder.endpoint_url(url);
-        }
-        if let Some(region) = &target.region {
-            builder = builder.region(Region::new(region.clone()));
-        }
-        if let Some(role) = &target.role_arn {
-            // The assumed-role provider caches and refreshes its credentials; the client keeps it.
-            let mut provider = AssumeRoleProvider::builder(role.clone())
-                .session_name(SESSION_NAME)
-                .configure(&self.base);
-            if let Some(external_id) = &target.external_id {
-                provider = provider.external_id(external_id.clone());
-            }
-            builder = builder.credentials_provider(provider.build().await);
-        }
-        let client = Client::from_conf(builder.build());
         self.clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(target.clone())
-            .or_insert(client)
-            .clone()
+            .get(&self.base, target, |config| {
+                let mut builder = aws_sdk_cloudwatch::config::Builder::from(config);
+                if let Some(url) = &self.endpoint_url {
+                    builder = builder.endpoint_url(url);
+                }
+                Client::from_conf(builder.build())
+            })
+            .await
     }
 }
 
@@ -113,7 +82,7 @@ impl MetricDataSource for AwsCloudWatch {
                 .set_next_token(next_token.take())
                 .send()
                 .await
-                .map_err(classify)?;
+                .map_err(|error| CloudWatchError::from(aws::classify(&error)))?;
             for result in output.metric_data_results() {
                 let id = result.id().unwrap_or_default().to_string();
                 let label = result.label().map(str::to_string);
@@ -196,96 +165,16 @@ fn to_sdk_query(query: &super::Query) -> MetricDataQuery {
     .build()
 }
 
-/// Error codes that mean "who you are is not allowed", across CloudWatch and STS.
-const ACCESS_CODES: &[&str] = &[
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "SignatureDoesNotMatch",
-    "IncompleteSignature",
-    "MissingAuthenticationToken",
-    "InvalidSignatureException",
-    "NotAuthorized",
-];
-const THROTTLE_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "RequestThrottled",
-];
-
-fn classify(error: SdkError<GetMetricDataError, HttpResponse>) -> CloudWatchError {
-    // Walk the chain for a credentials failure: it can hide under a dispatch failure.
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(credentials) = cause.downcast_ref::<CredentialsError>() {
-            let detail = summarize(credentials);
-            return match credentials {
-                CredentialsError::CredentialsNotLoaded(_)
-                | CredentialsError::InvalidConfiguration(_) => {
-                    CloudWatchError::NoCredentials { detail }
-                }
-                CredentialsError::ProviderTimedOut(_) => CloudWatchError::Unreachable { detail },
-                // A provider that answered and refused, e.g. STS denying a definition's roleArn.
-                _ => CloudWatchError::AccessDenied { detail },
-            };
+impl From<Classified> for CloudWatchError {
+    fn from(classified: Classified) -> Self {
+        let detail = classified.detail;
+        match classified.failure {
+            BackendFailure::Throttled => CloudWatchError::Throttled { detail },
+            BackendFailure::AccessDenied => CloudWatchError::AccessDenied { detail },
+            BackendFailure::NoCredentials => CloudWatchError::NoCredentials { detail },
+            BackendFailure::InvalidQuery => CloudWatchError::InvalidQuery { detail },
+            BackendFailure::ServiceError => CloudWatchError::Service { detail },
+            BackendFailure::Unreachable => CloudWatchError::Unreachable { detail },
         }
-        source = cause.source();
     }
-    match &error {
-        SdkError::ServiceError(context) => {
-            let code = context.err().code().unwrap_or("Unknown").to_string();
-            let status = context.raw().status().as_u16();
-            let detail = format!("{code}, HTTP {status}");
-            if THROTTLE_CODES.contains(&code.as_str()) || status == 429 {
-                CloudWatchError::Throttled { detail }
-            } else if ACCESS_CODES.contains(&code.as_str()) || status == 403 {
-                CloudWatchError::AccessDenied { detail }
-            } else if status >= 500 {
-                CloudWatchError::Service { detail }
-            } else {
-                let message = context.err().message().unwrap_or_default();
-                CloudWatchError::InvalidQuery {
-                    detail: format!("{detail}: {message}"),
-                }
-            }
-        }
-        SdkError::TimeoutError(_) => CloudWatchError::Unreachable {
-            detail: "request timed out".to_string(),
-        },
-        SdkError::DispatchFailure(failure) => CloudWatchError::Unreachable {
-            detail: summarize(&error).to_string()
-                + if failure.is_timeout() {
-                    " (timeout)"
-                } else {
-                    ""
-                },
-        },
-        SdkError::ResponseError(_) => CloudWatchError::Service {
-            detail: summarize(&error),
-        },
-        SdkError::ConstructionFailure(_) => CloudWatchError::InvalidQuery {
-            detail: summarize(&error),
-        },
-        _ => CloudWatchError::Service {
-            detail: summarize(&error),
-        },
-    }
-}
-
-/// The error and its causes on one line (for logs), without request or response dumps.
-fn summarize(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -28,20 +28,7 @@ pub const PROFILE: Profile = Profile {
     operation: "GetMetricData",
 };
 
-/// Which account, region and identity a query runs as. Queries are batched per target.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    /// Region; the adapter's default when `None`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Role to assume.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role_arn: Option<String>,
-    /// External id for the role.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<String>,
-}
+pub use crate::source::Target;
 
 /// A `GetMetricData` request in domain terms.
 #[derive(Debug, Clone, PartialEq, Serialize)]

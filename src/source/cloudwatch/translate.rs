@@ -83,11 +83,7 @@ pub fn build_request(
     }
     let (start_time, end_time) = window(read, now);
     Ok(MetricDataRequest {
-        target: Target {
-            region: spec.region.clone(),
-            role_arn: spec.role_arn.clone(),
-            external_id: spec.external_id.clone(),
-        },
+        target: Target::of(definition),
         start_time,
         end_time,
         scan_by: "TimestampDescending",
