@@ -186,11 +186,17 @@ pub fn to_definition(
             note: None,
         };
     };
-    let mut metric: MetricSpec = match serde_json::from_value(spec.clone()) {
+    let mut metric: MetricSpec = match serde_path_to_error::deserialize(spec) {
         Ok(metric) => metric,
         Err(err) => {
+            let path = err.path().to_string();
+            let at = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
             return Converted {
-                definition: Err(vec![format!("spec: {err}")]),
+                definition: Err(vec![format!("{at}: {}", err.into_inner())]),
                 note: None,
             };
         }

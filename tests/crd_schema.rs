@@ -248,22 +248,22 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
         (
             "period 45",
             json!({"queries": [stat("period", json!(45))]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "period 0",
             json!({"queries": [stat("period", json!(0))]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "period -60",
             json!({"queries": [stat("period", json!(-60))]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "expression period 90",
             json!({"queries": [{"id": "e", "expression": "1", "period": 90}]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "501 queries",
@@ -360,7 +360,7 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
 
 #[test]
 fn cloudwatch_periods_and_statistics_are_accepted() {
-    for period in [1, 5, 10, 30, 60, 120, 300, 3600, 86400] {
+    for period in [1, 5, 10, 20, 30, 60, 120, 300, 3600, 86400] {
         let (errors, adapter) = verdicts(json!({"queries": [stat("period", json!(period))]}));
         assert_eq!(errors, Vec::<String>::new(), "period {period}");
         adapter.unwrap();

@@ -261,7 +261,7 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
         ("bad-period", "45 is not a period CloudWatch accepts"),
         (
             "malformed",
-            "spec: invalid type: string \"oops\", expected a sequence",
+            "spec.queries: invalid type: string \"oops\", expected a sequence",
         ),
         ("huge", "3000 queries, CloudWatch accepts at most 500"),
     ] {

@@ -10,11 +10,25 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::placeholder::{collect_placeholders, no_placeholder};
+use super::placeholder::{
+    Context, collect_placeholders, expression_contexts, longest_fill, no_placeholder,
+};
 use super::spec::{ACCOUNT_ID_PATTERN, HumanDuration, MetricSpec};
 
 /// CloudWatch's limit of queries in one `GetMetricData` call.
 pub const MAX_QUERIES: usize = 500;
+/// CloudWatch's limit on a query id's length.
+pub const MAX_ID_LENGTH: usize = 255;
+/// CloudWatch's limit on an expression's length.
+pub const MAX_EXPRESSION_LENGTH: usize = 2048;
+/// CloudWatch's limit on a dimension value's length.
+pub const MAX_DIMENSION_VALUE: usize = 1024;
+/// The longest prefix the batcher puts before a query id (`s499_`: the series' slot in a call of
+/// at most [`MAX_QUERIES`] queries), in ids and in the expressions that refer to them. Every
+/// length limit is checked with it counted, so a query that fits alone fits in any batch.
+pub const MAX_BATCH_PREFIX: usize = 5;
+/// The longest period accepted: a day (a slower signal is no use for autoscaling).
+pub const MAX_PERIOD: i64 = 86_400;
 /// Default look-back window when a definition does not set one.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 /// The longest end offset accepted: beyond an hour the value is no use for autoscaling.
@@ -28,11 +42,13 @@ pub const QUERY_ID_PATTERN: &str = r"^[a-z][a-zA-Z0-9_]*$";
 /// The statistics CloudWatch accepts: the basic ones, percentiles and the trimmed/windsorized
 /// family (also the CRD schema's pattern, so it is RE2-compatible).
 pub const STAT_PATTERN: &str = r"^(SampleCount|Average|Sum|Minimum|Maximum|IQM|[pP]\d{1,2}(\.\d{1,10})?|[pP]100|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)(\d{1,2}(\.\d{1,10})?|100)|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)\(\s*[-\d.%]*\s*:\s*[-\d.%]*\s*\))$";
-/// The CEL rule for a period: 1, 5, 10, 30 or a positive multiple of 60 (what [`check_period`]
-/// checks), enforced by the apiserver at apply time.
-pub const PERIOD_RULE: &str = "self in [1, 5, 10, 30] || (self > 0 && self % 60 == 0)";
+/// The CEL rule for a period: 1, 5, 10, 20, 30 or a positive multiple of 60 up to a day (what
+/// [`check_period`] checks), enforced by the apiserver at apply time.
+pub const PERIOD_RULE: &str =
+    "self in [1, 5, 10, 20, 30] || (self > 0 && self <= 86400 && self % 60 == 0)";
 /// What the apiserver says when [`PERIOD_RULE`] fails.
-pub const PERIOD_RULE_MESSAGE: &str = "period must be 1, 5, 10, 30 or a multiple of 60 seconds";
+pub const PERIOD_RULE_MESSAGE: &str =
+    "period must be 1, 5, 10, 20, 30 or a multiple of 60 seconds, at most 86400";
 
 /// The units CloudWatch accepts in `MetricStat.Unit`.
 pub const UNITS: &[&str] = &[
@@ -82,6 +98,8 @@ pub struct CloudWatchRead {
     pub window: Duration,
     /// The effective end offset.
     pub end_offset: Duration,
+    /// Every placeholder with where it is filled, which decides the values it may take.
+    pub placeholders: Vec<(String, Context)>,
 }
 
 impl CloudWatchRead {
@@ -91,15 +109,39 @@ impl CloudWatchRead {
     }
 }
 
-/// CloudWatch accepts 1, 5, 10 and 30 s (high-resolution) or any multiple of 60.
+/// CloudWatch accepts 1, 5, 10, 20 and 30 s (high-resolution) or any multiple of 60; the adapter
+/// takes up to a day.
 pub fn check_period(period: i64) -> Result<(), String> {
-    if matches!(period, 1 | 5 | 10 | 30) || (period > 0 && period % 60 == 0) {
+    if matches!(period, 1 | 5 | 10 | 20 | 30)
+        || (period > 0 && period <= MAX_PERIOD && period % 60 == 0)
+    {
         Ok(())
+    } else if period > MAX_PERIOD {
+        Err(format!(
+            "{period} is longer than the {MAX_PERIOD} s (one day) maximum"
+        ))
     } else {
         Err(format!(
-            "{period} is not a period CloudWatch accepts (1, 5, 10, 30 or a multiple of 60)"
+            "{period} is not a period CloudWatch accepts (1, 5, 10, 20, 30 or a multiple of 60)"
         ))
     }
+}
+
+/// How long `expression` can become in a call: placeholders filled with the longest values
+/// their context allows, and every reference to one of `ids` prefixed by the batcher.
+pub fn longest_in_a_call(expression: &str, contexts: &[(String, Context)], ids: &[&str]) -> usize {
+    let filled = longest_fill(expression, contexts);
+    renamed_length(&filled, ids)
+}
+
+/// The length of `expression` once every reference to one of `ids` gets the longest batch
+/// prefix.
+pub fn renamed_length(expression: &str, ids: &[&str]) -> usize {
+    let references = tokens(expression)
+        .iter()
+        .filter(|token| matches!(token, Token::Word { text, call: false } if ids.contains(&text.as_str())))
+        .count();
+    expression.len() + references * MAX_BATCH_PREFIX
 }
 
 /// Check `spec.queries` (and the fields only CloudWatch reads) against CloudWatch's rules,
@@ -122,6 +164,7 @@ pub(crate) fn validate(
     let mut ids = HashMap::new();
     let mut returning = Vec::new();
     let mut max_period = 0;
+    let mut placeholders: Vec<(String, Context)> = Vec::new();
     for (index, query) in spec.queries.iter().enumerate() {
         let place = format!("queries[{index}] ({})", query.id);
         let mut push = |problem: String| problems.push(format!("{place}: {problem}"));
@@ -129,6 +172,13 @@ pub(crate) fn validate(
             push(format!(
                 "id {:?} must start with a lowercase letter and contain only letters, digits and underscores (^[a-z][a-zA-Z0-9_]*$)",
                 query.id
+            ));
+        }
+        if query.id.len() > MAX_ID_LENGTH - MAX_BATCH_PREFIX {
+            push(format!(
+                "id is {} characters; CloudWatch allows {MAX_ID_LENGTH}, and batching prefixes up to {MAX_BATCH_PREFIX} (s499_), so at most {}",
+                query.id.len(),
+                MAX_ID_LENGTH - MAX_BATCH_PREFIX
             ));
         }
         if let Some(previous) = ids.insert(query.id.clone(), index) {
@@ -163,6 +213,15 @@ pub(crate) fn validate(
                 push("expression is empty".into());
             }
             collect_placeholders("expression", expression, labels, &mut push);
+            let contexts = expression_contexts(expression);
+            let all_ids: Vec<&str> = spec.queries.iter().map(|q| q.id.as_str()).collect();
+            let longest = longest_in_a_call(expression, &contexts, &all_ids);
+            if longest > MAX_EXPRESSION_LENGTH {
+                push(format!(
+                    "expression can be {longest} characters in a call (placeholders filled with up to 63 characters, query ids prefixed by batching), over CloudWatch's {MAX_EXPRESSION_LENGTH}"
+                ));
+            }
+            placeholders.extend(contexts);
         }
         if let Some(stat) = &query.metric_stat {
             let metric = &stat.metric;
@@ -199,6 +258,18 @@ pub(crate) fn validate(
                     labels,
                     &mut push,
                 );
+                let contexts: Vec<(String, Context)> = expression_contexts(&dimension.value)
+                    .into_iter()
+                    .map(|(name, _)| (name, Context::DimensionValue))
+                    .collect();
+                let longest = longest_fill(&dimension.value, &contexts).len();
+                if longest > MAX_DIMENSION_VALUE {
+                    push(format!(
+                        "dimension {} can be {longest} characters once its placeholders are filled, over CloudWatch's {MAX_DIMENSION_VALUE}",
+                        dimension.name
+                    ));
+                }
+                placeholders.extend(contexts);
             }
             match stat.period {
                 None => push("metricStat.period is required".into()),
@@ -250,6 +321,12 @@ pub(crate) fn validate(
         .find(|q| q.id == value_query)
         .and_then(|q| q.metric_stat.as_ref().and_then(|s| s.period).or(q.period))
         .unwrap_or(max_period);
+    // An invalid period is reported above; the checks below must not compute with it.
+    let period = if check_period(period).is_ok() {
+        period
+    } else {
+        60
+    };
 
     let end_offset = spec.end_offset.map(|d| d.0).unwrap_or_default();
     if end_offset > MAX_END_OFFSET {
@@ -277,10 +354,68 @@ pub(crate) fn validate(
         }
         None => DEFAULT_WINDOW.max(period_duration * 3),
     };
+    placeholders.sort();
+    placeholders.dedup();
     CloudWatchRead {
         value_query,
         period,
         window,
         end_offset,
+        placeholders,
     }
+}
+
+/// A metric math expression, split into words (identifiers, and whether a `(` follows) and
+/// everything else (string literals, numbers, operators) kept verbatim.
+#[derive(Debug, PartialEq)]
+pub enum Token {
+    /// An identifier or keyword, and whether a `(` follows (a function call).
+    Word {
+        /// The word.
+        text: String,
+        /// Followed by `(`.
+        call: bool,
+    },
+    /// Anything else, verbatim.
+    Text(String),
+}
+
+pub fn tokens(expression: &str) -> Vec<Token> {
+    let chars: Vec<char> = expression.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            // A string literal, honouring backslash escapes.
+            let start = i;
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(chars.len());
+            out.push(Token::Text(chars[start..i].iter().collect()));
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+            out.push(Token::Word {
+                text: chars[start..i].iter().collect(),
+                call,
+            });
+        } else if c.is_ascii_digit() {
+            // Numbers (1e3, 0.5) stay whole so their letters are not read as identifiers.
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            out.push(Token::Text(chars[start..i].iter().collect()));
+        } else {
+            out.push(Token::Text(c.to_string()));
+            i += 1;
+        }
+    }
+    out
 }

@@ -32,6 +32,11 @@ pub use sqs::{QueueRef, SqsRead};
 
 /// The HPA reads values as int64 milli-units, so anything at or above this cannot be represented.
 pub const MAX_HPA_VALUE: f64 = 9.2e15;
+/// The longest refresh interval accepted: a value refreshed less than daily is no autoscaling
+/// signal (and every duration the engine computes from it stays far from overflow).
+pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The longest max age accepted.
+pub const MAX_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 static REGION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(spec::REGION_PATTERN).expect("static regex"));
@@ -281,7 +286,21 @@ impl Definition {
                 (Read::CloudWatch(read), refresh_interval)
             }
         };
+        if refresh_interval > MAX_REFRESH_INTERVAL {
+            problems.push(format!(
+                "refreshInterval {} is longer than the 24h maximum",
+                HumanDuration(refresh_interval)
+            ));
+        }
         let max_age = spec.max_age.map(|d| d.0);
+        if let Some(age) = max_age
+            && age > MAX_MAX_AGE
+        {
+            problems.push(format!(
+                "maxAge {} is longer than the 7d maximum",
+                HumanDuration(age)
+            ));
+        }
         if let Some(age) = max_age
             && age < refresh_interval
         {

@@ -21,6 +21,124 @@ static LABEL_NAME: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static regex")
 });
 
+/// The longest label value a selector can carry (a Kubernetes label value has at most 63
+/// characters); limits that count filled-in values assume it.
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// Where a placeholder is filled, which decides the values it may take. A value that does not
+/// fit its place is refused for the series that asked for it, before any call: in a shared
+/// call it would make the backend reject every series in the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Context {
+    /// A CloudWatch dimension value: non-empty ASCII text.
+    DimensionValue,
+    /// Inside a string literal of an expression (a SEARCH or Metrics Insights filter): no
+    /// quotes or backslashes, which would end or escape the literal.
+    Quoted,
+    /// In an expression, outside quotes: the value becomes part of the math, so it must be a
+    /// plain number (`m * ${Factor}` with `1.2.3` would be a syntax error).
+    Bare,
+}
+
+impl Context {
+    fn describe(self) -> &'static str {
+        match self {
+            Context::DimensionValue => "a dimension value",
+            Context::Quoted => "a quoted string in an expression",
+            Context::Bare => "an expression outside quotes, so it must be a number",
+        }
+    }
+}
+
+/// Whether `value` may fill placeholder `${label}` placed in `context`; the reason if not.
+pub fn check_value(label: &str, value: &str, context: Context) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "the value {value:?} of label {label:?} cannot be used: it fills {}, and {why}",
+            context.describe()
+        ))
+    };
+    if value.trim().is_empty() {
+        return refuse("it is empty");
+    }
+    if value.len() > MAX_LABEL_VALUE {
+        return refuse("it is longer than a label value may be (63 characters)");
+    }
+    match context {
+        Context::DimensionValue if !value.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
+            refuse("CloudWatch takes printable ASCII only")
+        }
+        Context::Quoted
+            if value
+                .chars()
+                .any(|c| matches!(c, '"' | '\'' | '\\') || c.is_control()) =>
+        {
+            refuse("it holds a quote, a backslash or a control character")
+        }
+        Context::Bare if !is_plain_number(value) => refuse("it is not a plain number"),
+        _ => Ok(()),
+    }
+}
+
+/// `12`, `0.5`: digits with at most one decimal point, never at either end.
+fn is_plain_number(value: &str) -> bool {
+    let mut parts = value.split('.');
+    let whole = parts.next().unwrap_or_default();
+    let fraction = parts.next();
+    parts.next().is_none()
+        && !whole.is_empty()
+        && whole.chars().all(|c| c.is_ascii_digit())
+        && fraction.is_none_or(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The placeholders of a metric math expression, each with its context (inside a string
+/// literal or not), in order.
+pub(crate) fn expression_contexts(expression: &str) -> Vec<(String, Context)> {
+    let mut found = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut chars = expression.char_indices().peekable();
+    while let Some((index, c)) = chars.next() {
+        match (quote, c) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(open), c) if c == open => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            (_, '$') if expression[index..].starts_with("${") => {
+                if let Some(end) = expression[index..].find('}') {
+                    let name = &expression[index + 2..index + end];
+                    let context = if quote.is_some() {
+                        Context::Quoted
+                    } else {
+                        Context::Bare
+                    };
+                    found.push((name.to_string(), context));
+                    while chars.peek().is_some_and(|(i, _)| *i <= index + end) {
+                        chars.next();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// `template` with every placeholder replaced by a value of the longest length a label value
+/// may have, fitting its context (`contexts` in the order the placeholders appear; missing ones
+/// are dimension values): what the longest filled-in text can be.
+pub(crate) fn longest_fill(template: &str, contexts: &[(String, Context)]) -> String {
+    let mut contexts = contexts.iter();
+    PLACEHOLDER
+        .replace_all(template, |_: &regex::Captures<'_>| {
+            match contexts.next().map(|(_, context)| *context) {
+                Some(Context::Bare) => "1".repeat(MAX_LABEL_VALUE),
+                _ => "a".repeat(MAX_LABEL_VALUE),
+            }
+        })
+        .into_owned()
+}
+
 /// Report a `${...}` in a field that is never filled.
 pub(crate) fn no_placeholder(field: &str, value: &str, push: &mut impl FnMut(String)) {
     if value.contains("${") {
@@ -208,6 +326,32 @@ metrics:
                 "{message} should contain {needle}"
             );
         }
+    }
+
+    #[test]
+    fn placeholders_know_their_context_and_refuse_values_that_do_not_fit() {
+        let contexts = expression_contexts(
+            "m * ${Factor} + SEARCH('{AWS/SQS,QueueName} QueueName=\"${Queue}\" \\' ${Inner}', 'Sum', 60)",
+        );
+        assert_eq!(
+            contexts,
+            [
+                ("Factor".to_string(), Context::Bare),
+                ("Queue".to_string(), Context::Quoted),
+                ("Inner".to_string(), Context::Quoted),
+            ]
+        );
+        assert!(check_value("Factor", "2.5", Context::Bare).is_ok());
+        for bad in ["1.2.3", "", "1e3", ".5", "x", "12."] {
+            let err = check_value("Factor", bad, Context::Bare).unwrap_err();
+            assert!(err.contains("label \"Factor\""), "{err}");
+        }
+        assert!(check_value("Queue", "orders-1.fifo", Context::Quoted).is_ok());
+        assert!(check_value("Queue", "a'b", Context::Quoted).is_err());
+        assert!(check_value("Queue", "", Context::DimensionValue).is_err());
+        assert!(check_value("Queue", "orders", Context::DimensionValue).is_ok());
+        assert!(check_value("Queue", "é", Context::DimensionValue).is_err());
+        assert!(check_value("Queue", &"a".repeat(64), Context::DimensionValue).is_err());
     }
 
     #[test]

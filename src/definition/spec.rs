@@ -21,10 +21,11 @@ pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-\d+$";
 pub const ROLE_ARN_PATTERN: &str = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$";
 /// A 12-digit AWS account id.
 pub const ACCOUNT_ID_PATTERN: &str = r"^\d{12}$";
-/// What `humantime` accepts, loosely: numbers with unit words (`90s`, `5m`, `1h 30m`). The
-/// server parses it exactly and range-checks it; the schema only catches obvious mistakes at
-/// apply time.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*[a-zA-Z]+\s*)+$";
+/// What `humantime` accepts, loosely: numbers with unit words (`90s`, `5m`, `1h 30m`), at most
+/// six terms of at most nine digits, so no string the apiserver accepts can hold an absurd
+/// number. The server parses it exactly and range-checks each field (CEL cannot parse
+/// humantime's units); the schema catches the obvious mistakes at apply time.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]{1,9}\s*[a-zA-Z]{1,7}\s*){1,6}$";
 
 /// The definitions file: a top-level `metrics:` list.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -86,6 +87,7 @@ pub struct MetricSpec {
     /// The value to serve when CloudWatch has no datapoints in the window (an idle SQS queue
     /// publishes nothing). Absent means "answer with an error".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -9.2e15, max = 9.2e15))]
     pub no_data_value: Option<f64>,
     /// The `GetMetricData` queries; exactly one must return data. Set this or `sqs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -109,8 +111,9 @@ pub struct MetricSpec {
     "message": "set exactly one of expression or metricStat",
 }]))]
 pub struct QuerySpec {
-    /// Query id, `^[a-z][a-zA-Z0-9_]*$`, unique within the metric.
-    #[schemars(regex(pattern = QUERY_ID_PATTERN), length(max = 255))]
+    /// Query id, `^[a-z][a-zA-Z0-9_]*$`, unique within the metric, at most 250 characters
+    /// (CloudWatch's 255, less the prefix batching adds).
+    #[schemars(regex(pattern = QUERY_ID_PATTERN), length(max = 250))]
     pub id: String,
     /// Human-readable label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,6 +319,7 @@ impl JsonSchema for HumanDuration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": 64,
         })
     }
 }

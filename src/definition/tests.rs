@@ -263,3 +263,338 @@ metrics:
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
 }
+
+#[test]
+fn every_limit_counts_the_batch_prefix_and_the_filled_in_values() {
+    let long_id = format!("a{}", "b".repeat(250));
+    let long_expression = format!("m * {} + ${{Factor}}", "1".repeat(1980));
+    let text = format!(
+        r#"
+metrics:
+  - name: limits
+    queries:
+      - id: {long_id}
+        returnData: false
+        metricStat:
+          metric: {{namespace: N, metricName: M}}
+          period: 60
+          stat: Sum
+      - id: m
+        returnData: false
+        metricStat:
+          metric:
+            namespace: N
+            metricName: M
+            dimensions: [{{name: D, value: "{}${{Queue}}"}}]
+          period: 60
+          stat: Sum
+      - id: e
+        expression: "{long_expression}"
+"#,
+        "x".repeat(970)
+    );
+    let Err(ParseError::Invalid(problems)) = parse(&text) else {
+        panic!("expected problems");
+    };
+    let all = problems.join("\n");
+    for needle in [
+        "id is 251 characters; CloudWatch allows 255, and batching prefixes up to 5 (s499_), so at most 250",
+        "expression can be 2055 characters in a call",
+        "dimension D can be 1033 characters once its placeholders are filled",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn huge_durations_and_periods_are_refused_naming_the_field_not_a_panic() {
+    let text = r#"
+metrics:
+  - name: huge
+    refreshInterval: 7000000000000000000s
+    maxAge: 7000000000000000000s
+    window: 7000000000000000000s
+    endOffset: 7000000000000000000s
+    queries:
+      - id: a
+        metricStat:
+          metric: {namespace: N, metricName: M}
+          period: 9223372036854775800
+          stat: Sum
+  - name: huge-sqs
+    refreshInterval: 100000h
+    sqs: {queue: orders}
+"#;
+    let Err(ParseError::Invalid(problems)) = parse(text) else {
+        panic!("expected problems");
+    };
+    let all = problems.join("\n");
+    for needle in [
+        "metricStat.period: 9223372036854775800 is longer than the 86400 s (one day) maximum",
+        "refreshInterval 221816614698years 2months 13days 3h 19m 28s is longer than the 24h maximum",
+        "maxAge 221816614698years 2months 13days 3h 19m 28s is longer than the 7d maximum",
+        "window 221816614698years 2months 13days 3h 19m 28s is longer than the 24h maximum",
+        "endOffset 221816614698years 2months 13days 3h 19m 28s is longer than the 1h maximum",
+        "metrics[1] (huge-sqs): refreshInterval 11years 4months 27days 3h 45m 36s is longer than the 24h maximum",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+/// The loader, fed anything a file or an object could hold: it never panics, and every rejection
+/// names the field (or, for text that is not YAML at all, the line).
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    const FIELDS: &[&str] = &[
+        "name",
+        "region",
+        "roleArn",
+        "externalId",
+        "window",
+        "endOffset",
+        "refreshInterval",
+        "maxAge",
+        "noDataValue",
+        "queries",
+        "sqs",
+        "id",
+        "expression",
+        "metricStat",
+        "period",
+        "accountId",
+        "dimension",
+        "queue",
+        "count",
+        "label",
+        "returnData",
+        "unit",
+        "stat",
+        "namespace",
+        "metricName",
+        "resource",
+    ];
+
+    fn names_a_field(message: &str) -> bool {
+        FIELDS.iter().any(|field| message.contains(field)) || message.contains("line ")
+    }
+
+    fn duration() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("5m")),
+            Just(json!("0s")),
+            Just(json!("500ms")),
+            Just(json!("1h 30m")),
+            Just(json!("7000000000000000000s")),
+            Just(json!("99999999999999999999s")),
+            Just(json!("18446744073709551615ns 9999999999h")),
+            Just(json!("-1s")),
+            Just(json!("five minutes")),
+            Just(json!("")),
+            any::<i64>().prop_map(Value::from),
+        ]
+    }
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!(20)),
+            Just(json!(60)),
+            Just(json!(0)),
+            Just(json!(-60)),
+            Just(json!(86400)),
+            Just(json!(i64::MAX)),
+            Just(json!(9223372036854775800_i64)),
+            Just(json!(u64::MAX)),
+            Just(json!(1e300)),
+            Just(json!(-9.3e15)),
+            Just(json!("60")),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("${QueueName}")),
+            Just(json!("orders-${Env}")),
+            Just(json!("${")),
+            Just(json!("${bad name}")),
+            Just(json!("")),
+            Just(json!("visible")),
+            Just(json!("m * ${Factor}")),
+            Just(json!("SUM(METRICS())")),
+            Just(json!(
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/${Q}"
+            )),
+            Just(json!("x".repeat(3000))),
+            Just(json!(123)),
+            any::<String>().prop_map(Value::from),
+        ]
+    }
+
+    fn object(fields: Vec<(&'static str, Option<Value>)>) -> Value {
+        let mut map = Map::new();
+        for (key, value) in fields {
+            if let Some(value) = value {
+                map.insert(key.to_string(), value);
+            }
+        }
+        Value::Object(map)
+    }
+
+    fn query() -> impl Strategy<Value = Value> {
+        let stat = (
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(proptest::collection::vec((text(), text()), 0..3)),
+            proptest::option::of(number()),
+            proptest::option::of(prop_oneof![
+                Just(json!("Average")),
+                Just(json!("Avg")),
+                text()
+            ]),
+            proptest::option::of(prop_oneof![Just(json!("Count")), text()]),
+        )
+            .prop_map(|(namespace, metric_name, dimensions, period, stat, unit)| {
+                let dimensions = dimensions.map(|list| {
+                    Value::Array(
+                        list.into_iter()
+                            .map(|(name, value)| json!({"name": name, "value": value}))
+                            .collect(),
+                    )
+                });
+                object(vec![
+                    (
+                        "metric",
+                        Some(object(vec![
+                            ("namespace", namespace),
+                            ("metricName", metric_name),
+                            ("dimensions", dimensions),
+                        ])),
+                    ),
+                    ("period", period),
+                    ("stat", stat),
+                    ("unit", unit),
+                ])
+            });
+        (
+            prop_oneof![Just(json!("visible")), Just(json!("e")), text()],
+            proptest::option::of(text()),
+            proptest::option::of(stat),
+            proptest::option::of(number()),
+            proptest::option::of(prop_oneof![Just(json!(true)), Just(json!(false)), text()]),
+            proptest::option::of(text()),
+        )
+            .prop_map(
+                |(id, expression, metric_stat, period, return_data, account)| {
+                    object(vec![
+                        ("id", Some(id)),
+                        ("expression", expression),
+                        ("metricStat", metric_stat),
+                        ("period", period),
+                        ("returnData", return_data),
+                        ("accountId", account),
+                    ])
+                },
+            )
+    }
+
+    fn spec() -> impl Strategy<Value = Value> {
+        let sqs = (
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(proptest::collection::vec(
+                prop_oneof![
+                    Just(json!("visible")),
+                    Just(json!("inFlight")),
+                    Just(json!("delayed")),
+                    text()
+                ],
+                0..4,
+            )),
+        )
+            .prop_map(|(queue, account, count)| {
+                object(vec![
+                    ("queue", queue),
+                    ("accountId", account),
+                    ("count", count.map(Value::Array)),
+                ])
+            });
+        (
+            (
+                prop_oneof![Just(json!("metric")), text()],
+                proptest::option::of(prop_oneof![Just(json!("eu-west-1")), text()]),
+                proptest::option::of(text()),
+                proptest::option::of(duration()),
+                proptest::option::of(duration()),
+            ),
+            (
+                proptest::option::of(duration()),
+                proptest::option::of(duration()),
+                proptest::option::of(number()),
+                proptest::option::of(proptest::collection::vec(query(), 0..3)),
+                proptest::option::of(sqs),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, region, role, window, end_offset),
+                    (refresh, max_age, no_data, queries, sqs),
+                )| {
+                    object(vec![
+                        ("name", Some(name)),
+                        ("region", region),
+                        ("roleArn", role),
+                        ("window", window),
+                        ("endOffset", end_offset),
+                        ("refreshInterval", refresh),
+                        ("maxAge", max_age),
+                        ("noDataValue", no_data),
+                        ("queries", queries.map(Value::Array)),
+                        ("sqs", sqs),
+                    ])
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_file_loader_never_panics_and_names_the_field(specs in proptest::collection::vec(spec(), 0..3)) {
+            // JSON is YAML: the file text is the specs as a JSON document.
+            let text = json!({"metrics": specs}).to_string();
+            match parse(&text) {
+                Ok(set) => {
+                    for definition in set.iter() {
+                        prop_assert!(definition.refresh_interval <= MAX_REFRESH_INTERVAL);
+                    }
+                }
+                Err(ParseError::Yaml(message)) => prop_assert!(names_a_field(&message), "{message}"),
+                Err(ParseError::Invalid(problems)) => {
+                    for problem in problems {
+                        let (_, what) = problem.split_once("): ").unwrap_or(("", &problem));
+                        prop_assert!(names_a_field(what), "{problem}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn the_object_loader_never_panics_and_names_the_field(spec in spec()) {
+            let converted = crate::crd::to_definition("team-a", "metric", Some(&spec), &["*".to_string()]);
+            if let Err(problems) = converted.definition {
+                for problem in problems {
+                    prop_assert!(names_a_field(&problem), "{problem}");
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_the_loader(text in any::<String>()) {
+            let _ = parse(&text);
+        }
+    }
+}

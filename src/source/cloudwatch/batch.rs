@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
 use super::{MetricDataRequest, Query, QueryKind, QueryResult, Target};
+use crate::definition::cloudwatch::{Token, tokens};
 
 /// CloudWatch's limit of queries per `GetMetricData` call.
 pub const MAX_QUERIES_PER_CALL: usize = crate::definition::MAX_QUERIES;
@@ -168,54 +169,6 @@ fn self_contained(request: &MetricDataRequest) -> bool {
             }
             QueryKind::MetricStat(_) => true,
         })
-}
-
-/// A metric math expression, split into words (identifiers, and whether a `(` follows) and
-/// everything else (string literals, numbers, operators) kept verbatim.
-#[derive(Debug, PartialEq)]
-enum Token {
-    Word { text: String, call: bool },
-    Text(String),
-}
-
-fn tokens(expression: &str) -> Vec<Token> {
-    let chars: Vec<char> = expression.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' {
-            // A string literal, honouring backslash escapes.
-            let start = i;
-            i += 1;
-            while i < chars.len() && chars[i] != c {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            i = (i + 1).min(chars.len());
-            out.push(Token::Text(chars[start..i].iter().collect()));
-        } else if c.is_ascii_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
-            out.push(Token::Word {
-                text: chars[start..i].iter().collect(),
-                call,
-            });
-        } else if c.is_ascii_digit() {
-            // Numbers (1e3, 0.5) stay whole so their letters are not read as identifiers.
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-            out.push(Token::Text(chars[start..i].iter().collect()));
-        } else {
-            out.push(Token::Text(c.to_string()));
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Prefix every identifier in `expression` that names one of `ids`, leaving string literals,

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::definition::cloudwatch::{MAX_DIMENSION_VALUE, MAX_EXPRESSION_LENGTH, renamed_length};
+use crate::definition::placeholder::check_value;
 use crate::definition::{CloudWatchRead, Definition, render};
 use crate::provider::ProviderError;
 
@@ -35,6 +37,15 @@ pub fn build_request(
 ) -> Result<MetricDataRequest, ProviderError> {
     let spec = &definition.spec;
     let read = cloudwatch_read(definition)?;
+    // Label values are checked for the place they fill before any query is built: a value
+    // CloudWatch would refuse must fail this series alone, not the call it would share.
+    for (label, context) in &read.placeholders {
+        if let Some(value) = labels.get(label) {
+            check_value(label, value, *context).map_err(|reason| {
+                ProviderError::InvalidSelector(format!("metric {}: {reason}", spec.name))
+            })?;
+        }
+    }
     let fill = |template: &str| {
         render(template, labels).map_err(|label| {
             ProviderError::InvalidSelector(format!(
@@ -46,7 +57,18 @@ pub fn build_request(
     let mut queries = Vec::with_capacity(spec.queries.len());
     for query in &spec.queries {
         let kind = match (&query.expression, &query.metric_stat) {
-            (Some(expression), _) => QueryKind::Expression(fill(expression)?),
+            (Some(expression), _) => {
+                let filled = fill(expression)?;
+                let ids: Vec<&str> = spec.queries.iter().map(|q| q.id.as_str()).collect();
+                let length = renamed_length(&filled, &ids);
+                if length > MAX_EXPRESSION_LENGTH {
+                    return Err(ProviderError::InvalidSelector(format!(
+                        "metric {}: with these label values the expression of query {} is {length} characters in a call, over CloudWatch's {MAX_EXPRESSION_LENGTH}",
+                        spec.name, query.id
+                    )));
+                }
+                QueryKind::Expression(filled)
+            }
             (None, Some(stat)) => QueryKind::MetricStat(MetricStat {
                 namespace: stat.metric.namespace.clone(),
                 metric_name: stat.metric.metric_name.clone(),
@@ -55,9 +77,18 @@ pub fn build_request(
                     .dimensions
                     .iter()
                     .map(|d| {
+                        let value = fill(&d.value)?;
+                        if value.len() > MAX_DIMENSION_VALUE {
+                            return Err(ProviderError::InvalidSelector(format!(
+                                "metric {}: with these label values dimension {} is {} characters, over CloudWatch's {MAX_DIMENSION_VALUE}",
+                                spec.name,
+                                d.name,
+                                value.len()
+                            )));
+                        }
                         Ok(Dimension {
                             name: d.name.clone(),
-                            value: fill(&d.value)?,
+                            value,
                         })
                     })
                     .collect::<Result<_, ProviderError>>()?,
