@@ -60,6 +60,7 @@ pub struct AdapterMetrics {
     sqs_calls: Family<OutcomeLabels, Counter>,
     sqs_requests: Counter,
     estimated_cost: Family<SourceLabels, Counter<f64, AtomicU64>>,
+    bisected_calls: Family<SourceLabels, Counter>,
     cache_lookups: Family<ResultLabels, Counter>,
     active_series: Gauge,
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
@@ -89,6 +90,7 @@ impl Default for AdapterMetrics {
         let sqs_calls = Family::<OutcomeLabels, Counter>::default();
         let sqs_requests = Counter::default();
         let estimated_cost = Family::<SourceLabels, Counter<f64, AtomicU64>>::default();
+        let bisected_calls = Family::<SourceLabels, Counter>::default();
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         let active_series = Gauge::default();
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
@@ -139,6 +141,11 @@ impl Default for AdapterMetrics {
             estimated_cost.clone(),
         );
         registry.register(
+            "rejected_calls_bisected",
+            "Batched calls the backend rejected as a bad request, retried in halves to isolate the series causing it",
+            bisected_calls.clone(),
+        );
+        registry.register(
             "cache_lookups",
             "Value requests answered from memory (hit), after a first fetch (miss), or refused as stale",
             cache_lookups.clone(),
@@ -169,6 +176,7 @@ impl Default for AdapterMetrics {
             sqs_calls,
             sqs_requests,
             estimated_cost,
+            bisected_calls,
             cache_lookups,
             active_series,
             value_age,
@@ -221,6 +229,15 @@ impl AdapterMetrics {
                 source: backend.label().to_string(),
             })
             .inc_by(dollars);
+    }
+
+    /// Count one call of `backend` rejected as a bad request and retried in halves.
+    pub fn call_bisected(&self, backend: Backend) {
+        self.bisected_calls
+            .get_or_create(&SourceLabels {
+                source: backend.label().to_string(),
+            })
+            .inc();
     }
 
     /// Count one cache lookup: `hit`, `miss` or `stale`.

@@ -560,6 +560,25 @@ struct ResultSeries {
     messages: Vec<(String, String)>,
 }
 
+/// Whether any text in the request's `MetricDataQueries` contains `text` (for the poison fault).
+pub(crate) fn mentions(input: &Value, text: &str) -> bool {
+    fn walk(value: &Value, text: &str) -> bool {
+        match value {
+            Value::Text(s) => s.contains(text),
+            Value::Array(items) => items.iter().any(|v| walk(v, text)),
+            Value::Map(entries) => entries.iter().any(|(k, v)| walk(k, text) || walk(v, text)),
+            Value::Tag(_, inner) => walk(inner, text),
+            _ => false,
+        }
+    }
+    match input {
+        Value::Map(entries) => entries.iter().any(|(key, value)| {
+            matches!(key, Value::Text(k) if k == "MetricDataQueries") && walk(value, text)
+        }),
+        _ => false,
+    }
+}
+
 /// Runs GetMetricData against the store at wall-clock time `now_ms`.
 pub(crate) fn get_metric_data(
     input: &Value,

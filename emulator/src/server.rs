@@ -279,6 +279,13 @@ async fn handle(
     let now = SystemTime::now();
     match operation {
         Operation::GetMetricData => {
+            if let Some(text) = shared.faults.poisoned()
+                && query::mentions(&input, &text)
+            {
+                return Err(ApiError::validation(format!(
+                    "The value {text} in parameter MetricDataQueries is not valid."
+                )));
+            }
             let outcome = query::get_metric_data(&input, &shared.read_store(), epoch_ms(now))?;
             shared.meter.get_metric_data(
                 outcome.queries,

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pacer::Pacer;
-use super::{Core, Pacing};
+use super::{Core, Pacing, fair};
 use crate::definition::Backend;
 use crate::provider::ProviderError;
 use crate::series::Series;
@@ -31,6 +31,8 @@ pub(crate) struct SourceLane<S> {
     source: S,
     profile: Profile,
     pacer: Pacer,
+    /// Items a cycle may plan (about one second of the budget), shared fairly by tenants.
+    items_per_cycle: usize,
     calls: Arc<Semaphore>,
     wake: Notify,
 }
@@ -52,9 +54,15 @@ type CallPlan<S> = (
 impl<S: Source> SourceLane<S> {
     pub(crate) fn new(source: S, pacing: Pacing) -> Self {
         let profile = source.profile();
+        let calls_per_cycle = if pacing.calls_per_second.is_finite() {
+            pacing.calls_per_second.ceil().clamp(1.0, 1e6) as usize
+        } else {
+            1
+        };
         Self {
             source,
             profile,
+            items_per_cycle: calls_per_cycle.saturating_mul(profile.max_items_per_call),
             pacer: Pacer::new(pacing.calls_per_second),
             calls: Arc::new(Semaphore::new(pacing.max_concurrent_calls.max(1))),
             wake: Notify::new(),
@@ -75,15 +83,31 @@ impl<S: Source> SourceLane<S> {
         }
     }
 
-    /// One cycle: fetch every due series of this backend, and return when the next falls due.
+    /// One cycle: fetch the due series of this backend that fit about a second of the budget
+    /// (shared fairly between tenants), and return when the next falls due.
     async fn cycle(self: &Arc<Self>, core: &Arc<Core>) -> Instant {
-        let (due, next_wake) = core.collect_due(self.profile.backend);
+        let (due, mut next_wake) = core.collect_due(self.profile.backend);
         if due.is_empty() {
             return next_wake;
         }
+        let (admitted, deferred) = fair::share(due, self.items_per_cycle, |series| {
+            (series.tenant.clone(), self.source.size(&series.definition))
+        });
+        if !deferred.is_empty() {
+            tracing::debug!(
+                backend = %self.profile.backend,
+                deferred = deferred.len(),
+                "refresh budget spent for this cycle; the rest waits for the next"
+            );
+            // Still due: picked up by the next cycle, as soon as the budget allows.
+            for series in deferred {
+                series.lock().in_flight = false;
+            }
+            next_wake = Instant::now();
+        }
         let wall = core.clock.wall_now();
-        let mut prepared = Vec::with_capacity(due.len());
-        for series in due {
+        let mut prepared = Vec::with_capacity(admitted.len());
+        for series in admitted {
             match self
                 .source
                 .prepare(&series.definition, &series.labels, wall)
@@ -112,9 +136,9 @@ impl<S: Source> SourceLane<S> {
     fn plan(&self, prepared: Vec<(Arc<Series>, S::Request)>) -> Vec<CallPlan<S>> {
         let items: Vec<PlanItem<'_, S::Request>> = prepared
             .iter()
-            .map(|(_, request)| PlanItem {
+            .map(|(series, request)| PlanItem {
                 request,
-                alone: false,
+                alone: series.lock().isolated,
             })
             .collect();
         let planned = self.source.plan(&items);
@@ -134,8 +158,24 @@ impl<S: Source> SourceLane<S> {
             .collect()
     }
 
-    /// Make one call and record its outcome for every member.
-    async fn execute(&self, core: &Core, call: S::Call, members: Vec<(Arc<Series>, S::Request)>) {
+    /// Make one call and record its outcome for every member. A call the backend rejects as a
+    /// bad request is retried in halves until the member that causes it is found; that member
+    /// gets a call of its own from then on, and the others are served as if nothing happened.
+    fn execute<'a>(
+        &'a self,
+        core: &'a Core,
+        call: S::Call,
+        members: Vec<(Arc<Series>, S::Request)>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.execute_once(core, call, members))
+    }
+
+    async fn execute_once(
+        &self,
+        core: &Core,
+        call: S::Call,
+        members: Vec<(Arc<Series>, S::Request)>,
+    ) {
         let refs: Vec<Member<'_, S::Request>> = members
             .iter()
             .map(|(series, request)| Member {
@@ -173,7 +213,40 @@ impl<S: Source> SourceLane<S> {
                     core.record(series, result, at, failed);
                 }
             }
+            Err(error) if error.rejected && members.len() > 1 => {
+                tracing::warn!(
+                    backend = %self.profile.backend,
+                    series = members.len(),
+                    %error,
+                    "{} call rejected as a bad request; retrying its series in halves to find the one that causes it",
+                    self.profile.operation
+                );
+                core.metrics.call_bisected(self.profile.backend);
+                let mut members = members;
+                let right = members.split_off(members.len() / 2);
+                for half in [members, right] {
+                    for (call, part) in self.plan(half) {
+                        self.pacer.acquire().await;
+                        self.execute(core, call, part).await;
+                    }
+                }
+            }
             Err(error) => {
+                if error.rejected
+                    && let [(series, _)] = members.as_slice()
+                {
+                    let mut state = series.lock();
+                    if !state.isolated {
+                        state.isolated = true;
+                        tracing::warn!(
+                            metric = %series.definition.spec.name,
+                            labels = ?series.labels,
+                            %error,
+                            "this series makes {} reject the calls it is in: it gets a call of its own from now on",
+                            self.profile.backend
+                        );
+                    }
+                }
                 let metrics: BTreeMap<&str, usize> =
                     members.iter().fold(BTreeMap::new(), |mut names, (s, _)| {
                         *names.entry(s.definition.spec.name.as_str()).or_default() += 1;

@@ -11,6 +11,7 @@
 //!   older than its max age; then the request fails with a message saying why. Never a made-up
 //!   value.
 
+mod fair;
 mod lane;
 mod pacer;
 mod schedule;
@@ -262,8 +263,12 @@ impl Engine {
                     series
                 }
                 Ok(Found::Existing(series)) => series,
-                Err(series::AtCapacity) => {
-                    return Err(capacity_error(definition, core.table.max_series()));
+                Err(refusal) => {
+                    return Err(capacity_error(
+                        definition,
+                        core.table.max_series(),
+                        &refusal,
+                    ));
                 }
             },
         };
@@ -275,8 +280,12 @@ impl Engine {
             core.metrics.cache_lookup("miss");
             if !series.wait_first(core.config.first_fetch_timeout).await {
                 if !core.table.contains(&key) {
-                    // Evicted before its first fetch: the table is at --max-series.
-                    return Err(capacity_error(definition, core.table.max_series()));
+                    // Dropped before its first fetch to make room for another tenant.
+                    return Err(capacity_error(
+                        definition,
+                        core.table.max_series(),
+                        &series::AtCapacity::Full,
+                    ));
                 }
                 return Err(ProviderError::FirstFetchPending(format!(
                     "unable to fetch metric {}: no answer from {} within {}; it will be retried",
@@ -290,15 +299,33 @@ impl Engine {
         if stale {
             core.metrics.cache_lookup("stale");
         }
+        if matches!(
+            answer,
+            Err(ProviderError::Stale { .. } | ProviderError::Backend { .. })
+        ) {
+            // Nothing to serve: probe now rather than at the end of a long back-off, so the
+            // value comes back as soon as the backend does.
+            core.probe(&series);
+        }
         answer.map(|value| vec![value])
     }
 }
 
-fn capacity_error(definition: &Definition, max_series: u64) -> ProviderError {
-    ProviderError::AtCapacity(format!(
-        "unable to serve metric {}: the adapter already tracks its maximum of {max_series} series (--max-series); too many distinct selectors are being asked for",
-        definition.spec.name
-    ))
+fn capacity_error(
+    definition: &Definition,
+    max_series: u64,
+    refusal: &series::AtCapacity,
+) -> ProviderError {
+    let name = &definition.spec.name;
+    ProviderError::AtCapacity(match refusal {
+        series::AtCapacity::Full => format!(
+            "unable to serve metric {name}: the adapter already tracks its maximum of {max_series} series (--max-series); too many distinct selectors are being asked for"
+        ),
+        series::AtCapacity::FairShare { share } => format!(
+            "unable to serve metric {name}: the adapter tracks its maximum of {max_series} series (--max-series), and {} already holds its fair share of {share}; too many distinct selectors are being asked for",
+            definition.tenant()
+        ),
+    })
 }
 
 impl Core {
@@ -315,7 +342,7 @@ impl Core {
         let now = Instant::now();
         let mut next_wake = now + Duration::from_secs(1);
         let definitions = self.definitions.load();
-        let mut due = Vec::new();
+        let mut due: Vec<(Instant, Arc<Series>)> = Vec::new();
         let mut expired = Vec::new();
         for (key, series) in self.table.iter() {
             if series.backend() != backend {
@@ -339,8 +366,9 @@ impl Core {
                 self.metrics
                     .set_refresh_lag(&series.definition.spec.name, lag);
                 state.in_flight = true;
+                let due_at = state.next_refresh;
                 drop(state);
-                due.push(series);
+                due.push((due_at, series));
             } else {
                 next_wake = next_wake.min(state.next_refresh);
             }
@@ -348,7 +376,29 @@ impl Core {
         for (key, series) in expired {
             self.table.remove(&key, &series);
         }
-        (due, next_wake)
+        // Oldest due first: when the budget cannot take every series this cycle, the ones
+        // waiting longest go first.
+        due.sort_by_key(|(due_at, _)| *due_at);
+        (
+            due.into_iter().map(|(_, series)| series).collect(),
+            next_wake,
+        )
+    }
+
+    /// Refresh `series` as soon as its lane can, unless it is being refreshed or was tried in
+    /// the last `backoff_base` (a flood of requests makes at most one probe per interval).
+    fn probe(&self, series: &Series) {
+        let now = Instant::now();
+        let mut state = series.lock();
+        let recently = state
+            .last_attempt
+            .is_some_and(|at| now.duration_since(at) < self.config.backoff_base);
+        if state.in_flight || recently || state.next_refresh <= now {
+            return;
+        }
+        state.next_refresh = now;
+        drop(state);
+        self.wake(series.backend());
     }
 
     /// Store a refresh outcome, schedule the next refresh, and wake waiters.
@@ -362,15 +412,29 @@ impl Core {
         let definition = &series.definition;
         let mut state = series.lock();
         state.in_flight = false;
+        state.last_attempt = Some(fetched);
         if failed {
             state.failures = state.failures.saturating_add(1);
-            state.next_refresh = fetched
-                + schedule::backoff(
-                    state.failures,
-                    definition.refresh_interval,
-                    self.config.backoff_base,
-                    self.config.backoff_max,
+            let backoff = schedule::backoff(
+                state.failures,
+                definition.refresh_interval,
+                self.config.backoff_base,
+                self.config.backoff_max,
+            );
+            let mut next = fetched + backoff;
+            // Once the last good value is past its max age, requests fail: retry no later
+            // than the next grid point, so recovery after a long outage is prompt.
+            let stale_at = match &state.last_good {
+                Some((_, good_at)) => *good_at + series::max_age(definition, self.config.max_age),
+                None => fetched,
+            };
+            if next > stale_at {
+                next = next.min(
+                    self.clock
+                        .next_tick(stale_at.max(fetched), definition.refresh_interval),
                 );
+            }
+            state.next_refresh = next;
         } else {
             state.failures = 0;
             state.next_refresh = self.clock.next_tick(fetched, definition.refresh_interval);

@@ -54,7 +54,11 @@ impl Clock {
             .as_millis()
             + after.saturating_duration_since(self.anchor).as_millis();
         let wait_ms = interval_ms - wall_ms % interval_ms;
-        after + Duration::from_millis(u64::try_from(wait_ms).unwrap_or(u64::MAX))
+        // Intervals are range-checked (at most a day); saturate rather than overflow anyway.
+        let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(u64::MAX));
+        after
+            .checked_add(wait)
+            .unwrap_or_else(|| after + Duration::from_secs(86_400))
     }
 }
 

@@ -16,6 +16,9 @@ use crate::source::cloudwatch::{
 struct Fake {
     calls: Mutex<Vec<(Instant, MetricDataRequest)>>,
     failure: Mutex<Option<CloudWatchError>>,
+    /// A call with a query on this queue is rejected as a whole, as CloudWatch rejects a call
+    /// with one invalid query.
+    poison: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -38,6 +41,15 @@ impl MetricDataSource for Fake {
             .push((Instant::now(), request.clone()));
         if let Some(error) = self.failure.lock().unwrap().clone() {
             return Err(error);
+        }
+        if let Some(poison) = self.poison.lock().unwrap().clone()
+            && request.metric_data_queries.iter().any(|q| {
+                matches!(&q.kind, QueryKind::MetricStat(s) if s.dimensions.iter().any(|d| d.value == poison))
+            })
+        {
+            return Err(CloudWatchError::InvalidQuery {
+                detail: format!("ValidationError, HTTP 400: The value {poison} is not valid"),
+            });
         }
         Ok(request
             .metric_data_queries
@@ -394,5 +406,343 @@ async fn no_data_is_an_answer_not_a_failure() {
     // Refreshed at the normal interval, not backed off.
     tokio::time::sleep(Duration::from_secs(125)).await;
     assert_eq!(fake.calls().len(), 3);
+    stop.cancel();
+}
+
+/// The queue names the calls carried, per call.
+fn queues_of(request: &MetricDataRequest) -> Vec<String> {
+    request
+        .metric_data_queries
+        .iter()
+        .filter_map(|q| match &q.kind {
+            QueryKind::MetricStat(stat) => Some(stat.dimensions[0].value.clone()),
+            QueryKind::Expression(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_query_that_makes_shared_calls_fail_is_isolated_and_harms_no_other_series() {
+    let (cache, fake, stop) = setup(EngineConfig::default());
+    *fake.poison.lock().unwrap() = Some("q999999".into());
+    // Ten good series and the poisoned one arrive together, so they share the first call.
+    let mut tasks = tokio::task::JoinSet::new();
+    for queue in (0..10)
+        .map(|i| format!("q{i}"))
+        .chain(["q999999".to_string()])
+    {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { (queue.clone(), value(&cache, &queue).await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (queue, result) = joined.unwrap();
+        if queue == "q999999" {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ProviderError::Backend {
+                        failure: BackendFailure::InvalidQuery,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        } else {
+            assert_eq!(
+                result.unwrap(),
+                queue[1..].parse::<f64>().unwrap(),
+                "{queue}"
+            );
+        }
+    }
+    // From then on the offender has calls of its own; every other series keeps its cadence:
+    // exactly one call per minute on the grid, with all ten series in it, never failing.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let started = Instant::now() - Duration::from_secs(300);
+    let calls = fake.calls();
+    let shared: Vec<&(Instant, MetricDataRequest)> = calls
+        .iter()
+        .filter(|(at, r)| {
+            *at > started + Duration::from_secs(1) && queues_of(r).contains(&"q3".to_string())
+        })
+        .collect();
+    assert_eq!(shared.len(), 5, "one refresh a minute for five minutes");
+    for (_, request) in &shared {
+        let queues = queues_of(request);
+        assert_eq!(queues.len(), 10, "{queues:?}");
+        assert!(!queues.contains(&"q999999".to_string()));
+    }
+    for pair in shared.windows(2) {
+        assert_eq!(pair[1].0 - pair[0].0, Duration::from_secs(60));
+    }
+    for i in 0..10 {
+        assert_eq!(value(&cache, &format!("q{i}")).await.unwrap(), f64::from(i));
+    }
+    // The offender alone is retried (backing off), in calls that carry nothing else.
+    let alone: Vec<&(Instant, MetricDataRequest)> = calls
+        .iter()
+        .filter(|(_, r)| queues_of(r).contains(&"q999999".to_string()))
+        .collect();
+    assert!(
+        alone
+            .iter()
+            .filter(|(at, _)| *at > started + Duration::from_secs(1))
+            .all(|(_, r)| queues_of(r).len() == 1)
+    );
+    assert!(alone.len() < 20, "{} calls for the offender", alone.len());
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_label_value_that_breaks_its_query_is_refused_for_that_series_alone() {
+    let text = r#"
+metrics:
+  - name: scaled
+    queries:
+      - id: m
+        returnData: false
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "q${Queue}"}]
+          period: 60
+          stat: Average
+      - id: e
+        expression: "m * ${Factor}"
+"#;
+    let fake = Arc::new(Fake::default());
+    let cache = Engine::with_wall_clock(
+        Arc::new(ArcSwap::from_pointee(parse(text).unwrap())),
+        sources(&fake, 10.0),
+        EngineConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let ask = |queue: &str, factor: &str| MetricRequest {
+        namespace: "default".into(),
+        metric: "scaled".into(),
+        selector: Selector {
+            requirements: [("Queue", queue), ("Factor", factor)]
+                .into_iter()
+                .map(|(key, value)| Requirement {
+                    key: key.into(),
+                    operator: Operator::Equals,
+                    values: vec![value.into()],
+                })
+                .collect(),
+        },
+    };
+    for (queue, factor, why) in [
+        ("1", "1.2.3", "not a plain number"),
+        ("1", "", "it is empty"),
+        ("", "2", "it is empty"),
+    ] {
+        let err = cache.get_values(ask(queue, factor)).await.unwrap_err();
+        let ProviderError::InvalidSelector(message) = &err else {
+            panic!("expected a 400, got {err:?}");
+        };
+        assert!(message.contains(why), "{message}");
+    }
+    assert!(
+        fake.calls().is_empty(),
+        "a refused value never reaches CloudWatch"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_asking_for_many_new_series_does_not_delay_another_tenants_refresh() {
+    // Two namespaces define the same metric; one asks for 20,000 new selector values at once.
+    let file = parse("metrics: []").unwrap();
+    let namespaced = |namespace: &str| {
+        let mut definition =
+            Definition::new(parse(SQS).unwrap().get("depth").unwrap().spec.clone()).unwrap();
+        definition.namespace = Some(namespace.to_string());
+        Arc::new(definition)
+    };
+    let definitions = Arc::new(ArcSwap::from_pointee(
+        file.with_namespaced([namespaced("flood"), namespaced("victim")]),
+    ));
+    let fake = Arc::new(Fake::default());
+    let start = Instant::now();
+    let cache = Engine::with_wall_clock(
+        definitions,
+        sources(&fake, 0.5),
+        EngineConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let in_namespace = |namespace: &str, queue: &str| {
+        let mut request = request(queue);
+        request.namespace = namespace.to_string();
+        request
+    };
+    // The victim's series is warm.
+    cache
+        .get_values(in_namespace("victim", "q7"))
+        .await
+        .unwrap();
+    // The flood: 20,000 first requests (40 calls at one call per 2 s: 80 s of budget).
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..20_000 {
+        let cache = cache.clone_handle();
+        let request = in_namespace("flood", &format!("q{i}"));
+        flood.spawn(async move { cache.get_values(request).await.is_ok() });
+    }
+    // The victim's new series is fetched within a second or two, not after the flood's 20 s.
+    let asked = Instant::now();
+    let value = cache
+        .get_values(in_namespace("victim", "q8"))
+        .await
+        .unwrap();
+    assert_eq!(value[0].value, 8.0);
+    assert!(
+        Instant::now() - asked < Duration::from_secs(3),
+        "waited {:?} behind another tenant",
+        Instant::now() - asked
+    );
+    // And the victim's warm series is refreshed at its grid point (a minute boundary, 30 s in),
+    // in the middle of the flood, not after it.
+    let grid = start + Duration::from_secs(30);
+    tokio::time::sleep_until(grid + Duration::from_secs(3)).await;
+    let calls = fake.calls();
+    let victim_refreshed = calls.iter().any(|(at, r)| {
+        *at >= grid
+            && *at <= grid + Duration::from_secs(3)
+            && queues_of(r).contains(&"q7".to_string())
+    });
+    assert!(
+        victim_refreshed,
+        "the victim's refresh waited behind the flood"
+    );
+    let flood_calls_after = calls
+        .iter()
+        .filter(|(at, _)| *at > grid + Duration::from_secs(3))
+        .count();
+    assert_eq!(flood_calls_after, 0, "sanity: no call is in the future");
+    assert!(
+        calls.len() < 40,
+        "the flood was still draining at the victim's grid point ({} calls so far)",
+        calls.len()
+    );
+    while flood.join_next().await.is_some() {}
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_table_refuses_at_once_and_keeps_room_for_every_tenant() {
+    let file = parse("metrics: []").unwrap();
+    let namespaced = |namespace: &str| {
+        let mut definition =
+            Definition::new(parse(SQS).unwrap().get("depth").unwrap().spec.clone()).unwrap();
+        definition.namespace = Some(namespace.to_string());
+        Arc::new(definition)
+    };
+    let definitions = Arc::new(ArcSwap::from_pointee(
+        file.with_namespaced([namespaced("greedy"), namespaced("modest")]),
+    ));
+    let fake = Arc::new(Fake::default());
+    let config = EngineConfig {
+        max_series: 10,
+        ..EngineConfig::default()
+    };
+    let cache = Engine::with_wall_clock(
+        definitions,
+        sources(&fake, 10.0),
+        config,
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let in_namespace = |namespace: &str, queue: &str| {
+        let mut request = request(queue);
+        request.namespace = namespace.to_string();
+        request
+    };
+    // One tenant fills the table.
+    for i in 0..10 {
+        cache
+            .get_values(in_namespace("greedy", &format!("q{i}")))
+            .await
+            .unwrap();
+    }
+    // Past the bound it is refused at once, without waiting for a fetch.
+    let asked = Instant::now();
+    let err = cache
+        .get_values(in_namespace("greedy", "q10"))
+        .await
+        .unwrap_err();
+    assert_eq!(Instant::now(), asked, "a refusal must not wait");
+    let ProviderError::AtCapacity(message) = &err else {
+        panic!("expected AtCapacity, got {err:?}");
+    };
+    assert!(message.contains("--max-series"), "{message}");
+    // Another tenant still gets its fair share (half), in place of the greedy one's oldest.
+    for i in 0..5 {
+        let value = cache
+            .get_values(in_namespace("modest", &format!("q{i}")))
+            .await
+            .unwrap();
+        assert_eq!(value[0].value, f64::from(i));
+    }
+    let err = cache
+        .get_values(in_namespace("modest", "q5"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::AtCapacity(m) if m.contains("fair share of 5")),
+        "{err:?}"
+    );
+    assert_eq!(cache.active_series(), 10);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_longer_than_max_age_the_value_comes_back_promptly() {
+    let config = EngineConfig {
+        max_age: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let (cache, fake, stop) = setup(config);
+    assert_eq!(value(&cache, "q4").await.unwrap(), 4.0);
+    fake.fail_with(Some(CloudWatchError::Unreachable {
+        detail: "connection refused".into(),
+    }));
+    // A ten-minute outage: past max age, requests fail (never the old number).
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(matches!(
+        value(&cache, "q4").await,
+        Err(ProviderError::Stale { .. })
+    ));
+    // The backend answers again: the next request (an HPA asks every 15 s) triggers a probe,
+    // and the value is back within seconds, not after a back-off of minutes.
+    fake.fail_with(None);
+    let back = Instant::now();
+    let _ = value(&cache, "q4").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(value(&cache, "q4").await.unwrap(), 4.0);
+    assert!(Instant::now() - back <= Duration::from_secs(3));
+    // Without requests too, the next grid point refreshes it: failures past max age never back
+    // off beyond the refresh interval.
+    fake.fail_with(Some(CloudWatchError::Unreachable {
+        detail: "connection refused".into(),
+    }));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    fake.fail_with(None);
+    let calls = fake.calls().len();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(
+        fake.calls().len() > calls,
+        "not refreshed within one interval of recovery"
+    );
+    assert_eq!(value(&cache, "q4").await.unwrap(), 4.0);
     stop.cancel();
 }

@@ -6,7 +6,7 @@
 //! are answered from the table only: memory, never a call. A first request waits for the first
 //! fetch, and concurrent first requests share it, because they find the same series.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +67,11 @@ pub struct SeriesState {
     pub latest: Option<(Result<MetricValue, ProviderError>, Instant)>,
     /// The last good value and when it was fetched, kept while refreshes fail.
     pub last_good: Option<(MetricValue, Instant)>,
+    /// When the last refresh (or probe) finished.
+    pub last_attempt: Option<Instant>,
+    /// The backend rejected every call this series was in, and accepted the others: it gets a
+    /// call of its own from now on, so it can only fail itself.
+    pub isolated: bool,
 }
 
 impl Series {
@@ -87,6 +92,8 @@ impl Series {
                 failures: 0,
                 latest: None,
                 last_good: None,
+                last_attempt: None,
+                isolated: false,
             }),
             generation: watch::Sender::new(0),
         }
@@ -120,6 +127,22 @@ impl Series {
     /// Store a fetch outcome (the engine has updated the schedule) and wake waiters.
     pub fn publish(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// It was dropped to make room: whoever waits for its first value is told why.
+    fn evicted(&self, max_series: u64) {
+        let mut state = self.lock();
+        if state.latest.is_none() {
+            state.latest = Some((
+                Err(ProviderError::AtCapacity(format!(
+                    "metric {}: the adapter tracks its maximum of {max_series} series (--max-series), and this series was dropped to make room for another tenant's",
+                    self.definition.spec.name
+                ))),
+                Instant::now(),
+            ));
+        }
+        drop(state);
+        self.publish();
     }
 }
 
@@ -199,16 +222,39 @@ pub fn max_age(definition: &Definition, default_max_age: Duration) -> Duration {
         .unwrap_or_else(|| default_max_age.max(definition.refresh_interval.saturating_mul(3)))
 }
 
-/// The table: series by key, bounded by `max_series`.
+/// The table: series by key, bounded by `max_series`, shared fairly between tenants.
+///
+/// Below the bound anyone may add series. At the bound, a tenant holding less than an equal
+/// share (`max_series` / tenants) may still add one, in place of the least recently requested
+/// series of the tenant holding the most, if that one holds more than its share; anyone else is
+/// refused at once. So one caller asking for many selector values can fill the table only until
+/// others need room, and never takes another tenant's fair share.
 #[derive(Debug)]
 pub struct SeriesTable {
     series: moka::sync::Cache<SeriesKey, Arc<Series>>,
     max_series: u64,
+    /// Series per tenant, and every insert and removal, under one lock (the slow path only:
+    /// requests for existing series never take it).
+    accounts: Mutex<Accounts>,
+}
+
+#[derive(Debug, Default)]
+struct Accounts {
+    total: u64,
+    by_tenant: HashMap<Tenant, u64>,
 }
 
 /// Why a series could not be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AtCapacity;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtCapacity {
+    /// The table is full, and no tenant holds more than its share.
+    Full,
+    /// The table is full, and this tenant already holds its share.
+    FairShare {
+        /// The share.
+        share: u64,
+    },
+}
 
 /// How [`SeriesTable::get_or_insert`] found the series.
 #[derive(Debug)]
@@ -223,16 +269,21 @@ impl SeriesTable {
     /// An empty table holding at most `max_series` series.
     pub fn new(max_series: u64) -> Self {
         Self {
-            series: moka::sync::Cache::builder()
-                .max_capacity(max_series)
-                .build(),
+            series: moka::sync::Cache::builder().build(),
             max_series,
+            accounts: Mutex::new(Accounts::default()),
         }
     }
 
     /// The bound.
     pub fn max_series(&self) -> u64 {
         self.max_series
+    }
+
+    fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The series of `key` if it exists for `definition` itself.
@@ -243,37 +294,80 @@ impl SeriesTable {
     }
 
     /// The series of `key` for `definition`, created if it is new, or replacing one left from
-    /// an edited definition (whose values must not be served). Atomic, so concurrent first
-    /// requests agree on one series.
+    /// an edited definition (whose values must not be served). Concurrent first requests agree
+    /// on one series. Refused at once when the table is full for this tenant.
     pub fn get_or_insert(
         &self,
         key: &SeriesKey,
         definition: &Arc<Definition>,
         now: Instant,
     ) -> Result<Found, AtCapacity> {
-        let outcome = self
+        let mut accounts = self.accounts();
+        let existing = self.series.get(key);
+        if let Some(series) = &existing
+            && Arc::ptr_eq(&series.definition, definition)
+        {
+            return Ok(Found::Existing(series.clone()));
+        }
+        let series = Arc::new(Series::new(definition.clone(), key.labels.clone(), now));
+        if existing.is_none() {
+            self.make_room(&mut accounts, &series.tenant)?;
+            accounts.total += 1;
+            *accounts.by_tenant.entry(series.tenant.clone()).or_default() += 1;
+        }
+        // A replaced series (same key, so same tenant) keeps its place in the accounts.
+        self.series.insert(key.clone(), series.clone());
+        Ok(Found::Created(series))
+    }
+
+    /// Below the bound, nothing to do; at it, evict for a tenant under its share, or refuse.
+    fn make_room(&self, accounts: &mut Accounts, tenant: &Tenant) -> Result<(), AtCapacity> {
+        if accounts.total < self.max_series {
+            return Ok(());
+        }
+        let holding = accounts.by_tenant.get(tenant).copied().unwrap_or(0);
+        let tenants = accounts.by_tenant.len() as u64 + u64::from(holding == 0);
+        let share = (self.max_series / tenants.max(1)).max(1);
+        if holding >= share {
+            return Err(AtCapacity::FairShare { share });
+        }
+        let Some((largest, held)) = accounts
+            .by_tenant
+            .iter()
+            .max_by_key(|(_, held)| **held)
+            .map(|(tenant, held)| (tenant.clone(), *held))
+        else {
+            return Err(AtCapacity::Full);
+        };
+        if held <= share {
+            return Err(AtCapacity::Full);
+        }
+        let victim = self
             .series
-            .entry_by_ref(key)
-            .and_compute_with(|existing| match existing {
-                Some(entry) if Arc::ptr_eq(&entry.value().definition, definition) => {
-                    moka::ops::compute::Op::Nop
-                }
-                _ => moka::ops::compute::Op::Put(Arc::new(Series::new(
-                    definition.clone(),
-                    key.labels.clone(),
-                    now,
-                ))),
-            });
-        match outcome {
-            moka::ops::compute::CompResult::Inserted(entry)
-            | moka::ops::compute::CompResult::ReplacedWith(entry) => {
-                Ok(Found::Created(entry.into_value()))
+            .iter()
+            .filter(|(_, series)| series.tenant == largest)
+            .min_by_key(|(_, series)| series.lock().last_requested);
+        let Some((key, series)) = victim else {
+            return Err(AtCapacity::Full);
+        };
+        tracing::info!(
+            metric = %series.definition.spec.name,
+            tenant = %largest,
+            "series table full: dropping the least recently requested series of the tenant holding the most, to make room for {tenant}"
+        );
+        self.series.invalidate(&*key);
+        Self::forget(accounts, &largest);
+        series.evicted(self.max_series);
+        Ok(())
+    }
+
+    fn forget(accounts: &mut Accounts, tenant: &Tenant) {
+        accounts.total = accounts.total.saturating_sub(1);
+        if let Some(held) = accounts.by_tenant.get_mut(tenant) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                accounts.by_tenant.remove(tenant);
             }
-            moka::ops::compute::CompResult::Unchanged(entry) => {
-                Ok(Found::Existing(entry.into_value()))
-            }
-            moka::ops::compute::CompResult::Removed(_)
-            | moka::ops::compute::CompResult::StillNone(_) => Err(AtCapacity),
         }
     }
 
@@ -284,12 +378,15 @@ impl SeriesTable {
 
     /// Remove `series` from under `key`, unless a request replaced it meanwhile.
     pub fn remove(&self, key: &SeriesKey, series: &Arc<Series>) {
-        self.series
-            .entry_by_ref(key)
-            .and_compute_with(|entry| match entry {
-                Some(entry) if Arc::ptr_eq(entry.value(), series) => moka::ops::compute::Op::Remove,
-                _ => moka::ops::compute::Op::Nop,
-            });
+        let mut accounts = self.accounts();
+        if self
+            .series
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(&current, series))
+        {
+            self.series.invalidate(key);
+            Self::forget(&mut accounts, &series.tenant);
+        }
     }
 
     /// Every series (a snapshot iterator; concurrent changes may or may not show).
@@ -299,8 +396,7 @@ impl SeriesTable {
 
     /// How many series there are.
     pub fn len(&self) -> usize {
-        self.series.run_pending_tasks();
-        usize::try_from(self.series.entry_count()).unwrap_or(usize::MAX)
+        usize::try_from(self.accounts().total).unwrap_or(usize::MAX)
     }
 
     /// Whether there are none.

@@ -145,8 +145,9 @@ pub trait Source: Send + Sync + 'static {
         now: SystemTime,
     ) -> Result<Self::Request, ProviderError>;
 
-    /// How many of [`Profile::max_items_per_call`] a request takes.
-    fn size(&self, request: &Self::Request) -> usize;
+    /// How many of [`Profile::max_items_per_call`] a series of `definition` takes (known before
+    /// preparing it, so the engine prepares only what the budget admits).
+    fn size(&self, definition: &Definition) -> usize;
 
     /// Pack requests into as few calls as the backend allows. Earlier items go into earlier
     /// calls where the backend's rules allow it (the engine orders items fairly).
@@ -207,8 +208,8 @@ impl<T: Source> Source for std::sync::Arc<T> {
         (**self).prepare(definition, labels, now)
     }
 
-    fn size(&self, request: &Self::Request) -> usize {
-        (**self).size(request)
+    fn size(&self, definition: &Definition) -> usize {
+        (**self).size(definition)
     }
 
     fn plan(&self, items: &[PlanItem<'_, Self::Request>]) -> Vec<Planned<Self::Call>> {

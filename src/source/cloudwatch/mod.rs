@@ -237,8 +237,8 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
         translate::build_request(definition, labels, now)
     }
 
-    fn size(&self, request: &MetricDataRequest) -> usize {
-        request.metric_data_queries.len()
+    fn size(&self, definition: &Definition) -> usize {
+        definition.spec.queries.len().max(1)
     }
 
     fn plan(&self, items: &[PlanItem<'_, MetricDataRequest>]) -> Vec<Planned<batch::Batch>> {

@@ -228,7 +228,7 @@ impl<Q: QueueApi> Source for SqsSource<Q> {
         request(definition, labels)
     }
 
-    fn size(&self, _request: &SqsRequest) -> usize {
+    fn size(&self, _definition: &Definition) -> usize {
         1
     }
 
