@@ -61,6 +61,7 @@ pub struct AdapterMetrics {
     sqs_requests: Counter,
     estimated_cost: Family<SourceLabels, Counter<f64, AtomicU64>>,
     bisected_calls: Family<SourceLabels, Counter>,
+    truncated_calls: Family<SourceLabels, Counter>,
     cache_lookups: Family<ResultLabels, Counter>,
     active_series: Gauge,
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
@@ -91,6 +92,7 @@ impl Default for AdapterMetrics {
         let sqs_requests = Counter::default();
         let estimated_cost = Family::<SourceLabels, Counter<f64, AtomicU64>>::default();
         let bisected_calls = Family::<SourceLabels, Counter>::default();
+        let truncated_calls = Family::<SourceLabels, Counter>::default();
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         let active_series = Gauge::default();
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
@@ -146,6 +148,11 @@ impl Default for AdapterMetrics {
             bisected_calls.clone(),
         );
         registry.register(
+            "incomplete_calls",
+            "Calls whose results were incomplete (pagination stopped before the last page)",
+            truncated_calls.clone(),
+        );
+        registry.register(
             "cache_lookups",
             "Value requests answered from memory (hit), after a first fetch (miss), or refused as stale",
             cache_lookups.clone(),
@@ -177,6 +184,7 @@ impl Default for AdapterMetrics {
             sqs_requests,
             estimated_cost,
             bisected_calls,
+            truncated_calls,
             cache_lookups,
             active_series,
             value_age,
@@ -229,6 +237,13 @@ impl AdapterMetrics {
                 source: backend.label().to_string(),
             })
             .inc_by(dollars);
+        if usage.truncated {
+            self.truncated_calls
+                .get_or_create(&SourceLabels {
+                    source: backend.label().to_string(),
+                })
+                .inc();
+        }
     }
 
     /// Count one call of `backend` rejected as a bad request and retried in halves.
@@ -315,6 +330,7 @@ mod tests {
                 items: 3,
                 billed: 2,
                 datapoints: 6,
+                truncated: false,
             },
             0.00002,
         );
@@ -340,6 +356,7 @@ mod tests {
                 items: 1,
                 billed: 2,
                 datapoints: 1,
+                truncated: true,
             },
             0.0000008,
         );
@@ -350,6 +367,10 @@ mod tests {
         );
         assert!(
             text.contains("cloudwatch_adapter_sqs_requests_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudwatch_adapter_incomplete_calls_total{source=\"sqs\"} 1"),
             "{text}"
         );
         assert!(

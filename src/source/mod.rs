@@ -73,6 +73,8 @@ pub struct Usage {
     pub billed: usize,
     /// Datapoints returned.
     pub datapoints: usize,
+    /// Some results were left incomplete (pagination stopped before the last page).
+    pub truncated: bool,
 }
 
 /// Why a call failed as a whole. `detail` is for the log only: it may carry AWS request details.

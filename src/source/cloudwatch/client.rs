@@ -124,6 +124,18 @@ impl MetricDataSource for AwsCloudWatch {
                 break;
             }
         }
+        if next_token.is_some() {
+            // Pages left unread: the results are not complete, and say so (the newest points
+            // come first, so what was read may still serve; no data cannot be concluded).
+            tracing::warn!(
+                pages = MAX_PAGES,
+                queries = request.metric_data_queries.len(),
+                "GetMetricData pagination stopped before the last page"
+            );
+            for result in &mut merged {
+                result.status = ResultStatus::PartialData;
+            }
+        }
         Ok(merged)
     }
 }

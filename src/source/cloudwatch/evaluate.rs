@@ -55,8 +55,16 @@ pub fn evaluate(
         }
     }
     let window = Some(Duration::from_secs(u64::try_from(read.period).unwrap_or(0)));
+    let partial = results
+        .iter()
+        .any(|r| r.id == read.value_query && r.status == ResultStatus::PartialData);
     let (timestamp, value) = match newest_point(read, results) {
         Some(point) => point,
+        // Pages were left unread: "no datapoints" would be a guess.
+        None if partial => {
+            tracing::warn!(metric = %name, "value query has partial data and no datapoint");
+            return Err(backend_error(&PROFILE, BackendFailure::ServiceError, name));
+        }
         None => match definition.spec.no_data_value {
             // The user said what "no data" means; the timestamp is the newest time the
             // statement is about: the end of the searched window, not a datapoint's.
@@ -244,6 +252,37 @@ metrics:
         };
         assert_eq!(failure, BackendFailure::InvalidQuery);
         assert!(message.contains("returns 2 time series"), "{message}");
+    }
+
+    #[test]
+    fn partial_data_without_a_point_is_not_no_data() {
+        let err = run(
+            "sqs-idle-is-zero",
+            None,
+            Ok(vec![result(vec![], ResultStatus::PartialData)]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProviderError::Backend {
+                    failure: BackendFailure::ServiceError,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let t = UNIX_EPOCH + Duration::from_secs(1_789_999_940);
+        let value = run(
+            "sqs-visible",
+            Some("orders"),
+            Ok(vec![result(vec![(t, 7.0)], ResultStatus::PartialData)]),
+        )
+        .unwrap();
+        assert_eq!(
+            value.value, 7.0,
+            "the newest point comes first, so it serves"
+        );
     }
 
     #[test]

@@ -269,7 +269,7 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
                 .iter()
                 .filter(|q| matches!(q.kind, QueryKind::MetricStat(_)))
                 .count(),
-            datapoints: 0,
+            ..Usage::default()
         };
         let results = match self.client.get_metric_data(&call.request).await {
             Ok(results) => results,
@@ -281,6 +281,9 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
             }
         };
         usage.datapoints = results.iter().map(|r| r.points.len()).sum();
+        usage.truncated = results
+            .iter()
+            .any(|r| r.status == ResultStatus::PartialData);
         let mut by_member = call.distribute(results);
         let outcome = call
             .members
