@@ -46,6 +46,9 @@ struct Args {
     timeout: u64,
 }
 
+/// A queue, and how long its native and CloudWatch definitions took to serve the new depth.
+type Trial = (String, Option<Duration>, Option<Duration>);
+
 const DEFINITIONS: &str = r#"
 metrics:
   # Native: GetQueueAttributes, default refreshInterval (15s).
@@ -398,7 +401,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, native, cloudwatch) in &results {
         println!("| {name} | {} | {} |", show(native), show(cloudwatch));
     }
-    let worst = |pick: fn(&(String, Option<Duration>, Option<Duration>)) -> Option<Duration>| {
+    let worst = |pick: fn(&Trial) -> Option<Duration>| {
         results
             .iter()
             .map(pick)
