@@ -339,9 +339,7 @@ fn sources(flags: &CacheFlags, sdk: &SdkConfig, aws: &AwsConfig) -> Sources {
             Pacing::per_second(flags.cloudwatch_calls_per_second),
         )
         .with(
-            SqsSource::new(
-                AwsSqs::new(sdk.clone()).with_endpoint_url(aws.sqs_endpoint_url.clone()),
-            ),
+            SqsSource::new(AwsSqs::new(sdk.clone(), aws.sqs_endpoint_url.clone())),
             Pacing::per_second(flags.sqs_calls_per_second),
         )
 }

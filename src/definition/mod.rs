@@ -376,3 +376,32 @@ fn validate_metric_name(name: &str, problems: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests;
+
+/// Definitions the unit tests of several stages share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::sync::Arc;
+
+    use super::Definition;
+
+    /// The flagship: SQS visible messages from CloudWatch, one definition for every queue.
+    pub(crate) fn sqs_visible() -> Arc<Definition> {
+        let set = super::parse(
+            r#"
+metrics:
+  - name: sqs-visible
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+"#,
+        )
+        .unwrap_or_default();
+        set.iter().next().cloned().expect("the fixture is valid")
+    }
+}

@@ -254,28 +254,11 @@ fn describe_labels(definition: &Definition) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::definition::file::parse;
     use crate::provider::Requirement;
     use std::sync::Arc;
 
     fn sqs() -> Arc<Definition> {
-        let set = parse(
-            r#"
-metrics:
-  - name: sqs-visible
-    queries:
-      - id: visible
-        metricStat:
-          metric:
-            namespace: AWS/SQS
-            metricName: ApproximateNumberOfMessagesVisible
-            dimensions: [{name: QueueName, value: "${QueueName}"}]
-          period: 60
-          stat: Average
-"#,
-        )
-        .unwrap();
-        set.iter().next().unwrap().clone()
+        crate::definition::fixtures::sqs_visible()
     }
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {

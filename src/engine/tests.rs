@@ -554,35 +554,48 @@ metrics:
     stop.cancel();
 }
 
-#[tokio::test(start_paused = true)]
-async fn one_tenant_asking_for_many_new_series_does_not_delay_another_tenants_refresh() {
-    // Two namespaces define the same metric; one asks for 20,000 new selector values at once.
-    let file = parse("metrics: []").unwrap();
-    let namespaced = |namespace: &str| {
-        let mut definition =
-            Definition::new(parse(SQS).unwrap().get("depth").unwrap().spec.clone()).unwrap();
+/// An engine where each of `namespaces` defines the metric as an ExternalMetric, against a fake
+/// paced at `calls_per_second`.
+fn tenants(
+    namespaces: &[&str],
+    config: EngineConfig,
+    calls_per_second: f64,
+) -> (Engine, Arc<Fake>, CancellationToken) {
+    let spec = parse(SQS).unwrap().get("depth").unwrap().spec.clone();
+    let objects = namespaces.iter().map(|namespace| {
+        let mut definition = Definition::new(spec.clone()).unwrap();
         definition.namespace = Some(namespace.to_string());
         Arc::new(definition)
-    };
+    });
     let definitions = Arc::new(ArcSwap::from_pointee(
-        file.with_namespaced([namespaced("flood"), namespaced("victim")]),
+        DefinitionSet::default().with_namespaced(objects),
     ));
     let fake = Arc::new(Fake::default());
-    let start = Instant::now();
     let cache = Engine::with_wall_clock(
         definitions,
-        sources(&fake, 0.5),
-        EngineConfig::default(),
+        sources(&fake, calls_per_second),
+        config,
         Arc::new(AdapterMetrics::default()),
         grid_anchor(),
     );
     let stop = CancellationToken::new();
     tokio::spawn(cache.clone_handle().run(stop.clone()));
-    let in_namespace = |namespace: &str, queue: &str| {
-        let mut request = request(queue);
-        request.namespace = namespace.to_string();
-        request
-    };
+    (cache, fake, stop)
+}
+
+/// A request for queue `queue` from an HPA in `namespace`.
+fn in_namespace(namespace: &str, queue: &str) -> MetricRequest {
+    MetricRequest {
+        namespace: namespace.to_string(),
+        ..request(queue)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_asking_for_many_new_series_does_not_delay_another_tenants_refresh() {
+    // Two namespaces define the same metric; one asks for 20,000 new selector values at once.
+    let start = Instant::now();
+    let (cache, fake, stop) = tenants(&["flood", "victim"], EngineConfig::default(), 0.5);
     // The victim's series is warm.
     cache
         .get_values(in_namespace("victim", "q7"))
@@ -637,35 +650,11 @@ async fn one_tenant_asking_for_many_new_series_does_not_delay_another_tenants_re
 
 #[tokio::test(start_paused = true)]
 async fn a_full_table_refuses_at_once_and_keeps_room_for_every_tenant() {
-    let file = parse("metrics: []").unwrap();
-    let namespaced = |namespace: &str| {
-        let mut definition =
-            Definition::new(parse(SQS).unwrap().get("depth").unwrap().spec.clone()).unwrap();
-        definition.namespace = Some(namespace.to_string());
-        Arc::new(definition)
-    };
-    let definitions = Arc::new(ArcSwap::from_pointee(
-        file.with_namespaced([namespaced("greedy"), namespaced("modest")]),
-    ));
-    let fake = Arc::new(Fake::default());
     let config = EngineConfig {
         max_series: 10,
         ..EngineConfig::default()
     };
-    let cache = Engine::with_wall_clock(
-        definitions,
-        sources(&fake, 10.0),
-        config,
-        Arc::new(AdapterMetrics::default()),
-        grid_anchor(),
-    );
-    let stop = CancellationToken::new();
-    tokio::spawn(cache.clone_handle().run(stop.clone()));
-    let in_namespace = |namespace: &str, queue: &str| {
-        let mut request = request(queue);
-        request.namespace = namespace.to_string();
-        request
-    };
+    let (cache, _fake, stop) = tenants(&["greedy", "modest"], config, 10.0);
     // One tenant fills the table.
     for i in 0..10 {
         cache

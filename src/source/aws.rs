@@ -43,32 +43,43 @@ pub(crate) async fn target_config(base: &SdkConfig, target: &Target) -> SdkConfi
     builder.build()
 }
 
-/// One client per target, built on first use and reused (clients pool connections).
+/// One client per target, built on first use and reused (clients pool connections), from a
+/// base SDK configuration and an optional endpoint override for the service.
 #[derive(Debug)]
 pub(crate) struct Clients<C> {
+    base: SdkConfig,
+    endpoint_url: Option<String>,
     clients: Mutex<HashMap<Target, C>>,
 }
 
-impl<C> Default for Clients<C> {
-    fn default() -> Self {
+impl<C: Clone> Clients<C> {
+    /// Clients built from `base` (region, credentials chain, retries, timeouts).
+    pub(crate) fn new(base: SdkConfig) -> Self {
         Self {
+            base,
+            endpoint_url: None,
             clients: Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl<C: Clone> Clients<C> {
-    /// The client of `target`, built with `build` from its configuration if there is none yet.
+    /// Send the service's calls (only those: STS `AssumeRole` keeps its own endpoint) to `url`.
+    pub(crate) fn with_endpoint_url(mut self, url: Option<String>) -> Self {
+        self.endpoint_url = url;
+        self
+    }
+
+    /// The client of `target`, built with `build` (its configuration and the endpoint
+    /// override) if there is none yet.
     pub(crate) async fn get(
         &self,
-        base: &SdkConfig,
         target: &Target,
-        build: impl FnOnce(&SdkConfig) -> C,
+        build: impl FnOnce(&SdkConfig, Option<&str>) -> C,
     ) -> C {
         if let Some(client) = self.lock().get(target) {
             return client.clone();
         }
-        let client = build(&target_config(base, target).await);
+        let config = target_config(&self.base, target).await;
+        let client = build(&config, self.endpoint_url.as_deref());
         self.lock().entry(target.clone()).or_insert(client).clone()
     }
 

@@ -25,8 +25,6 @@ const MAX_PAGES: usize = 20;
 /// `GetMetricData` through the real SDK, one client per target, built once and reused.
 #[derive(Debug)]
 pub struct AwsCloudWatch {
-    base: SdkConfig,
-    endpoint_url: Option<String>,
     clients: Clients<Client>,
 }
 
@@ -34,25 +32,22 @@ impl AwsCloudWatch {
     /// Wrap a loaded SDK configuration (region, credentials chain, endpoint, retries, timeouts).
     pub fn new(base: SdkConfig) -> Self {
         Self {
-            base,
-            endpoint_url: None,
-            clients: Clients::default(),
+            clients: Clients::new(base),
         }
     }
 
     /// Send CloudWatch calls (only those: STS `AssumeRole` keeps its own endpoint) to `url`.
-    pub fn with_endpoint_url(mut self, url: Option<String>) -> Self {
-        self.endpoint_url = url;
-        self
+    pub fn with_endpoint_url(self, url: Option<String>) -> Self {
+        Self {
+            clients: self.clients.with_endpoint_url(url),
+        }
     }
 
     async fn client(&self, target: &Target) -> Client {
         self.clients
-            .get(&self.base, target, |config| {
+            .get(target, |config, endpoint_url| {
                 let mut builder = aws_sdk_cloudwatch::config::Builder::from(config);
-                if let Some(url) = &self.endpoint_url {
-                    builder = builder.endpoint_url(url);
-                }
+                builder.set_endpoint_url(endpoint_url.map(str::to_string));
                 Client::from_conf(builder.build())
             })
             .await

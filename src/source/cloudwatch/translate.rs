@@ -197,21 +197,7 @@ mod tests {
     }
 
     fn sqs() -> Arc<Definition> {
-        definition(
-            r#"
-metrics:
-  - name: sqs-visible
-    queries:
-      - id: visible
-        metricStat:
-          metric:
-            namespace: AWS/SQS
-            metricName: ApproximateNumberOfMessagesVisible
-            dimensions: [{name: QueueName, value: "${QueueName}"}]
-          period: 60
-          stat: Average
-"#,
-        )
+        crate::definition::fixtures::sqs_visible()
     }
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {

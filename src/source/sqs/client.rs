@@ -20,34 +20,23 @@ const NOT_FOUND_CODES: &[&str] = &[
 /// SQS through the real SDK, one client per target, built once and reused.
 #[derive(Debug)]
 pub struct AwsSqs {
-    base: SdkConfig,
-    endpoint_url: Option<String>,
     clients: Clients<Client>,
 }
 
 impl AwsSqs {
-    /// Wrap a loaded SDK configuration (region, credentials chain, retries, timeouts).
-    pub fn new(base: SdkConfig) -> Self {
+    /// Wrap a loaded SDK configuration (region, credentials chain, retries, timeouts), sending
+    /// SQS calls to `endpoint_url` if given (STS keeps its own endpoint).
+    pub fn new(base: SdkConfig, endpoint_url: Option<String>) -> Self {
         Self {
-            base,
-            endpoint_url: None,
-            clients: Clients::default(),
+            clients: Clients::new(base).with_endpoint_url(endpoint_url),
         }
-    }
-
-    /// Send SQS calls (only those: STS `AssumeRole` keeps its own endpoint) to `url`.
-    pub fn with_endpoint_url(mut self, url: Option<String>) -> Self {
-        self.endpoint_url = url;
-        self
     }
 
     async fn client(&self, target: &Target) -> Client {
         self.clients
-            .get(&self.base, target, |config| {
+            .get(target, |config, endpoint_url| {
                 let mut builder = aws_sdk_sqs::config::Builder::from(config);
-                if let Some(url) = &self.endpoint_url {
-                    builder = builder.endpoint_url(url);
-                }
+                builder.set_endpoint_url(endpoint_url.map(str::to_string));
                 Client::from_conf(builder.build())
             })
             .await
