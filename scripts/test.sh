@@ -8,6 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Dependency policy (deny.toml): banned crates, licenses, sources. Advisories are left out on
+# purpose: their database comes from GitHub, which CI cannot reach (see deny.toml).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  cargo install --locked cargo-deny
+fi
+cargo deny --locked check --hide-inclusion-graph bans licenses sources
+
 bash scripts/fetch-tools.sh
 # MOTO_SERVER=<path>: the SQS tests start their own moto_server from it.
 eval "$(bash scripts/moto.sh)"

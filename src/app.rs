@@ -15,6 +15,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api::{self, ApiState};
 use crate::auth::review::{KubeReviewer, Reviewer};
@@ -49,9 +50,45 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Validate, bind, and serve until SIGTERM or SIGINT.
+/// Validate, bind, and serve until SIGTERM or SIGINT; a second signal aborts the drain.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
+    check_open_files(config.edge.max_connections)?;
+    // Installed before binding, so a signal during start-up is a shutdown, not a kill.
+    let shutdown = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let signals = tokio::spawn(
+        watch_signals(shutdown.clone(), abort.clone())
+            .instrument(tracing::info_span!("task", name = "signals")),
+    );
+    let result = bind_and_serve(config, shutdown, abort).await;
+    signals.abort();
+    let _ = signals.await;
+    result
+}
+
+/// `--max-connections` plus what the rest of the process needs must fit the open-files limit
+/// (raised to its hard limit first), or the cap would never be reached: accept would fail with
+/// EMFILE first, for everyone.
+fn check_open_files(max_connections: u64) -> anyhow::Result<()> {
+    let limit = crate::server::open_files_limit();
+    let needed = max_connections.saturating_add(crate::server::RESERVED_FILE_DESCRIPTORS);
+    if needed > limit {
+        anyhow::bail!(
+            "--max-connections {max_connections} needs about {needed} open files ({} kept for everything else), but this process may open only {limit} (ulimit -n): lower --max-connections to at most {}, or raise the limit",
+            crate::server::RESERVED_FILE_DESCRIPTORS,
+            limit.saturating_sub(crate::server::RESERVED_FILE_DESCRIPTORS)
+        );
+    }
+    tracing::debug!(limit, max_connections, "open-files limit checked");
+    Ok(())
+}
+
+async fn bind_and_serve(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) -> anyhow::Result<()> {
     let sdk = load_sdk_config(&config.aws).await;
     let secure_addr = SocketAddr::new(config.bind_address, config.secure_port);
     let admin_addr = SocketAddr::new(config.admin_bind_address, config.admin_port);
@@ -63,7 +100,16 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on --admin-port {admin_addr}"))?,
     };
-    serve(config, sdk, listeners, shutdown_signal()).await
+    let kube = kube_for(&config).await?;
+    serve_until(
+        config,
+        sdk,
+        kube,
+        listeners,
+        async move { shutdown.cancelled().await },
+        abort,
+    )
+    .await
 }
 
 /// The two bound sockets.
@@ -129,6 +175,12 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let kube = kube_for(&config).await?;
+    serve_with_kube(config, sdk, kube, listeners, shutdown).await
+}
+
+/// The Kubernetes client, when something configured needs one.
+async fn kube_for(config: &ServeConfig) -> anyhow::Result<Option<kube::Client>> {
     // What needs the Kubernetes API, and the flags that do without it.
     let mut needs = Vec::new();
     if config.auth.needs_cluster() {
@@ -140,12 +192,11 @@ pub async fn serve(
     if config.crd.watch_external_metrics {
         needs.push(("the ExternalMetric watch", "--watch-external-metrics=false"));
     }
-    let kube = if needs.is_empty() {
+    Ok(if needs.is_empty() {
         None
     } else {
         Some(kube_client(&config.auth, &needs).await?)
-    };
-    serve_with_kube(config, sdk, kube, listeners, shutdown).await
+    })
 }
 
 /// As [`serve`], with the Kubernetes client given (tests pass a mocked API server); `None` means
@@ -157,6 +208,27 @@ pub async fn serve_with_kube(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_until(
+        config,
+        sdk,
+        kube,
+        listeners,
+        shutdown,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+/// As [`serve_with_kube`], with `abort` cutting the drain short (the second SIGTERM or SIGINT):
+/// connections are closed at once and the function returns an error saying so.
+pub async fn serve_until(
+    config: ServeConfig,
+    sdk: SdkConfig,
+    kube: Option<kube::Client>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    abort: CancellationToken,
+) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
     let metrics = Arc::new(AdapterMetrics::default());
     let stop = CancellationToken::new();
@@ -166,14 +238,18 @@ pub async fn serve_with_kube(
     // Admin first, so probes answer (not ready) while the rest starts.
     let admin_router = admin_router(readiness.clone(), metrics.clone());
     let admin_stop = stop.clone();
-    let admin = tokio::spawn(crate::server::serve_plain(
-        listeners.admin,
-        admin_router,
-        async move { admin_stop.cancelled().await },
-    ));
+    let mut admin = tokio::spawn(
+        crate::server::serve_plain(listeners.admin, admin_router, async move {
+            admin_stop.cancelled().await
+        })
+        .instrument(tracing::info_span!("task", name = "admin server")),
+    );
 
-    let definitions = match &config.config {
-        Some(path) => definition::load_file(path)?,
+    let definitions = match config.config.clone() {
+        // File reads block: keep them off the async workers (the admin port is already serving).
+        Some(path) => tokio::task::spawn_blocking(move || definition::load_file(&path))
+            .await
+            .context("loading the definitions file failed")??,
         None => {
             tracing::warn!("no --config given: no metrics are defined");
             DefinitionSet::default()
@@ -188,7 +264,11 @@ pub async fn serve_with_kube(
     let mut watchers: JoinSet<&'static str> = JoinSet::new();
     let store = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(cert), Some(key)) => {
-            let (certified, pair) = tls::load_files(cert, key)?;
+            let (cert_path, key_path) = (cert.clone(), key.clone());
+            let (certified, pair) =
+                tokio::task::spawn_blocking(move || tls::load_files(&cert_path, &key_path))
+                    .await
+                    .context("loading the serving certificate failed")??;
             let store = Arc::new(CertificateStore::new(certified));
             let watcher_stop = stop.clone();
             let watch = tls::watch_files(
@@ -199,10 +279,16 @@ pub async fn serve_with_kube(
                 config.tls_reload_interval,
                 async move { watcher_stop.cancelled().await },
             );
-            watchers.spawn(async move {
-                watch.await;
-                "serving certificate watcher"
-            });
+            watchers.spawn(
+                async move {
+                    watch.await;
+                    "serving certificate watcher"
+                }
+                .instrument(tracing::info_span!(
+                    "task",
+                    name = "serving certificate watcher"
+                )),
+            );
             store
         }
         _ => {
@@ -260,37 +346,56 @@ pub async fn serve_with_kube(
             let writer = writer.run(stop.clone());
             tracing::info!("watching ExternalMetric objects in all namespaces");
             // Both run until `stop`; either ending earlier is fatal (see the select below).
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = watch => {}
-                    () = writer => {}
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        () = watch => {}
+                        () = writer => {}
+                    }
                 }
-            })
+                .instrument(tracing::info_span!("task", name = "ExternalMetric watch")),
+            )
         }
         None => {
             tracing::info!("not watching ExternalMetric objects (--watch-external-metrics=false)");
             readiness
                 .external_metrics_synced
                 .store(true, Ordering::Release);
-            tokio::spawn(std::future::pending())
+            // Stands in for the watch, so the shutdown sequence is the same; ends with `stop`.
+            let idle = stop.clone();
+            tokio::spawn(async move { idle.cancelled().await })
         }
     };
-    let refresher = tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let refresher = tokio::spawn(
+        cache
+            .clone_handle()
+            .run(stop.clone())
+            .instrument(tracing::info_span!("task", name = "CloudWatch refresher")),
+    );
     let provider = cache;
     let router = api::router(Arc::new(ApiState {
         provider,
         metrics: metrics.clone(),
     }))
     .layer(axum::middleware::from_fn_with_state(auth, auth::middleware));
+    // Outermost: bodies are refused, and timeouts and panics answered, before anything else.
+    let router = api::guard(router, config.edge.request_timeout, metrics.clone());
     let secure_addr = listeners.secure.local_addr()?;
-    let api_stop = stop.clone();
-    let mut api = tokio::spawn(crate::server::serve_tls(
-        listeners.secure,
-        Arc::new(tls::server_config(store, trust)),
-        router,
-        async move { api_stop.cancelled().await },
-        config.shutdown_grace_period,
-    ));
+    let mut api = tokio::spawn(
+        crate::server::serve_tls(
+            listeners.secure,
+            Arc::new(tls::server_config(store, trust)),
+            router,
+            config.edge.limits(),
+            metrics.clone(),
+            crate::server::Drain {
+                shutdown: stop.clone(),
+                abort: abort.clone(),
+                grace: config.shutdown_grace_period,
+            },
+        )
+        .instrument(tracing::info_span!("task", name = "API server")),
+    );
     tracing::info!(%secure_addr, "serving external.metrics.k8s.io");
 
     tokio::pin!(shutdown);
@@ -317,11 +422,38 @@ pub async fn serve_with_kube(
     }
     tracing::info!("shutting down: reporting not ready");
     readiness.shutting_down.store(true, Ordering::Release);
-    tokio::time::sleep(config.shutdown_delay).await;
+    tokio::select! {
+        () = tokio::time::sleep(config.shutdown_delay) => {}
+        () = abort.cancelled() => {}
+    }
     stop.cancel();
+    // Every task ends on `stop` (the API server after its drain, which `abort` cuts short);
+    // all are joined, so nothing is left running when this returns.
     api.await.context("API server task failed")?;
-    admin
+    let admin_result = tokio::select! {
+        result = &mut admin => Some(result),
+        () = abort.cancelled() => None,
+    };
+    let admin_result = match admin_result {
+        Some(result) => result,
+        None => {
+            admin.abort();
+            admin.await
+        }
+    };
+    refresher
         .await
+        .context("CloudWatch refresher task failed")?;
+    external_metrics
+        .await
+        .context("ExternalMetric watch task failed")?;
+    while let Some(result) = watchers.join_next().await {
+        result.context("a background task failed")?;
+    }
+    if abort.is_cancelled() {
+        anyhow::bail!("a second signal aborted the drain: in-flight requests were cut off");
+    }
+    admin_result
         .context("admin server task failed")?
         .context("admin server failed")?;
     tracing::info!("stopped");
@@ -562,22 +694,30 @@ fn admin_router(readiness: Arc<Readiness>, metrics: Arc<AdapterMetrics>) -> Rout
         )
 }
 
-async fn shutdown_signal() {
+/// The first SIGTERM or SIGINT starts the shutdown (not ready, delay, drain); the second
+/// aborts the drain, as kube-apiserver does, for an operator who cannot wait.
+async fn watch_signals(shutdown: CancellationToken, abort: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        }
+        (Ok(term), Ok(int)) => (term, int),
         _ => {
             tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            abort.cancel();
+            return;
         }
+    };
+    for (step, token) in [("shutting down", &shutdown), ("aborting the drain", &abort)] {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: {step}"),
+            _ = int.recv() => tracing::info!("SIGINT received: {step}"),
+        }
+        token.cancel();
     }
 }
 

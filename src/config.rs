@@ -55,7 +55,7 @@ pub struct AwsConfig {
     #[arg(long, env = "AWS_ENDPOINT_URL_SQS")]
     pub sqs_endpoint_url: Option<String>,
     /// Timeout for one AWS call attempt (GetMetricData, GetQueueAttributes).
-    #[arg(long, env = "CLOUDWATCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLOUDWATCH_TIMEOUT", default_value = "5s", value_parser = duration_in(MILLISECOND * 100, MINUTE * 5))]
     pub cloudwatch_timeout: Duration,
 }
 
@@ -94,9 +94,6 @@ impl AwsConfig {
                 ));
             }
         }
-        if self.cloudwatch_timeout.is_zero() {
-            problems.push("--cloudwatch-timeout must be greater than zero".to_string());
-        }
     }
 }
 
@@ -119,7 +116,7 @@ pub struct ServeConfig {
     #[arg(long, env = "TLS_PRIVATE_KEY_FILE")]
     pub tls_private_key_file: Option<PathBuf>,
     /// How often certificate files are re-read for rotation.
-    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = duration_in(MILLISECOND * 100, DAY))]
     pub tls_reload_interval: Duration,
     /// Extra DNS names for the self-signed certificate (the Service's names), comma-separated.
     #[arg(long, env = "SELF_SIGNED_NAMES", value_delimiter = ',')]
@@ -131,11 +128,14 @@ pub struct ServeConfig {
     #[arg(long, env = "ADMIN_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub admin_bind_address: IpAddr,
     /// After SIGTERM, how long to keep serving while reporting not-ready (endpoint propagation).
-    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = duration_in(Duration::ZERO, MINUTE * 10))]
     pub shutdown_delay: Duration,
     /// After that, how long in-flight requests get to finish.
-    #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value = "20s", value_parser = duration_in(Duration::ZERO, HOUR))]
     pub shutdown_grace_period: Duration,
+    /// Limits on what a client can hold on the API port.
+    #[command(flatten)]
+    pub edge: EdgeFlags,
     /// Cache settings.
     #[command(flatten)]
     pub cache: CacheFlags,
@@ -159,26 +159,15 @@ pub struct CrdFlags {
           overrides_with = "watch_external_metrics")]
     pub watch_external_metrics: bool,
     /// At most one status update per ExternalMetric per this interval (newer states coalesce).
-    #[arg(long, env = "STATUS_UPDATE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "STATUS_UPDATE_INTERVAL", default_value = "15s", value_parser = duration_in(MILLISECOND * 100, DAY))]
     pub status_update_interval: Duration,
     /// At most this many ExternalMetric status updates and Events per second, overall.
-    #[arg(long, env = "STATUS_WRITES_PER_SECOND", default_value_t = 5.0)]
+    #[arg(long, env = "STATUS_WRITES_PER_SECOND", default_value_t = 5.0, value_parser = number_in(0.01, 1000.0))]
     pub status_writes_per_second: f64,
     /// IAM roles ExternalMetric objects may name in roleArn (exact ARNs, or prefixes ending in
     /// `*`), comma-separated. Empty: objects may not assume roles (the definitions file may).
     #[arg(long, env = "EXTERNAL_METRIC_ALLOWED_ROLE_ARNS", value_delimiter = ',')]
     pub external_metric_allowed_role_arns: Vec<String>,
-}
-
-impl CrdFlags {
-    fn problems(&self, problems: &mut Vec<String>) {
-        if self.status_update_interval.is_zero() {
-            problems.push("--status-update-interval must be greater than zero".to_string());
-        }
-        if !(self.status_writes_per_second.is_finite() && self.status_writes_per_second > 0.0) {
-            problems.push("--status-writes-per-second must be a positive number".to_string());
-        }
-    }
 }
 
 /// How requests are authorized.
@@ -255,13 +244,13 @@ pub struct AuthFlags {
     )]
     pub requestheader_uid_headers: Vec<String>,
     /// How long a TokenReview answer is reused (authenticated or not).
-    #[arg(long, env = "AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = duration_in(SECOND, DAY))]
     pub authentication_token_webhook_cache_ttl: Duration,
     /// How long an "allowed" SubjectAccessReview answer is reused.
-    #[arg(long, env = "AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = duration_in(SECOND, DAY))]
     pub authorization_webhook_cache_authorized_ttl: Duration,
     /// How long a "denied" SubjectAccessReview answer is reused.
-    #[arg(long, env = "AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = duration_in(SECOND, DAY))]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
 }
 
@@ -330,21 +319,21 @@ impl AuthFlags {
 pub struct CacheFlags {
     /// Serve the last good value this long (since it was fetched) while refreshes fail; then
     /// answer with an error. At least three refresh intervals; a definition's maxAge overrides.
-    #[arg(long, env = "MAX_VALUE_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAX_VALUE_AGE", default_value = "5m", value_parser = duration_in(SECOND, DAY * 7))]
     pub max_value_age: Duration,
     /// Stop refreshing a series nobody has asked for in this long.
-    #[arg(long, env = "SERIES_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERIES_IDLE_TIMEOUT", default_value = "10m", value_parser = duration_in(SECOND, DAY * 7))]
     pub series_idle_timeout: Duration,
     /// Never make more GetMetricData calls per second than this (the account's quota is 50,
     /// shared with everything else in the account and region).
-    #[arg(long, env = "CLOUDWATCH_CALLS_PER_SECOND", default_value_t = 10.0)]
+    #[arg(long, env = "CLOUDWATCH_CALLS_PER_SECOND", default_value_t = 10.0, value_parser = number_in(0.01, 50.0))]
     pub cloudwatch_calls_per_second: f64,
     /// Never make more SQS GetQueueAttributes calls per second than this (one call reads one
     /// queue; 1,000 queues refreshed every 15 s need about 67 calls per second).
-    #[arg(long, env = "SQS_CALLS_PER_SECOND", default_value_t = DEFAULT_SQS_CALLS_PER_SECOND)]
+    #[arg(long, env = "SQS_CALLS_PER_SECOND", default_value_t = DEFAULT_SQS_CALLS_PER_SECOND, value_parser = number_in(0.01, MAX_SQS_CALLS_PER_SECOND))]
     pub sqs_calls_per_second: f64,
     /// Upper bound on tracked series, so a flood of distinct selectors cannot exhaust memory.
-    #[arg(long, env = "MAX_SERIES", default_value_t = 100_000)]
+    #[arg(long, env = "MAX_SERIES", default_value_t = 100_000, value_parser = integer_in::<u64>(1, 10_000_000))]
     pub max_series: u64,
 }
 
@@ -367,36 +356,6 @@ impl Default for CacheFlags {
 }
 
 impl CacheFlags {
-    fn problems(&self, problems: &mut Vec<String>) {
-        if !(self.sqs_calls_per_second.is_finite()
-            && self.sqs_calls_per_second > 0.0
-            && self.sqs_calls_per_second <= MAX_SQS_CALLS_PER_SECOND)
-        {
-            problems.push(format!(
-                "--sqs-calls-per-second must be a number above 0 and at most {MAX_SQS_CALLS_PER_SECOND}"
-            ));
-        }
-        if !(self.cloudwatch_calls_per_second.is_finite() && self.cloudwatch_calls_per_second > 0.0)
-        {
-            problems.push("--cloudwatch-calls-per-second must be a positive number".to_string());
-        }
-        if self.cloudwatch_calls_per_second > 50.0 {
-            problems.push(format!(
-                "--cloudwatch-calls-per-second {} is above CloudWatch's default GetMetricData quota of 50 per second",
-                self.cloudwatch_calls_per_second
-            ));
-        }
-        if self.max_value_age.is_zero() {
-            problems.push("--max-value-age must be greater than zero".to_string());
-        }
-        if self.series_idle_timeout.is_zero() {
-            problems.push("--series-idle-timeout must be greater than zero".to_string());
-        }
-        if self.max_series == 0 {
-            problems.push("--max-series must be greater than zero".to_string());
-        }
-    }
-
     /// The engine configuration these flags describe.
     pub fn to_config(&self) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
@@ -405,6 +364,147 @@ impl CacheFlags {
             max_series: self.max_series,
             ..crate::engine::EngineConfig::default()
         }
+    }
+}
+
+/// Limits on what a client can hold on the API port (see `server` for the design).
+#[derive(Debug, Clone, Args)]
+pub struct EdgeFlags {
+    /// A client gets this long to finish its TLS handshake.
+    #[arg(long, env = "TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration_in(MILLISECOND * 100, MINUTE * 5))]
+    pub tls_handshake_timeout: Duration,
+    /// After the handshake, a client gets this long to send a complete first request.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_in(MILLISECOND * 100, MINUTE * 5))]
+    pub header_read_timeout: Duration,
+    /// A connection on which no request starts or finishes for this long is closed (HTTP/2
+    /// with a GOAWAY). Longer than --request-timeout.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "120s", value_parser = duration_in(SECOND * 2, DAY))]
+    pub idle_timeout: Duration,
+    /// A request not answered within this long gets `504 Timeout`.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "60s", value_parser = duration_in(SECOND, MINUTE * 10))]
+    pub request_timeout: Duration,
+    /// At most this many connections on the API port at once, handshakes included. At the cap,
+    /// the oldest connection that has sent no request yet (then the one idle longest) is closed
+    /// to make room; if all have requests in flight, new connections wait.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = integer_in::<u64>(1, 1_000_000))]
+    pub max_connections: u64,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = integer_in::<u32>(1, 1000))]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: response bytes buffered per stream while the client's receive window is closed.
+    #[arg(long, env = "HTTP2_MAX_SEND_BUFFER", default_value_t = 65_536, value_parser = integer_in::<u64>(16_384, 16_777_216))]
+    pub http2_max_send_buffer: u64,
+    /// HTTP/2: ping a connection this often to find dead peers (no answer in 20s closes it).
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration_in(SECOND, HOUR))]
+    pub http2_keepalive_interval: Duration,
+    /// Request header bytes a client may send (HTTP/2: the decoded header list).
+    #[arg(long, env = "MAX_REQUEST_HEADER_BYTES", default_value_t = 32_768, value_parser = integer_in::<u32>(8_192, 1_048_576))]
+    pub max_request_header_bytes: u32,
+}
+
+impl EdgeFlags {
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.request_timeout >= self.idle_timeout {
+            problems.push(format!(
+                "--request-timeout ({}) must be shorter than --idle-timeout ({}): a connection whose only request is still running would be closed as idle",
+                humantime::format_duration(self.request_timeout),
+                humantime::format_duration(self.idle_timeout)
+            ));
+        }
+    }
+
+    /// The server's limits these flags describe.
+    pub fn limits(&self) -> crate::server::EdgeLimits {
+        crate::server::EdgeLimits {
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            http2_max_send_buffer: usize::try_from(self.http2_max_send_buffer)
+                .unwrap_or(usize::MAX),
+            http2_keepalive_interval: self.http2_keepalive_interval,
+            max_header_bytes: self.max_request_header_bytes,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+const MILLISECOND: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A clap value parser for a duration (`humantime`: `500ms`, `10s`, `5m`, `1h`) within
+/// `min..=max`. Checking here, where the text is parsed, means nothing downstream can overflow
+/// (`Instant + d`, `d * n`), and clap's error names the flag.
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let range = || {
+            format!(
+                "the accepted range is {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            )
+        };
+        let value = humantime::parse_duration(text.trim()).map_err(|err| {
+            format!(
+                "{err} (a duration such as 500ms, 10s, 5m or 1h; {})",
+                range()
+            )
+        })?;
+        if value < min || value > max {
+            return Err(format!(
+                "{} is out of range: {}",
+                humantime::format_duration(value),
+                range()
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// A clap value parser for a whole number within `min..=max` (too large for the type included).
+fn integer_in<T>(
+    min: T,
+    max: T,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text: &str| {
+        let value: T = text.trim().parse().map_err(|_| {
+            format!("{text:?} is not a whole number in the accepted range {min} to {max}")
+        })?;
+        if value < min || value > max {
+            return Err(format!(
+                "{value} is out of range: the accepted range is {min} to {max}"
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// A clap value parser for a finite number within `min..=max`.
+fn number_in(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let value: f64 = text.trim().parse().map_err(|_| {
+            format!("{text:?} is not a number; the accepted range is {min} to {max}")
+        })?;
+        // Also refuses NaN, which compares false with everything.
+        if !(min..=max).contains(&value) {
+            return Err(format!(
+                "{value} is out of range: the accepted range is {min} to {max}"
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -441,11 +541,7 @@ impl ServeConfig {
                 self.secure_port
             ));
         }
-        if self.tls_reload_interval.is_zero() {
-            problems.push("--tls-reload-interval must be greater than zero".to_string());
-        }
-        self.cache.problems(&mut problems);
-        self.crd.problems(&mut problems);
+        self.edge.problems(&mut problems);
         self.auth.problems(&mut problems);
         self.aws.problems(&mut problems);
         ConfigError::from_problems(problems)
@@ -642,14 +738,75 @@ mod tests {
             "eu-west-1",
             "--kubeconfig",
             "/nonexistent/kubeconfig",
-            "--status-writes-per-second",
-            "0",
         ]);
         let text = config.validate().unwrap_err().to_string();
         assert!(
             text.contains("--kubeconfig: /nonexistent/kubeconfig"),
             "{text}"
         );
-        assert!(text.contains("--status-writes-per-second"), "{text}");
+    }
+
+    /// Every duration and number flag is range-checked by its parser: the error names the flag
+    /// and the accepted range, and no value that passes can overflow `Instant + d` or `d * n`.
+    #[test]
+    fn out_of_range_values_are_refused_where_they_are_parsed() {
+        let refused = [
+            ("--max-value-age", "7000000000000000000s"),
+            ("--max-value-age", "0s"),
+            ("--series-idle-timeout", "1000years"),
+            ("--cloudwatch-timeout", "0s"),
+            ("--cloudwatch-timeout", "1h"),
+            ("--cloudwatch-calls-per-second", "1e300"),
+            ("--cloudwatch-calls-per-second", "51"),
+            ("--cloudwatch-calls-per-second", "1e-300"),
+            ("--cloudwatch-calls-per-second", "NaN"),
+            ("--cloudwatch-calls-per-second", "inf"),
+            ("--status-writes-per-second", "0"),
+            ("--status-update-interval", "0s"),
+            ("--tls-reload-interval", "1ms"),
+            ("--shutdown-delay", "1y"),
+            ("--shutdown-grace-period", "100000h"),
+            ("--authentication-token-webhook-cache-ttl", "0s"),
+            ("--authorization-webhook-cache-authorized-ttl", "10years"),
+            ("--authorization-webhook-cache-unauthorized-ttl", "10years"),
+            ("--tls-handshake-timeout", "0s"),
+            ("--header-read-timeout", "1h"),
+            ("--idle-timeout", "18446744073709551615s"),
+            ("--request-timeout", "0s"),
+            ("--http2-keepalive-interval", "0s"),
+            ("--max-connections", "0"),
+            ("--max-connections", "18446744073709551616"),
+            ("--http2-max-concurrent-streams", "0"),
+            ("--http2-max-send-buffer", "1"),
+            ("--max-request-header-bytes", "4294967295"),
+            ("--max-series", "0"),
+            ("--max-value-age", "soon"),
+        ];
+        for (flag, value) in refused {
+            let argv = [
+                "cloudwatch-metrics-adapter",
+                "serve",
+                "--aws-region",
+                "eu-west-1",
+                flag,
+                value,
+            ];
+            let err = Cli::try_parse_from(argv).expect_err(&format!("{flag} {value} was accepted"));
+            let text = err.to_string();
+            assert!(text.contains(flag), "{flag} {value}: {text}");
+            assert!(text.contains("accepted range"), "{flag} {value}: {text}");
+        }
+        // The bounds themselves are accepted.
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--max-value-age=7d",
+            "--cloudwatch-calls-per-second=50",
+            "--shutdown-grace-period=1h",
+            "--tls-handshake-timeout=100ms",
+            "--max-connections=1",
+        ]);
+        assert_eq!(config.cache.max_value_age, Duration::from_secs(7 * 86_400));
+        config.validate().unwrap();
     }
 }

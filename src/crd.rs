@@ -134,7 +134,11 @@ pub struct ExternalMetricStatus {
 /// The CRD document, as committed at [`CRD_PATH`].
 pub fn crd_yaml() -> String {
     let crd = ExternalMetric::crd();
-    let body = serde_yaml::to_string(&crd).expect("a CRD serializes to YAML");
+    // Long lines stay plain scalars (not re-wrapped into folded blocks), multi-line text stays a
+    // literal block: the committed file reads and greps like what it describes.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    let body =
+        serde_saphyr::to_string_with_options(&crd, options).expect("a CRD serializes to YAML");
     format!(
         "# Generated from the Rust types by `cloudwatch-metrics-adapter crd`: do not edit.\n{body}"
     )

@@ -186,9 +186,16 @@ pub async fn watch_files(
             _ = &mut shutdown => return,
             _ = ticker.tick() => {}
         }
-        let pair = match read_pair(&cert, &key) {
-            Ok(pair) => pair,
+        // File reads block (a slow volume would stall an async worker): read on the blocking pool.
+        let (cert_path, key_path) = (cert.clone(), key.clone());
+        let read = tokio::task::spawn_blocking(move || read_pair(&cert_path, &key_path)).await;
+        let pair = match read {
+            Ok(Ok(pair)) => pair,
             Err(err) => {
+                tracing::warn!(error = %err, "re-reading the serving certificate failed; keeping the current one");
+                continue;
+            }
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, "cannot re-read serving certificate; keeping the current one");
                 continue;
             }

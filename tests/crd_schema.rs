@@ -188,7 +188,7 @@ fn verdicts(spec: Value) -> (Vec<String>, Result<(), Vec<String>>) {
 #[test]
 fn the_archived_adapter_sample_and_the_extensions_are_accepted() {
     let text = include_str!("fixtures/awslabs-sqs-externalmetric.yaml");
-    let mut sample: Value = serde_yaml::from_str(text).unwrap();
+    let mut sample: Value = serde_saphyr::from_str(text).unwrap();
     sample["metadata"]["namespace"] = json!("default");
     assert_eq!(apply_errors(&sample), Vec::<String>::new());
 

@@ -490,7 +490,7 @@ async fn the_archived_sample_manifest_is_served_in_its_namespace_with_live_statu
     );
     let (client, api) = MockApiServer::start();
     let mut sample: Value =
-        serde_yaml::from_str(include_str!("fixtures/awslabs-sqs-externalmetric.yaml")).unwrap();
+        serde_saphyr::from_str(include_str!("fixtures/awslabs-sqs-externalmetric.yaml")).unwrap();
     sample["metadata"]["namespace"] = json!("default");
     api.apply(sample);
     api.fail_lists(1);

@@ -8,11 +8,13 @@ pub mod status;
 pub mod types;
 
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -65,6 +67,49 @@ pub fn router<P: ExternalMetricsProvider>(state: Arc<ApiState<P>>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Guards every request on the API port, outermost (before authentication): a request that
+/// declares a body is refused (`413`; nothing here reads one, and HTTP/2 receive windows are
+/// small so undeclared data cannot pile up either), a request not answered within
+/// `request_timeout` gets `504 Timeout`, and a handler that panics gets `500` instead of a
+/// dropped stream. Each is a `metav1.Status`, and counted in `api_rejections_total`.
+pub fn guard(router: Router, request_timeout: Duration, metrics: Arc<AdapterMetrics>) -> Router {
+    router.layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+        let metrics = metrics.clone();
+        async move {
+            if declares_body(&request) {
+                metrics.rejection("request_body");
+                return ApiError::request_body_refused().into_response();
+            }
+            let handled = std::panic::AssertUnwindSafe(next.run(request));
+            match tokio::time::timeout(request_timeout, futures_util::FutureExt::catch_unwind(handled)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(_)) => {
+                    tracing::error!("a request handler panicked");
+                    metrics.rejection("panic");
+                    ApiError::internal("the server failed while handling this request; the failure is in its log").into_response()
+                }
+                Err(_) => {
+                    metrics.rejection("timeout");
+                    ApiError::timeout(format!(
+                        "the request was not answered within {} (--request-timeout); try again",
+                        humantime::format_duration(request_timeout)
+                    ))
+                    .into_response()
+                }
+            }
+        }
+    }))
+}
+
+/// Whether a request says it carries a body: a non-zero `Content-Length`, or any
+/// `Transfer-Encoding` (HTTP/1.1 chunked). An HTTP/2 GET whose headers lack END_STREAM but that
+/// sends no data is not refused; whatever data it does send is capped by the stream window.
+fn declares_body(request: &Request) -> bool {
+    let length = request.headers().get(header::CONTENT_LENGTH);
+    let nonzero = length.is_some_and(|value| value.as_bytes().iter().any(|b| *b != b'0'));
+    nonzero || request.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -187,10 +232,26 @@ async fn api_resources<P: ExternalMetricsProvider>(
 
 async fn metric_values<P: ExternalMetricsProvider>(
     State(state): State<Arc<ApiState<P>>>,
-    Path((namespace, metric)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
+    let (namespace, metric) = match path {
+        Ok(Path(segments)) => segments,
+        Err(rejection) => {
+            // e.g. `%ff`: percent-encoding that does not decode to UTF-8. No namespace or
+            // metric can have such a name, but the caller sent something malformed: 400.
+            let response = ApiError::bad_request(format!(
+                "the request path is malformed: the namespace and metric segments must be percent-encoded UTF-8 ({})",
+                rejection.body_text()
+            ))
+            .into_response();
+            state
+                .metrics
+                .observe_request("unknown", response.status().as_u16(), started.elapsed());
+            return response;
+        }
+    };
     // An encoded '/' in a segment would be authorized as another path than the one served.
     if namespace.contains('/')
         || metric.contains('/')

@@ -5,12 +5,23 @@
 
 use crate::provider::{Operator, Requirement, Selector};
 
-/// A selector that does not parse, with a message for the user.
+/// A selector that does not parse, with a message for the user. It quotes the selector once
+/// (shortened if long), and the failing requirement only when the selector has several.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid label selector {selector:?}: {reason}")]
+#[error("invalid label selector {}: {reason}", quoted(selector))]
 pub struct SelectorError {
     selector: String,
     reason: String,
+}
+
+/// How much of a selector an error message quotes.
+const QUOTED_CHARS: usize = 200;
+
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &text[..end], text.len()),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Parse a label selector string.
@@ -19,16 +30,27 @@ pub fn parse(text: &str) -> Result<Selector, SelectorError> {
         selector: text.to_string(),
         reason,
     };
+    let terms = split_terms(text).map_err(fail)?;
+    let several = terms.len() > 1;
     let mut requirements = Vec::new();
-    for term in split_terms(text).map_err(fail)? {
+    for term in terms {
         let term = term.trim();
         if term.is_empty() {
             if text.trim().is_empty() {
                 continue;
             }
-            return Err(fail("empty requirement".into()));
+            return Err(fail(
+                "empty requirement (two commas, or a trailing one)".into(),
+            ));
         }
-        requirements.push(parse_term(term).map_err(fail)?);
+        let requirement = parse_term(term).map_err(|reason| {
+            fail(if several {
+                format!("requirement {}: {reason}", quoted(term))
+            } else {
+                reason
+            })
+        })?;
+        requirements.push(requirement);
     }
     Ok(Selector { requirements })
 }
@@ -77,7 +99,7 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
     let rest = words.next().unwrap_or_default().trim_start();
     if rest.is_empty() {
         if key.contains(['(', ')', '<', '>']) {
-            return Err(format!("unsupported requirement {term:?}"));
+            return Err("unsupported requirement (use =, ==, !=, in, notin, exists or !)".into());
         }
         return Ok(requirement(check_key(key)?, Operator::Exists, vec![]));
     }
@@ -86,21 +108,19 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
     } else if let Some(list) = rest.strip_prefix("in") {
         (Operator::In, list)
     } else {
-        return Err(format!(
-            "unsupported operator in {term:?} (use =, ==, !=, in, notin, or exists)"
-        ));
+        return Err("unsupported operator (use =, ==, !=, in, notin, exists or !)".into());
     };
     let list = list.trim();
     let inner = list
         .strip_prefix('(')
         .and_then(|l| l.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a parenthesised value list in {term:?}"))?;
+        .ok_or("expected a parenthesised value list, e.g. `key in (a,b)`")?;
     let values = inner
         .split(',')
         .map(|v| check_value(v.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     if values.iter().all(String::is_empty) {
-        return Err(format!("empty value list in {term:?}"));
+        return Err("empty value list".into());
     }
     Ok(requirement(check_key(key)?, operator, values))
 }
@@ -134,7 +154,7 @@ fn check_key(key: &str) -> Result<String, String> {
     if name_ok && prefix_ok {
         Ok(key.to_string())
     } else {
-        Err(format!("{key:?} is not a valid label key"))
+        Err(format!("{} is not a valid label key", quoted(key)))
     }
 }
 
@@ -149,7 +169,7 @@ fn check_value(value: &str) -> Result<String, String> {
     if ok {
         Ok(value.to_string())
     } else {
-        Err(format!("{value:?} is not a valid label value"))
+        Err(format!("{} is not a valid label value", quoted(value)))
     }
 }
 
@@ -187,6 +207,20 @@ mod tests {
         );
         let both = parse("a in (x,y),b=c").unwrap();
         assert_eq!(both.requirements.len(), 2);
+    }
+
+    #[test]
+    fn errors_quote_the_selector_once() {
+        let message = parse("a>1").unwrap_err().to_string();
+        assert_eq!(message.matches("a>1").count(), 1, "{message}");
+        assert!(message.contains("unsupported"), "{message}");
+        // With several requirements, the failing one is named.
+        let message = parse("env=prod,a in x").unwrap_err().to_string();
+        assert!(message.contains("requirement \"a in x\""), "{message}");
+        // A huge selector is not echoed whole.
+        let long = format!("a={}", "x".repeat(10_000));
+        let message = parse(&format!("{long}!")).unwrap_err().to_string();
+        assert!(message.len() < 600, "{} bytes", message.len());
     }
 
     #[test]

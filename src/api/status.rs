@@ -82,6 +82,20 @@ impl ApiError {
         error
     }
 
+    /// 413 RequestEntityTooLarge: this API takes no request bodies.
+    pub fn request_body_refused() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "this API takes no request body: send the request (a GET) without one",
+        )
+    }
+
+    /// 504 Timeout: the request was not answered in time; the caller may retry.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", message)
+    }
+
     /// 503 ServiceUnavailable: a dependency is down; the caller should retry.
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(

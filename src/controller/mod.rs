@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
+use futures_util::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -267,7 +267,7 @@ pub async fn run(
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &crd::api_resource());
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
+    futures_util::pin_mut!(stream);
     let mut on_synced = Some(on_synced);
     loop {
         let next = tokio::select! {

@@ -67,7 +67,7 @@ pub enum ParseError {
 /// Parse and validate definitions text.
 pub fn parse(text: &str) -> Result<DefinitionSet, ParseError> {
     let file: DefinitionsFile =
-        serde_yaml::from_str(text).map_err(|err| ParseError::Yaml(err.to_string()))?;
+        serde_saphyr::from_str(text).map_err(|err| ParseError::Yaml(err.to_string()))?;
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     let mut metrics = BTreeMap::new();

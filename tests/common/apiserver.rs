@@ -280,7 +280,7 @@ async fn answer(state: &Arc<Mutex<State>>, request: Request<Body>) -> Response<R
         {
             let (sender, mut receiver) = mpsc::unbounded_channel::<Bytes>();
             state.watchers.push(sender);
-            let stream = futures::stream::poll_fn(move |cx| {
+            let stream = futures_util::stream::poll_fn(move |cx| {
                 receiver
                     .poll_recv(cx)
                     .map(|line| line.map(|line| Ok::<_, Infallible>(Frame::data(line))))

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod apiserver;
+pub mod edge;
 pub mod fake_kube;
 pub mod sqs;
 
