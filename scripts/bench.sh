@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark the cached query layer: the release adapter against the in-process CloudWatch
-# emulator, with simulated HPAs and an HTTPS keep-alive load generator. About 2 minutes.
+# Benchmark the adapter: the release binary against the in-process CloudWatch emulator, with
+# simulated HPAs, then latency and peak throughput over HTTPS keep-alive for three request
+# paths side by side (anonymous; the aggregator's front-proxy certificate and X-Remote-*
+# headers with AlwaysAllow; the same with SubjectAccessReviews against a fake API server),
+# then memory. About 5 minutes.
 #
-#   scripts/bench.sh [--hpas 2000 --series 1000 --rate 2000 --many-series 10000 ...]
+#   scripts/bench.sh [--hpas 2000 --series 1000 --rate 2000 --rounds 3 --phase 5 ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p cloudwatch-metrics-adapter -p cwma-bench

@@ -29,7 +29,7 @@ use crate::config::{
 use crate::controller::{self, Reconciler, status};
 use crate::definition::{self, Backend, DefinitionSet};
 use crate::engine::{Engine, EngineConfig, Pacing, Sources};
-use crate::metrics::AdapterMetrics;
+use crate::metrics::{AdapterMetrics, AuthMetrics};
 use crate::provider::MetricRequest;
 use crate::source::cloudwatch::CloudWatchSource;
 use crate::source::cloudwatch::client::AwsCloudWatch;
@@ -304,6 +304,7 @@ pub async fn serve_until(
         &config.auth,
         kube.clone(),
         config.tls_reload_interval,
+        metrics.auth().clone(),
         &stop,
         &mut watchers,
     )
@@ -501,6 +502,7 @@ async fn build_auth(
     flags: &AuthFlags,
     client: Option<kube::Client>,
     reload_interval: std::time::Duration,
+    metrics: AuthMetrics,
     stop: &CancellationToken,
     watchers: &mut JoinSet<&'static str>,
 ) -> anyhow::Result<(Arc<Auth>, Arc<TrustStore>)> {
@@ -527,8 +529,9 @@ async fn build_auth(
     let mut file_watchers = Vec::new();
     for (flag, path, role) in files {
         let Some(path) = path else { continue };
-        let pem =
-            source::load_file(&trust, path, &role).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        let pem = source::load_file(&trust, path, &role)
+            .await
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
         file_watchers.push((path.clone(), role, pem));
     }
     let client = if flags.needs_cluster() {
@@ -547,23 +550,16 @@ async fn build_auth(
         && from_cluster.any()
     {
         let api = kube::Api::namespaced(client.clone(), source::NAMESPACE);
-        let version = source::load(&api, &trust, from_cluster, &headers, true)
+        let watch = source::watch_configmap(api, trust.clone(), from_cluster, headers)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
                     "{e}\n(the service account needs Role extension-apiserver-authentication-reader in kube-system; or pass --authentication-skip-lookup with --requestheader-client-ca-file/--client-ca-file)"
                 )
             })?;
-        let watch = source::watch_configmap(
-            api,
-            trust.clone(),
-            from_cluster,
-            headers,
-            version,
-            stop.clone(),
-        );
+        let watch_stop = stop.clone();
         watchers.spawn(async move {
-            watch.await;
+            watch.run(watch_stop).await;
             "extension-apiserver-authentication watch"
         });
     }
@@ -611,6 +607,7 @@ async fn build_auth(
             allowed_ttl: flags.authorization_webhook_cache_authorized_ttl,
             denied_ttl: flags.authorization_webhook_cache_unauthorized_ttl,
         },
+        metrics,
     );
     Ok((Arc::new(auth), trust))
 }

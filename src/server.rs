@@ -49,7 +49,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
-use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -61,26 +60,29 @@ use tracing::Instrument;
 
 use crate::metrics::{AdapterMetrics, ConnectionClose};
 
+use crate::auth::connection::ClientCertificate;
+
 /// What the TLS layer learned about a connection, attached to each of its requests as an
 /// extension so authentication can use it.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The certificate chain the client presented (end entity first), if any. It chained to a
-    /// CA trusted at handshake time; authentication re-checks it against the CAs trusted now,
-    /// because HTTP/2 connections outlive CA rotations.
-    pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
+    /// The certificate chain the client presented, if any, shared by every request of the
+    /// connection. It chained to a CA trusted at handshake time; authentication checks it
+    /// against the CAs trusted now (HTTP/2 connections outlive CA rotations) and keeps what it
+    /// concluded on it, so a warm connection is not verified again.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 impl ConnectionInfo {
     fn new(peer: SocketAddr, tls: &rustls::ServerConnection) -> Self {
         ConnectionInfo {
             peer,
-            peer_certificates: tls
+            client_certificate: tls
                 .peer_certificates()
                 .filter(|chain| !chain.is_empty())
-                .map(|chain| Arc::from(chain.to_vec())),
+                .map(|chain| Arc::new(ClientCertificate::new(chain.to_vec()))),
         }
     }
 }

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cloudwatch_emulator::Emulator;
 use common::fake_kube::FakeKube;
-use common::{DEFINITIONS, TestCa, TestServer, minute, path_str, put};
+use common::{Cas, DEFINITIONS, TestCa, TestServer, minute, put};
 use serde_json::{Value, json};
 
 const VALUE: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-visible?labelSelector=QueueName%3Dorders";
@@ -24,47 +24,6 @@ fn seeded_emulator_data(emulator: &Emulator) {
         minute(2),
         42.0,
     );
-}
-
-/// The CAs of a cluster: front proxy, client, and one nobody trusts.
-struct Cas {
-    front_proxy: TestCa,
-    client: TestCa,
-    wrong: TestCa,
-    dir: tempfile::TempDir,
-}
-
-impl Cas {
-    fn new() -> Cas {
-        Cas {
-            front_proxy: TestCa::new("front-proxy-ca"),
-            client: TestCa::new("kubernetes"),
-            wrong: TestCa::new("front-proxy-ca"),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Flags giving both CAs as files (no ConfigMap lookup).
-    fn flags(&self, fake: &FakeKube, anonymous: bool) -> Vec<String> {
-        vec![
-            fake.kubeconfig_arg(),
-            "--authentication-skip-lookup".to_string(),
-            format!(
-                "--requestheader-client-ca-file={}",
-                path_str(
-                    &self
-                        .front_proxy
-                        .write(self.dir.path(), "front-proxy-ca.pem")
-                )
-            ),
-            "--requestheader-allowed-names=front-proxy-client".to_string(),
-            format!(
-                "--client-ca-file={}",
-                path_str(&self.client.write(self.dir.path(), "client-ca.pem"))
-            ),
-            format!("--anonymous-auth={anonymous}"),
-        ]
-    }
 }
 
 async fn start(emulator: &Emulator, flags: &[String]) -> TestServer {
@@ -427,7 +386,9 @@ async fn the_configmap_is_read_at_start_and_followed_through_ca_rotation() {
     .unwrap_err();
     let text = format!("{error:#}");
     assert!(
-        text.contains("cannot read ConfigMap kube-system/extension-apiserver-authentication"),
+        text.contains(
+            "cannot read ConfigMap kube-system/extension-apiserver-authentication: it does not exist"
+        ),
         "{text}"
     );
     assert!(
@@ -508,5 +469,294 @@ async fn the_configmap_is_read_at_start_and_followed_through_ca_rotation() {
         watches[0].contains("fieldSelector=metadata.name%3Dextension-apiserver-authentication"),
         "{watches:?}"
     );
+    server.stop().await.unwrap();
+}
+
+/// Publish the authentication ConfigMap as kube-apiserver writes it, with the default headers.
+fn publish(fake: &FakeKube, front_proxy: &TestCa, client: &TestCa) {
+    fake.set_configmap(&[
+        ("client-ca-file", &client.pem),
+        ("requestheader-client-ca-file", &front_proxy.pem),
+        ("requestheader-allowed-names", r#"["front-proxy-client"]"#),
+        ("requestheader-username-headers", r#"["X-Remote-User"]"#),
+        ("requestheader-group-headers", r#"["X-Remote-Group"]"#),
+        (
+            "requestheader-extra-headers-prefix",
+            r#"["X-Remote-Extra-"]"#,
+        ),
+        ("requestheader-uid-headers", r#"["X-Remote-Uid"]"#),
+    ]);
+}
+
+const VERIFICATIONS: &str = "cloudwatch_adapter_client_certificate_verifications_total";
+
+/// Send a value request as the aggregator; the status and the HTTP version it went over.
+async fn aggregator_get(
+    client: &reqwest::Client,
+    server: &TestServer,
+) -> Result<(u16, reqwest::Version), reqwest::Error> {
+    let mut request = client.get(format!("{}{VALUE}", server.base()));
+    for (name, value) in AGGREGATOR_HEADERS {
+        request = request.header(name, value);
+    }
+    let response = request.send().await?;
+    let answer = (response.status().as_u16(), response.version());
+    response.bytes().await?;
+    Ok(answer)
+}
+
+/// Wait (bounded, polling the real clock: the adapter's watchers run on it) for `condition`.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn certificates_are_verified_once_per_connection_and_a_ca_rotation_reaches_open_connections()
+{
+    let emulator = Emulator::start().await.unwrap();
+    seeded_emulator_data(&emulator);
+    let fake = FakeKube::start().await;
+    let first = TestCa::new("front-proxy-ca");
+    let rotated = TestCa::new("front-proxy-ca");
+    let client_ca = TestCa::new("kubernetes");
+    publish(&fake, &first, &client_ca);
+    let server = start(&emulator, &[fake.kubeconfig_arg()]).await;
+    fake.allow(HPA, "sqs-visible");
+
+    // One HTTP/2 connection, as the aggregator keeps: the chain is verified on its first
+    // request only, and the SubjectAccessReview answer is reused.
+    let (cert, key) = first.client("front-proxy-client", &[]);
+    let aggregator = server.client_with_certificate(&cert, &key);
+    for _ in 0..20 {
+        let (status, version) = aggregator_get(&aggregator, &server).await.unwrap();
+        assert_eq!((status, version), (200, reqwest::Version::HTTP_2));
+    }
+    assert_eq!(server.metric(VERIFICATIONS).await, 1.0);
+    assert_eq!(fake.access_reviews().len(), 1);
+    // HTTP/1.1 keep-alive: once per connection too.
+    let identity = reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap();
+    let http1 = common::client_trusting(&server.ca.pem)
+        .identity(identity)
+        .http1_only()
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let (status, version) = aggregator_get(&http1, &server).await.unwrap();
+        assert_eq!((status, version), (200, reqwest::Version::HTTP_11));
+    }
+    assert_eq!(server.metric(VERIFICATIONS).await, 2.0);
+
+    // kube-apiserver rotates its front-proxy CA while the aggregator's connection stays open:
+    // the next request on that same connection is judged by the new CA. (A new connection
+    // with this certificate would not even complete the handshake, so every answer below came
+    // over the open connection.)
+    publish(&fake, &rotated, &client_ca);
+    eventually("the rotation to reach the open connection", || async {
+        let (status, version) = aggregator_get(&aggregator, &server)
+            .await
+            .expect("the open connection keeps being served");
+        assert!(status == 200 || status == 401, "{status}");
+        assert_eq!(version, reqwest::Version::HTTP_2);
+        status == 401
+    })
+    .await;
+    assert_eq!(server.metric(VERIFICATIONS).await, 3.0);
+    // Refused for good on that connection, without verifying again.
+    for _ in 0..5 {
+        assert_eq!(aggregator_get(&aggregator, &server).await.unwrap().0, 401);
+    }
+    assert_eq!(server.metric(VERIFICATIONS).await, 3.0);
+    let fresh = server.client_with_certificate(&cert, &key);
+    assert!(aggregator_get(&fresh, &server).await.is_err());
+    let (new_cert, new_key) = rotated.client("front-proxy-client", &[]);
+    let renewed = server.client_with_certificate(&new_cert, &new_key);
+    assert_eq!(aggregator_get(&renewed, &server).await.unwrap().0, 200);
+    assert_eq!(
+        server
+            .metric(
+                r#"cloudwatch_adapter_authentications_total{method="front-proxy",result="success"}"#
+            )
+            .await,
+        server
+            .metric(r#"cloudwatch_adapter_authorization_decisions_total{decision="allowed"}"#)
+            .await
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_certificates_are_refused_even_mid_connection() {
+    let emulator = Emulator::start().await.unwrap();
+    seeded_emulator_data(&emulator);
+    let fake = FakeKube::start().await;
+    let cas = Cas::new();
+    // Anonymous access on: a certificate that no longer proves anyone must still be a refusal.
+    let server = start(&emulator, &cas.flags(&fake, true)).await;
+    fake.allow(HPA, "sqs-visible");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    for (not_before, not_after) in [(now - 2 * hour, now - hour), (now + hour, now + 2 * hour)] {
+        let (cert, key) = cas
+            .front_proxy
+            .client_valid("front-proxy-client", not_before, not_after);
+        let client = server.client_with_certificate(&cert, &key);
+        assert!(
+            aggregator_get(&client, &server).await.is_err(),
+            "valid {not_before:?} to {not_after:?}"
+        );
+    }
+
+    // A certificate that expires while its connection is open stops counting at its notAfter.
+    let expires = now + Duration::from_secs(4);
+    let (cert, key) = cas
+        .front_proxy
+        .client_valid("front-proxy-client", now - hour, expires);
+    let aggregator = server.client_with_certificate(&cert, &key);
+    assert_eq!(aggregator_get(&aggregator, &server).await.unwrap().0, 200);
+    eventually("the certificate to expire", || async {
+        let (status, _) = aggregator_get(&aggregator, &server).await.unwrap();
+        assert!(status == 200 || status == 401, "{status}");
+        status == 401
+    })
+    .await;
+    // notAfter is inclusive and checked in whole seconds.
+    assert!(SystemTime::now() >= expires, "refused before it expired");
+    assert_eq!(
+        server
+            .metric(r#"cloudwatch_adapter_authentications_total{method="client-certificate",result="failure"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn identical_concurrent_reviews_reach_the_cluster_once() {
+    let emulator = Emulator::start().await.unwrap();
+    seeded_emulator_data(&emulator);
+    let fake = FakeKube::start().await;
+    let cas = Cas::new();
+    let server = start(&emulator, &cas.flags(&fake, false)).await;
+    fake.allow(HPA, "sqs-visible");
+    // Long enough that every request below arrives while the first review is under way.
+    *fake.state.review_delay.lock().unwrap() = Duration::from_millis(500);
+    let (cert, key) = cas.front_proxy.client("front-proxy-client", &[]);
+    let aggregator = server.client_with_certificate(&cert, &key);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (client, url) = (aggregator.clone(), format!("{}{VALUE}", server.base()));
+        requests.spawn(async move {
+            let mut request = client.get(url);
+            for (name, value) in AGGREGATOR_HEADERS {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap().status().as_u16()
+        });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(fake.access_reviews().len(), 1);
+    let lookups = |result: &'static str| {
+        format!(
+            r#"cloudwatch_adapter_review_cache_lookups_total{{review="SubjectAccessReview",result="{result}"}}"#
+        )
+    };
+    assert_eq!(server.metric(&lookups("miss")).await, 1.0);
+    assert_eq!(
+        server.metric(&lookups("shared")).await + server.metric(&lookups("hit")).await,
+        15.0
+    );
+    assert_eq!(
+        server
+            .metric(r#"cloudwatch_adapter_reviews_total{review="SubjectAccessReview",outcome="allowed"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_configmap_watch_resumes_from_bookmarks_and_relists_after_410() {
+    let emulator = Emulator::start().await.unwrap();
+    seeded_emulator_data(&emulator);
+    let fake = FakeKube::start().await;
+    let client_ca = TestCa::new("kubernetes");
+    let cas: Vec<TestCa> = (0..3).map(|_| TestCa::new("front-proxy-ca")).collect();
+    publish(&fake, &cas[0], &client_ca);
+    let server = start(&emulator, &[fake.kubeconfig_arg()]).await;
+    fake.allow(HPA, "sqs-visible");
+    let lists = || fake.state.lists.lock().unwrap().clone();
+    let watches = || fake.state.watches.lock().unwrap().clone();
+    let trusted = |ca: &TestCa| {
+        let (cert, key) = ca.client("front-proxy-client", &[]);
+        let client = server.client_with_certificate(&cert, &key);
+        let server = &server;
+        async move { matches!(aggregator_get(&client, server).await, Ok((200, _))) }
+    };
+    assert!(trusted(&cas[0]).await);
+    // kube-runtime's watcher: one list with the field selector, then a watch with bookmarks.
+    assert_eq!(lists().len(), 1);
+    assert!(
+        lists()[0].contains("fieldSelector=metadata.name%3Dextension-apiserver-authentication"),
+        "{:?}",
+        lists()
+    );
+    eventually("the watch", || async { !watches().is_empty() }).await;
+    assert!(
+        watches()[0].contains("allowWatchBookmarks=true"),
+        "{:?}",
+        watches()
+    );
+
+    // Other objects change, a bookmark arrives, etcd compacts, the watch times out: the
+    // watcher resumes from the bookmark, without a list.
+    fake.advance_revision(10);
+    let bookmarked = fake.revision();
+    fake.bookmark();
+    eventually("the bookmark to be sent", || async {
+        fake.bookmarks_sent() == 1
+    })
+    .await;
+    fake.compact();
+    fake.close_watches();
+    eventually("the watch to resume", || async { watches().len() == 2 }).await;
+    let resumed_from = form_urlencoded::parse(watches()[1].as_bytes())
+        .find(|(key, _)| key == "resourceVersion")
+        .map(|(_, value)| value.into_owned());
+    assert_eq!(
+        resumed_from,
+        Some(bookmarked.to_string()),
+        "{:?}",
+        watches()
+    );
+    assert_eq!(lists().len(), 1);
+    publish(&fake, &cas[1], &client_ca);
+    eventually("the second CA", || trusted(&cas[1])).await;
+
+    // The API server gives up on the watch (410 Expired): the watcher lists again.
+    fake.expire_watches();
+    eventually("the relist", || async { lists().len() == 2 }).await;
+    publish(&fake, &cas[2], &client_ca);
+    eventually("the third CA", || trusted(&cas[2])).await;
+    assert!(!trusted(&cas[1]).await);
+
+    // Deleted, and then missing from a relist: the CAs in use stay.
+    fake.delete_configmap();
+    let before = watches().len();
+    fake.expire_watches();
+    eventually("the relist after the deletion to complete", || async {
+        lists().len() == 3 && watches().len() > before
+    })
+    .await;
+    assert!(trusted(&cas[2]).await);
     server.stop().await.unwrap();
 }

@@ -1,23 +1,30 @@
-//! Benchmark of the cached query layer: starts the CloudWatch emulator (in process) and the
-//! adapter (the release binary, as a process), simulates HPAs, and reports in one run:
+//! Benchmark of the adapter: starts the CloudWatch emulator (in process) and the adapter (the
+//! release binary, as processes), and reports in one run:
 //!
-//! - GetMetricData calls and metrics requested per minute, from the emulator's counters, next to
-//!   what a per-request design (one call per HPA poll, as the archived adapter and KEDA do) makes;
-//! - request latency p50/p99 at a fixed rate, and peak throughput, over HTTPS keep-alive;
+//! - GetMetricData calls and metrics requested per minute for simulated HPAs, from the
+//!   emulator's counters, next to what a per-request design (one call per HPA poll, as the
+//!   archived adapter and KEDA do) makes;
+//! - latency at a fixed rate and peak throughput over HTTPS keep-alive for three request paths,
+//!   side by side: anonymous (the bare path), and requests as kube-apiserver's aggregator sends
+//!   them (front-proxy client certificate and `X-Remote-*` headers) with `AlwaysAllow`, and with
+//!   delegated authorization against a fake Kubernetes API server answering
+//!   SubjectAccessReviews (warm review cache);
 //! - the adapter's RSS idle and with many active series.
 //!
 //! Everything listens on 127.0.0.1 and every phase stops by itself.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use clap::Parser;
 use cloudwatch_emulator::{Datum, Emulator};
-use hdrhistogram::Histogram;
-use tokio::process::{Child, Command};
+use cwma_bench::adapter::{ANONYMOUS_FLAGS, Adapter};
+use cwma_bench::aggregator::{Caller, FrontProxy, HPA_USER};
+use cwma_bench::kube::{AccessPolicy, FakeKube};
+use cwma_bench::load::{self, Latency, Target, Throughput};
 
 /// Benchmark the adapter against the emulator.
 #[derive(Debug, Parser)]
@@ -31,16 +38,21 @@ struct Args {
     /// Distinct series those HPAs ask for (HPAs share series).
     #[arg(long, default_value_t = 1000)]
     series: usize,
-    /// How long the HPA simulation runs (the call count is taken over its last minute).
+    /// How long the HPA simulation runs (the call count is taken over its last minute); 0
+    /// skips it (e.g. to profile the request paths alone).
     #[arg(long, default_value = "75", value_parser = parse_secs)]
     simulate: Duration,
-    /// Fixed request rate for the latency phase.
+    /// Fixed request rate for the latency phases.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
-    /// Length of the latency and throughput phases.
-    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    /// Length of each latency and throughput phase.
+    #[arg(long, default_value = "5", value_parser = parse_secs)]
     phase: Duration,
-    /// Concurrent requests in the throughput phase.
+    /// Rounds over the request paths (interleaved, so drift on a shared machine hits all paths
+    /// alike): latencies are merged, throughput is the median round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent requests in the throughput phases.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Active series for the memory phase.
@@ -54,148 +66,8 @@ fn parse_secs(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-const DEFINITIONS: &str = r#"
-metrics:
-  - name: sqs-depth
-    queries:
-      - id: visible
-        metricStat:
-          metric:
-            namespace: AWS/SQS
-            metricName: ApproximateNumberOfMessagesVisible
-            dimensions: [{name: QueueName, value: "${QueueName}"}]
-          period: 60
-          stat: Average
-"#;
-
 /// The HPA sync period.
 const HPA_PERIOD: Duration = Duration::from_secs(15);
-
-struct Adapter {
-    child: Child,
-    base: String,
-    admin: String,
-    pid: u32,
-    _dir: PathBuf,
-}
-
-impl Adapter {
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS")?;
-        Ok(kib / 1024.0)
-    }
-
-    /// (requests served in <= 1 ms, all requests) from the adapter's own latency histogram.
-    async fn server_histogram(&self, client: &reqwest::Client) -> anyhow::Result<(u64, u64)> {
-        let text = client
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let sum = |needle: &str| -> u64 {
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("cloudwatch_adapter_request_duration_seconds_bucket")
-                        && l.contains(needle)
-                        && l.contains("code=\"200\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum()
-        };
-        Ok((sum("le=\"0.001\""), sum("le=\"+Inf\"")))
-    }
-
-    fn url(&self, queue: usize) -> String {
-        format!(
-            "{}/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-depth?labelSelector=QueueName%3Dq{queue}",
-            self.base
-        )
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn start_adapter(args: &Args, emulator: &Emulator) -> anyhow::Result<Adapter> {
-    let dir = std::env::temp_dir().join(format!("cwma-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("metrics.yaml");
-    std::fs::write(&config, DEFINITIONS)?;
-    let (secure, admin) = (free_port()?, free_port()?);
-    let child = Command::new(&args.adapter)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--admin-bind-address",
-            "127.0.0.1",
-        ])
-        .args([
-            "--secure-port",
-            &secure.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-        ])
-        .args(["--max-series", "200000"])
-        .args(BENCH_FLAGS)
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_CLOUDWATCH", emulator.endpoint_url())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (build it with cargo build --release)",
-                args.adapter.display()
-            )
-        })?;
-    let pid = child.id().context("adapter exited")?;
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("adapter not ready within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(Adapter {
-        child,
-        base: format!("https://127.0.0.1:{secure}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-        pid,
-        _dir: dir,
-    })
-}
-
-/// Flags the adapter needs to run without a cluster (no delegated auth, no CRD watch).
-const BENCH_FLAGS: &[&str] = &[
-    "--authorization-mode=AlwaysAllow",
-    "--anonymous-auth=true",
-    "--authentication-skip-lookup",
-    "--watch-external-metrics=false",
-];
 
 fn seed(emulator: &Emulator, series: usize) {
     let now = SystemTime::now()
@@ -218,61 +90,17 @@ fn seed(emulator: &Emulator, series: usize) {
     }
 }
 
-fn client(connections_hint: usize) -> anyhow::Result<reqwest::Client> {
-    // The adapter serves a self-signed certificate; this measures the server, not PKI.
-    Ok(reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .pool_max_idle_per_host(connections_hint)
-        .build()?)
+fn urls(adapter: &Adapter, series: usize) -> Vec<String> {
+    (0..series).map(|queue| adapter.url(queue)).collect()
 }
 
-async fn warm(client: &reqwest::Client, adapter: &Adapter, series: usize) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let (client, next) = (client.clone(), next.clone());
-        let urls: Arc<Vec<String>> = Arc::new((0..series).map(|q| adapter.url(q)).collect());
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(url) = urls.get(i) else {
-                    return Ok::<_, anyhow::Error>(());
-                };
-                let response = client.get(url).send().await?;
-                if response.status() != 200 {
-                    bail!("warm-up request failed: {}", response.status());
-                }
-                response.bytes().await?;
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let args = Args::parse();
-    let emulator = Emulator::start().await?;
-    seed(&emulator, args.series.max(args.many_series));
-    let adapter = start_adapter(&args, &emulator).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = adapter.rss_mib()?;
-    println!(
-        "# cloudwatch-metrics-adapter benchmark ({} cores)",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    println!();
-    println!("idle RSS: {idle_rss:.1} MiB");
-
-    // Phase 1: N HPAs polling M series every 15 s.
-    let client = client(args.concurrency)?;
-    warm(&client, &adapter, args.series).await?;
+/// N HPAs polling M series every 15 s: calls and metrics requested over the last minute.
+async fn simulate_hpas(
+    args: &Args,
+    emulator: &Emulator,
+    adapter: &Adapter,
+    client: &reqwest::Client,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut hpas = tokio::task::JoinSet::new();
     let failures = Arc::new(AtomicU64::new(0));
@@ -337,122 +165,242 @@ async fn main() -> anyhow::Result<()> {
         args.series,
         args.series.div_ceil(500)
     );
+    Ok(())
+}
 
-    // Phase 2: fixed rate on warm series. Tokio's timer ticks every millisecond, so each tick
-    // sends rate/1000 requests; latency is measured from each request's send, and the generator's
-    // own lag behind the schedule is reported separately.
-    let server_before = adapter.server_histogram(&client).await?;
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, ()>>();
-    let per_tick = (args.rate / 1000).max(1);
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + args.phase;
-    let mut sent = 0u64;
-    while Instant::now() < end {
-        let scheduled = ticker.tick().await;
-        lag.record((scheduled.elapsed().as_micros() as u64).max(1))?;
-        for _ in 0..per_tick {
-            let (client, url, tx) = (
-                client.clone(),
-                adapter.url(sent as usize % args.series),
-                tx.clone(),
-            );
-            sent += 1;
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let ok = match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
-                    _ => false,
-                };
-                let micros = start.elapsed().as_micros() as u64;
-                let _ = tx.send(if ok { Ok(micros) } else { Err(()) });
-            });
-        }
+/// One request path under test: an adapter configured for it, and how requests are sent.
+struct RequestPath {
+    name: &'static str,
+    adapter: Adapter,
+    client: reqwest::Client,
+    target: Target,
+    latency: Latency,
+    throughput: Vec<Throughput>,
+    /// (served in <= 1 ms, all) by the adapter during the latency phases.
+    server: (u64, u64),
+    /// The adapter's CPU time per request in the throughput phases, microseconds, per round.
+    cpu_per_request: Vec<f64>,
+}
+
+impl RequestPath {
+    fn median_throughput(&self) -> Throughput {
+        let mut rounds = self.throughput.clone();
+        rounds.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+        rounds[rounds.len() / 2]
     }
-    drop(tx);
-    let mut errors = 0;
-    while let Some(result) = rx.recv().await {
-        match result {
-            Ok(micros) => histogram.record(micros.max(1))?,
-            Err(()) => errors += 1,
-        }
+
+    fn median_cpu_per_request(&self) -> f64 {
+        let mut rounds = self.cpu_per_request.clone();
+        rounds.sort_by(f64::total_cmp);
+        rounds[rounds.len() / 2]
     }
-    let server_after = adapter.server_histogram(&client).await?;
-    let (under_1ms, total) = (
-        server_after.0 - server_before.0,
-        server_after.1 - server_before.1,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let dir = tempfile::tempdir()?;
+    let emulator = Emulator::start().await?;
+    seed(&emulator, args.series.max(args.many_series));
+    let anonymous_flags: Vec<String> = ANONYMOUS_FLAGS.iter().map(|f| f.to_string()).collect();
+    let bare = Adapter::start(
+        &args.adapter,
+        &dir.path().join("anonymous"),
+        &emulator.endpoint_url(),
+        &anonymous_flags,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = bare.rss_mib()?;
+    println!(
+        "# cloudwatch-metrics-adapter benchmark ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     println!();
-    println!(
-        "## latency at {} requests/s for {} s (HTTPS keep-alive, warm series)",
-        args.rate,
-        args.phase.as_secs()
-    );
-    println!(
-        "client-side: requests {sent}, errors {errors}, p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (generator lag p99 {:.3} ms)",
-        histogram.value_at_quantile(0.5) as f64 / 1000.0,
-        histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        histogram.max() as f64 / 1000.0,
-        lag.value_at_quantile(0.99) as f64 / 1000.0,
-    );
-    println!(
-        "server-side (adapter's own histogram): {:.2}% of {} requests took <= 1 ms",
-        100.0 * under_1ms as f64 / total.max(1) as f64,
-        total
-    );
+    println!("idle RSS: {idle_rss:.1} MiB");
 
-    // Phase 3: peak throughput, closed loop.
-    let done = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + args.phase;
-    let mut workers = tokio::task::JoinSet::new();
-    for worker in 0..args.concurrency {
-        let (client, done, bad) = (client.clone(), done.clone(), bad.clone());
-        let urls: Vec<String> = (0..16)
-            .map(|i| adapter.url((worker * 16 + i) % args.series))
-            .collect();
-        workers.spawn(async move {
-            let mut i = 0;
-            while Instant::now() < end {
-                match client.get(&urls[i % urls.len()]).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                i += 1;
-            }
+    let anonymous_client = load::client(None, args.concurrency)?;
+    let anonymous_target = Target::new(urls(&bare, args.series));
+    load::warm(&anonymous_client, &anonymous_target, 64).await?;
+    if !args.simulate.is_zero() {
+        simulate_hpas(&args, &emulator, &bare, &anonymous_client).await?;
+    }
+
+    // The aggregator's path: the front proxy's CA trusted from a file (as with the ConfigMap,
+    // without needing one), its client certificate on every connection, the HPA controller's
+    // identity in headers.
+    let front_proxy = FrontProxy::new()?;
+    let ca_file = dir.path().join("front-proxy-ca.pem");
+    std::fs::write(&ca_file, &front_proxy.ca.pem)?;
+    let kube = FakeKube::start(
+        dir.path(),
+        AccessPolicy::AllowUsers(HashSet::from([HPA_USER.to_string()])),
+        Vec::new(),
+    )
+    .await?;
+    let mut allow_all = front_proxy.adapter_flags(&ca_file);
+    allow_all.extend([
+        "--authorization-mode=AlwaysAllow".to_string(),
+        "--watch-external-metrics=false".to_string(),
+    ]);
+    let mut delegated = front_proxy.adapter_flags(&ca_file);
+    delegated.extend([
+        format!("--kubeconfig={}", kube.kubeconfig.display()),
+        "--authorization-mode=Delegated".to_string(),
+        "--watch-external-metrics=false".to_string(),
+    ]);
+    let headers = Caller::hpa_controller().headers()?;
+    let mut paths = vec![RequestPath {
+        name: "anonymous (bare path)",
+        client: anonymous_client.clone(),
+        target: anonymous_target.clone(),
+        adapter: bare,
+        latency: Latency::empty()?,
+        throughput: Vec::new(),
+        server: (0, 0),
+        cpu_per_request: Vec::new(),
+    }];
+    for (name, flags, subdirectory) in [
+        ("front-proxy, AlwaysAllow", &allow_all, "front-proxy"),
+        (
+            "front-proxy, delegated (SubjectAccessReview)",
+            &delegated,
+            "delegated",
+        ),
+    ] {
+        let adapter = Adapter::start(
+            &args.adapter,
+            &dir.path().join(subdirectory),
+            &emulator.endpoint_url(),
+            flags,
+        )
+        .await?;
+        let client = load::client(Some(front_proxy.client.identity()?), args.concurrency)?;
+        let target = Target::new(urls(&adapter, args.series)).with_headers(headers.clone());
+        load::warm(&client, &target, 64).await?;
+        paths.push(RequestPath {
+            name,
+            adapter,
+            client,
+            target,
+            latency: Latency::empty()?,
+            throughput: Vec::new(),
+            server: (0, 0),
+            cpu_per_request: Vec::new(),
         });
     }
-    while workers.join_next().await.is_some() {}
+
+    // Rounds over the paths, interleaved: the same phases for each, in the same conditions.
+    let reviews_before = kube.access_reviews();
+    for _ in 0..args.rounds {
+        for path in &mut paths {
+            let before = path.adapter.server_histogram(&path.client).await?;
+            let latency =
+                load::fixed_rate(&path.client, &path.target, args.rate, args.phase).await?;
+            let after = path.adapter.server_histogram(&path.client).await?;
+            path.latency.merge(&latency)?;
+            path.server.0 += after.0 - before.0;
+            path.server.1 += after.1 - before.1;
+            let cpu_before = path.adapter.cpu_time()?;
+            let throughput =
+                load::closed_loop(&path.client, &path.target, args.concurrency, args.phase).await;
+            let cpu = path.adapter.cpu_time()? - cpu_before;
+            let requests = throughput.per_second * args.phase.as_secs_f64();
+            path.cpu_per_request
+                .push(cpu.as_secs_f64() * 1e6 / requests.max(1.0));
+            path.throughput.push(throughput);
+        }
+    }
+    let reviews = kube.access_reviews() - reviews_before;
+
     println!();
     println!(
-        "## peak throughput ({} concurrent requests, {} s)",
+        "## request paths: {} req/s for {} s, then closed loop with {} concurrent requests for {} s; {} interleaved rounds",
+        args.rate,
+        args.phase.as_secs(),
         args.concurrency,
-        args.phase.as_secs()
+        args.phase.as_secs(),
+        args.rounds
     );
     println!(
-        "{:.0} requests/s, {} errors",
-        done.load(Ordering::Relaxed) as f64 / args.phase.as_secs_f64(),
-        bad.load(Ordering::Relaxed)
+        "| path | p50 ms | p99 ms | max ms | server-side <= 1 ms | errors | peak req/s (median round) | peak vs anonymous | p99 vs anonymous | adapter CPU µs/request at peak | vs anonymous |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let base_peak = paths[0].median_throughput().per_second;
+    let base_p99 = paths[0].latency.ms(0.99);
+    let base_cpu = paths[0].median_cpu_per_request();
+    for path in &paths {
+        let peak = path.median_throughput();
+        let errors = path.latency.errors + path.throughput.iter().map(|t| t.errors).sum::<u64>();
+        let cpu = path.median_cpu_per_request();
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.2}% | {} | {:.0} | {:.2}x | {:.2}x | {:.1} | {:+.1} |",
+            path.name,
+            path.latency.ms(0.5),
+            path.latency.ms(0.99),
+            path.latency.histogram.max() as f64 / 1000.0,
+            100.0 * path.server.0 as f64 / path.server.1.max(1) as f64,
+            errors,
+            peak.per_second,
+            peak.per_second / base_peak,
+            path.latency.ms(0.99) / base_p99,
+            cpu,
+            cpu - base_cpu,
+        );
+    }
+    let rounds: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            let each: Vec<String> = p
+                .throughput
+                .iter()
+                .map(|t| format!("{:.0}", t.per_second))
+                .collect();
+            format!("{}: {}", p.name, each.join(", "))
+        })
+        .collect();
+    println!("peak req/s per round: {}", rounds.join("; "));
+    println!(
+        "generator lag p99 (its own scheduling noise): {}",
+        paths
+            .iter()
+            .map(|p| format!(
+                "{} {:.3} ms",
+                p.name,
+                p.latency.lag.value_at_quantile(0.99) as f64 / 1000.0
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let delegated_requests = paths[2].latency.sent;
+    println!(
+        "SubjectAccessReviews during the rounds: {reviews} (for {delegated_requests}+ delegated requests: the review cache was warm)"
     );
 
-    // Phase 4: memory with many active series.
-    warm(&client, &adapter, args.many_series).await?;
+    // Memory with many active series, on the bare adapter.
+    let mut paths = paths.into_iter();
+    let bare = paths.next().map(|p| p.adapter).expect("the bare path");
+    for other in paths {
+        other.adapter.stop().await?;
+    }
+    load::warm(
+        &anonymous_client,
+        &Target::new(urls(&bare, args.many_series)),
+        64,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!();
     println!("## memory");
     println!(
         "RSS idle: {idle_rss:.1} MiB; with {} active series: {:.1} MiB",
         args.many_series,
-        adapter.rss_mib()?
+        bare.rss_mib()?
     );
-    let mut adapter = adapter;
-    adapter.child.kill().await?;
+    bare.stop().await?;
     Ok(())
 }

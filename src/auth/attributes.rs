@@ -8,7 +8,7 @@
 use axum::http::Method;
 
 /// Authorization attributes of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Attributes {
     /// A request for a resource.
     Resource {
@@ -102,6 +102,35 @@ impl Attributes {
         }
     }
 
+    /// What the request asks, for logs: `list external.metrics.k8s.io/sqs-visible in default`,
+    /// `get /apis`. Says nothing about who asks.
+    pub fn describe(&self) -> String {
+        match self {
+            Attributes::NonResource { path, verb } => format!("{verb} {path}"),
+            Attributes::Resource {
+                verb,
+                group,
+                resource,
+                subresource,
+                namespace,
+                name,
+                ..
+            } => {
+                let mut text = format!("{verb} {group}/{resource}");
+                if !subresource.is_empty() {
+                    text = format!("{text}/{subresource}");
+                }
+                if !name.is_empty() {
+                    text = format!("{text} {name}");
+                }
+                if !namespace.is_empty() {
+                    text = format!("{text} in {namespace}");
+                }
+                text
+            }
+        }
+    }
+
     /// The explanation kube-apiserver gives when the decision is "no" (`forbiddenMessage`), with
     /// the authorizer's reason appended when it gave one.
     pub fn forbidden_explanation(&self, user: &str, reason: &str) -> String {
@@ -177,6 +206,10 @@ mod tests {
             Some("labelSelector=QueueName%3Dorders"),
         );
         assert_eq!(attributes, resource("list", "sqs-visible", "default", ""));
+        assert_eq!(
+            attributes.describe(),
+            "list external.metrics.k8s.io/sqs-visible in default"
+        );
         assert_eq!(
             attributes.forbidden_explanation("system:anonymous", ""),
             r#"User "system:anonymous" cannot list resource "sqs-visible" in API group "external.metrics.k8s.io" in the namespace "default""#

@@ -10,22 +10,28 @@
 //!    certificate that verifies as no one, a token the cluster rejects): then 401.
 //!
 //! Authorization asks a `SubjectAccessReview` (answers cached with separate allowed and denied
-//! TTLs), except for `system:masters` and in `AlwaysAllow` mode. When the cluster cannot be
-//! asked, new decisions fail closed with 503; cached ones still apply.
+//! TTLs, keyed on the user and the request's attributes), except for `system:masters` and in
+//! `AlwaysAllow` mode. When the cluster cannot be asked, new decisions fail closed with 503;
+//! cached ones still apply. Identical reviews under way at the same time are made once.
 //!
-//! Nothing here logs a token, a certificate or an identity header's value.
+//! On a warm connection this costs no cryptography: what a client certificate proves is worked
+//! out once per connection and version of the trusted CAs (`connection`).
+//!
+//! Nothing here logs a token, a certificate, a user name or an identity header's value: logs
+//! say how a caller authenticated, never who.
 
 pub mod attributes;
+pub mod cache;
+pub mod connection;
 pub mod requestheader;
 pub mod review;
 pub mod source;
 pub mod trust;
-pub mod ttl;
 pub mod x509;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
@@ -38,8 +44,11 @@ use sha2::{Digest, Sha256};
 
 use crate::api::status::ApiError;
 use crate::config::AuthorizationMode;
+use crate::metrics::AuthMetrics;
 use crate::server::ConnectionInfo;
 use attributes::Attributes;
+use cache::ReviewCache;
+use connection::{ClientCaVerdict, FrontProxyVerdict};
 use review::{ReviewError, Reviewer};
 use trust::TrustStore;
 
@@ -53,10 +62,10 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 pub const MASTERS: &str = "system:masters";
 
 /// How many token and decision answers are remembered at most.
-const CACHE_CAPACITY: usize = 10_000;
+const CACHE_CAPACITY: u64 = 10_000;
 
 /// A caller's identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct UserInfo {
     /// User name.
     pub name: String,
@@ -90,13 +99,51 @@ impl UserInfo {
     }
 }
 
+/// `system:anonymous`, shared rather than built per request.
+static ANONYMOUS_USER: LazyLock<Arc<UserInfo>> = LazyLock::new(|| Arc::new(UserInfo::anonymous()));
+
+/// How a caller proved who they are: the only thing about a caller that is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// kube-apiserver's aggregator: front-proxy certificate, identity in headers.
+    FrontProxy,
+    /// A certificate from the client CA.
+    ClientCertificate,
+    /// A bearer token, checked with a TokenReview.
+    Token,
+    /// No credentials, and anonymous access is on.
+    Anonymous,
+}
+
+impl Method {
+    /// The word used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::FrontProxy => "front-proxy",
+            Method::ClientCertificate => "client-certificate",
+            Method::Token => "token",
+            Method::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// The outcome of authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authentication {
-    /// Who the caller is, and how that was established (for logs).
-    User(UserInfo, &'static str),
-    /// No acceptable credentials: 401.
-    Refused,
+    /// Who the caller is, and how that was established.
+    User(Arc<UserInfo>, Method),
+    /// No acceptable credentials: 401. Names the credential that was presented and proved no
+    /// one (a certificate or a token), if any.
+    Refused(Option<Method>),
+}
+
+/// Who is calling, as the request's handlers see it (a request extension once authorized).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The identity.
+    pub user: Arc<UserInfo>,
+    /// How it was established.
+    pub method: Method,
 }
 
 /// An authorization decision.
@@ -130,8 +177,16 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone)]
 enum TokenAnswer {
-    Authenticated(UserInfo),
+    Authenticated(Arc<UserInfo>),
     Rejected,
+}
+
+/// What a SubjectAccessReview answer is cached under: the attributes themselves (user, UID,
+/// groups, extra, and the request's attributes), compared whole, never an encoding of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AccessKey {
+    user: Arc<UserInfo>,
+    attributes: Arc<Attributes>,
 }
 
 /// Authentication and authorization for the API port.
@@ -140,8 +195,10 @@ pub struct Auth {
     trust: Arc<TrustStore>,
     reviewer: Option<Arc<dyn Reviewer>>,
     settings: AuthSettings,
-    tokens: ttl::TtlCache<[u8; 32], TokenAnswer>,
-    decisions: ttl::TtlCache<String, Decision>,
+    /// TokenReview answers by the token's SHA-256 (never the token itself).
+    tokens: ReviewCache<[u8; 32], TokenAnswer>,
+    decisions: ReviewCache<AccessKey, Decision>,
+    metrics: AuthMetrics,
 }
 
 impl Auth {
@@ -151,13 +208,15 @@ impl Auth {
         trust: Arc<TrustStore>,
         reviewer: Option<Arc<dyn Reviewer>>,
         settings: AuthSettings,
+        metrics: AuthMetrics,
     ) -> Self {
         Self {
             trust,
             reviewer,
             settings,
-            tokens: ttl::TtlCache::new(CACHE_CAPACITY),
-            decisions: ttl::TtlCache::new(CACHE_CAPACITY),
+            tokens: ReviewCache::new(CACHE_CAPACITY),
+            decisions: ReviewCache::new(CACHE_CAPACITY),
+            metrics,
         }
     }
 
@@ -167,74 +226,48 @@ impl Auth {
         headers: &HeaderMap,
         connection: Option<&ConnectionInfo>,
     ) -> Result<Authentication, Unavailable> {
-        let trust = self.trust.current();
         // A credential that was presented and failed refuses the request even when anonymous
         // access is on: a bad certificate or token is not "no credentials".
-        let mut failed = false;
-        if let Some(chain) = connection.and_then(|c| c.peer_certificates.as_deref()) {
-            let subject = chain.first().map(x509::subject);
-            let common_name = match &subject {
-                Some(Ok(subject)) => subject.common_name.as_deref(),
-                _ => None,
-            };
-            if let Some(front_proxy) = &trust.request_header {
-                match front_proxy.ca.verify(chain) {
-                    Ok(()) if front_proxy.settings.allows(common_name) => {
-                        if let Some(user) = requestheader::identity(headers, &front_proxy.settings)
-                        {
-                            return Ok(Authentication::User(
-                                user.with_authenticated_group(),
-                                "front-proxy",
-                            ));
-                        }
-                    }
-                    Ok(()) => {
-                        tracing::debug!(
-                            cn = common_name.unwrap_or_default(),
-                            "front-proxy certificate has a common name not in the allowed names"
-                        );
-                        failed = true;
-                    }
-                    Err(_) => failed = true,
-                }
+        let mut failed = None;
+        if let Some(certificate) = connection.and_then(|c| c.client_certificate.as_deref()) {
+            // The trust snapshot is read without a reference count and released before any
+            // await.
+            let trust = self.trust.load();
+            let verdict = certificate.verdict(&trust, SystemTime::now(), || {
+                self.metrics.certificate_verification()
+            });
+            if verdict.front_proxy == FrontProxyVerdict::Trusted
+                && let Some(user) = certificate.front_proxy_identity(&trust, headers)
+            {
+                return Ok(Authentication::User(user, Method::FrontProxy));
             }
-            if let Some(client_ca) = &trust.client_ca {
-                match (client_ca.verify(chain), &subject) {
-                    (Ok(()), Some(Ok(subject))) => {
-                        // No CN: not an identity, but not a failure either (kube's reading).
-                        if let Some(name) = subject.common_name.clone().filter(|n| !n.is_empty()) {
-                            let user = UserInfo {
-                                name,
-                                groups: subject.organizations.clone(),
-                                ..UserInfo::default()
-                            };
-                            return Ok(Authentication::User(
-                                user.with_authenticated_group(),
-                                "client-certificate",
-                            ));
-                        }
-                    }
-                    // Parseable by TLS but not here: a credential that proves no one.
-                    (Ok(()), _) => failed = true,
-                    (Err(_), _) => failed = true,
-                }
+            if let ClientCaVerdict::User(user) = &verdict.client_ca {
+                return Ok(Authentication::User(
+                    user.clone(),
+                    Method::ClientCertificate,
+                ));
+            }
+            if verdict.front_proxy == FrontProxyVerdict::Refused
+                || verdict.client_ca == ClientCaVerdict::Refused
+            {
+                failed = Some(Method::ClientCertificate);
             }
         }
         if let (Some(token), Some(reviewer)) = (bearer_token(headers), &self.reviewer) {
             match self.review_token(reviewer.as_ref(), token).await? {
                 TokenAnswer::Authenticated(user) => {
-                    return Ok(Authentication::User(
-                        user.with_authenticated_group(),
-                        "token",
-                    ));
+                    return Ok(Authentication::User(user, Method::Token));
                 }
-                TokenAnswer::Rejected => failed = true,
+                TokenAnswer::Rejected => failed = Some(Method::Token),
             }
         }
-        if self.settings.anonymous && !failed {
-            return Ok(Authentication::User(UserInfo::anonymous(), "anonymous"));
+        if self.settings.anonymous && failed.is_none() {
+            return Ok(Authentication::User(
+                ANONYMOUS_USER.clone(),
+                Method::Anonymous,
+            ));
         }
-        Ok(Authentication::Refused)
+        Ok(Authentication::Refused(failed))
     }
 
     async fn review_token(
@@ -243,71 +276,109 @@ impl Auth {
         token: &str,
     ) -> Result<TokenAnswer, Unavailable> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(answer) = self.tokens.get(&key) {
-            return Ok(answer);
-        }
-        let status = reviewer.review_token(token).await?;
-        let answer = match (status.authenticated, status.user) {
-            (Some(true), Some(user)) if user.username.as_deref().is_some_and(|n| !n.is_empty()) => {
-                TokenAnswer::Authenticated(UserInfo {
-                    name: user.username.unwrap_or_default(),
-                    uid: user.uid.unwrap_or_default(),
-                    groups: user.groups.unwrap_or_default(),
-                    extra: user.extra.unwrap_or_default(),
-                })
-            }
-            _ => {
-                if let Some(error) = status.error.filter(|e| !e.is_empty()) {
-                    tracing::debug!(%error, "TokenReview did not authenticate the token");
-                }
-                TokenAnswer::Rejected
-            }
-        };
-        self.tokens
-            .insert(key, answer.clone(), self.settings.token_ttl);
-        Ok(answer)
+        let (answer, lookup) = self
+            .tokens
+            .get_or_review(&key, async {
+                let status = match reviewer.review_token(token).await {
+                    Ok(status) => status,
+                    Err(err) => {
+                        self.metrics.review("TokenReview", "error");
+                        return Err(err);
+                    }
+                };
+                let answer = match (status.authenticated, status.user) {
+                    (Some(true), Some(user))
+                        if user.username.as_deref().is_some_and(|n| !n.is_empty()) =>
+                    {
+                        TokenAnswer::Authenticated(Arc::new(
+                            UserInfo {
+                                name: user.username.unwrap_or_default(),
+                                uid: user.uid.unwrap_or_default(),
+                                groups: user.groups.unwrap_or_default(),
+                                extra: user.extra.unwrap_or_default(),
+                            }
+                            .with_authenticated_group(),
+                        ))
+                    }
+                    _ => {
+                        if let Some(error) = status.error.filter(|e| !e.is_empty()) {
+                            tracing::debug!(%error, "TokenReview did not authenticate the token");
+                        }
+                        TokenAnswer::Rejected
+                    }
+                };
+                self.metrics.review(
+                    "TokenReview",
+                    match answer {
+                        TokenAnswer::Authenticated(_) => "authenticated",
+                        TokenAnswer::Rejected => "rejected",
+                    },
+                );
+                Ok((answer, self.settings.token_ttl))
+            })
+            .await;
+        self.metrics.review_cache("TokenReview", lookup.as_str());
+        answer.map_err(|err| Unavailable((*err).clone()))
+    }
+
+    /// Whether `user` is allowed everything without a SubjectAccessReview (`AlwaysAllow`, or a
+    /// member of `system:masters`).
+    pub fn skips_review(&self, user: &UserInfo) -> bool {
+        self.settings.mode == AuthorizationMode::AlwaysAllow
+            || user.groups.iter().any(|g| g == MASTERS)
     }
 
     /// May `user` do what `attributes` describe?
     pub async fn authorize(
         &self,
-        user: &UserInfo,
-        attributes: &Attributes,
+        user: &Arc<UserInfo>,
+        attributes: &Arc<Attributes>,
     ) -> Result<Decision, Unavailable> {
-        if self.settings.mode == AuthorizationMode::AlwaysAllow
-            || user.groups.iter().any(|g| g == MASTERS)
-        {
+        if self.skips_review(user) {
             return Ok(Decision::Allow);
         }
         let Some(reviewer) = &self.reviewer else {
             return Ok(Decision::Deny("no authorizer is configured".to_string()));
         };
-        let spec = access_review_spec(user, attributes);
-        // The spec holds no secret (names, groups, the request's attributes), so it is the key.
-        let key = serde_json::to_string(&spec).unwrap_or_default();
-        if let Some(decision) = self.decisions.get(&key) {
-            return Ok(decision);
-        }
-        let status = reviewer.review_access(spec).await?;
-        if let Some(error) = status.evaluation_error.as_deref().filter(|e| !e.is_empty()) {
-            tracing::warn!(user = %user.name, %error, "SubjectAccessReview evaluation error");
-        }
-        let (decision, ttl) = if status.allowed {
-            (Decision::Allow, self.settings.allowed_ttl)
-        } else {
-            (
-                Decision::Deny(status.reason.unwrap_or_default()),
-                self.settings.denied_ttl,
-            )
+        let key = AccessKey {
+            user: user.clone(),
+            attributes: attributes.clone(),
         };
-        self.decisions.insert(key, decision.clone(), ttl);
-        Ok(decision)
+        let (decision, lookup) = self
+            .decisions
+            .get_or_review(&key, async {
+                let spec = access_review_spec(user, attributes);
+                let status = match reviewer.review_access(spec).await {
+                    Ok(status) => status,
+                    Err(err) => {
+                        self.metrics.review("SubjectAccessReview", "error");
+                        return Err(err);
+                    }
+                };
+                if let Some(error) = status.evaluation_error.as_deref().filter(|e| !e.is_empty()) {
+                    tracing::warn!(%error, "SubjectAccessReview evaluation error");
+                }
+                Ok(if status.allowed {
+                    self.metrics.review("SubjectAccessReview", "allowed");
+                    (Decision::Allow, self.settings.allowed_ttl)
+                } else {
+                    self.metrics.review("SubjectAccessReview", "denied");
+                    (
+                        Decision::Deny(status.reason.unwrap_or_default()),
+                        self.settings.denied_ttl,
+                    )
+                })
+            })
+            .await;
+        self.metrics
+            .review_cache("SubjectAccessReview", lookup.as_str());
+        decision.map_err(|err| Unavailable((*err).clone()))
     }
 
     /// Remove the credentials and identity headers from a request once it is authenticated.
     fn clear_credentials(&self, headers: &mut HeaderMap) {
         headers.remove(header::AUTHORIZATION);
-        if let Some(front_proxy) = &self.trust.current().request_header {
+        if let Some(front_proxy) = &self.trust.load().request_header {
             requestheader::clear(headers, &front_proxy.settings);
         }
     }
@@ -369,23 +440,26 @@ pub async fn middleware(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let connection = request.extensions().get::<ConnectionInfo>().cloned();
-    let user = match auth
-        .authenticate(request.headers(), connection.as_ref())
-        .await
-    {
-        Ok(Authentication::User(user, via)) => {
-            tracing::debug!(user = %user.name, via, "authenticated");
-            user
+    let metrics = &auth.metrics;
+    let connection = request.extensions().get::<ConnectionInfo>();
+    let (user, method) = match auth.authenticate(request.headers(), connection).await {
+        Ok(Authentication::User(user, method)) => {
+            metrics.authentication(method.as_str(), "success");
+            tracing::debug!(method = method.as_str(), "authenticated");
+            (user, method)
         }
-        Ok(Authentication::Refused) => {
+        Ok(Authentication::Refused(presented)) => {
+            let method = presented.map_or("none", Method::as_str);
+            metrics.authentication(method, "failure");
             tracing::debug!(
-                peer = ?connection.as_ref().map(|c| c.peer),
+                peer = ?connection.map(|c| c.peer),
+                credential = method,
                 "request refused: no acceptable credentials"
             );
             return ApiError::unauthorized().into_response();
         }
         Err(Unavailable(err)) => {
+            metrics.authentication(Method::Token.as_str(), "error");
             tracing::warn!(error = %err, "cannot authenticate: the Kubernetes API server could not be asked");
             return ApiError::service_unavailable(
                 "the caller's token could not be checked because the Kubernetes API server did not answer the TokenReview; try again shortly",
@@ -394,20 +468,32 @@ pub async fn middleware(
         }
     };
     auth.clear_credentials(request.headers_mut());
-    let attributes = Attributes::from_request(
+    if auth.skips_review(&user) {
+        metrics.decision("allowed");
+        request.extensions_mut().insert(Caller { user, method });
+        return next.run(request).await;
+    }
+    // The request's attributes are only worked out when a review needs them.
+    let attributes = Arc::new(Attributes::from_request(
         request.method(),
         request.uri().path(),
         request.uri().query(),
-    );
+    ));
     match auth.authorize(&user, &attributes).await {
         Ok(Decision::Allow) => {
-            request.extensions_mut().insert(user);
+            metrics.decision("allowed");
+            request.extensions_mut().insert(Caller { user, method });
             next.run(request).await
         }
         Ok(Decision::Deny(reason)) => {
+            metrics.decision("denied");
+            tracing::debug!(
+                method = method.as_str(),
+                request = %attributes.describe(),
+                "request forbidden"
+            );
             let why = attributes.forbidden_explanation(&user.name, &reason);
-            tracing::debug!(user = %user.name, reason = %why, "request forbidden");
-            match &attributes {
+            match &*attributes {
                 Attributes::Resource {
                     group,
                     resource,
@@ -419,7 +505,8 @@ pub async fn middleware(
             .into_response()
         }
         Err(Unavailable(err)) => {
-            tracing::warn!(user = %user.name, error = %err, "cannot authorize: the Kubernetes API server could not be asked");
+            metrics.decision("error");
+            tracing::warn!(method = method.as_str(), error = %err, "cannot authorize: the Kubernetes API server could not be asked");
             ApiError::service_unavailable(
                 "whether the caller may read this could not be checked because the Kubernetes API server did not answer the SubjectAccessReview; try again shortly",
             )

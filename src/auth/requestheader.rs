@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::UserInfo;
 use super::trust::RequestHeaderSettings;
@@ -30,6 +30,29 @@ pub fn identity(headers: &HeaderMap, settings: &RequestHeaderSettings) -> Option
     })
 }
 
+/// Every header line `identity` reads, in the order it reads them: the user-name, group and
+/// UID headers' values, then each extra-prefixed header's. Two requests with equal sequences
+/// assert the same identity, so a connection can reuse the last one it parsed (see
+/// `connection::ClientCertificate::front_proxy_identity`).
+pub fn identity_lines<'a>(
+    headers: &'a HeaderMap,
+    settings: &'a RequestHeaderSettings,
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+    let named = settings
+        .username_headers
+        .iter()
+        .chain(&settings.group_headers)
+        .chain(&settings.uid_headers)
+        .flat_map(move |name| headers.get_all(name).iter().map(move |value| (name, value)));
+    let extra = settings.extra_prefixes.iter().flat_map(move |prefix| {
+        headers
+            .keys()
+            .filter(move |name| name.as_str().starts_with(prefix.as_str()))
+            .flat_map(move |name| headers.get_all(name).iter().map(move |value| (name, value)))
+    });
+    named.chain(extra)
+}
+
 /// Remove every identity header, so nothing downstream can mistake them for facts.
 pub fn clear(headers: &mut HeaderMap, settings: &RequestHeaderSettings) {
     for header in settings
@@ -40,17 +63,17 @@ pub fn clear(headers: &mut HeaderMap, settings: &RequestHeaderSettings) {
     {
         headers.remove(header);
     }
-    let extras: Vec<HeaderName> = headers
+    // One at a time: requests rarely carry more than a few, and no list is allocated.
+    while let Some(name) = headers
         .keys()
-        .filter(|name| {
+        .find(|name| {
             settings
                 .extra_prefixes
                 .iter()
                 .any(|prefix| name.as_str().starts_with(prefix.as_str()))
         })
         .cloned()
-        .collect();
-    for name in extras {
+    {
         headers.remove(name);
     }
 }
@@ -212,6 +235,34 @@ mod tests {
         clear(&mut map, &settings());
         assert_eq!(map.len(), 1);
         assert!(map.contains_key("accept"));
+    }
+
+    #[test]
+    fn identity_lines_cover_everything_identity_reads_and_nothing_else() {
+        let map = headers(&[
+            ("X-Remote-Extra-Scopes", "one"),
+            ("X-Remote-User", "bob"),
+            ("X-Remote-Group", "a"),
+            ("X-Remote-Group", "b"),
+            ("X-Remote-Uid", "7"),
+            ("X-Remote-Extra-Scopes", "two"),
+            ("Accept", "application/json"),
+        ]);
+        let lines: Vec<(String, String)> = identity_lines(&map, &settings())
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("x-remote-user", "bob"),
+            ("x-remote-group", "a"),
+            ("x-remote-group", "b"),
+            ("x-remote-uid", "7"),
+            ("x-remote-extra-scopes", "one"),
+            ("x-remote-extra-scopes", "two"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(lines, expected);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use k8s_openapi::api::authorization::v1::{
     SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
 };
-use kube::api::{Api, PostParams};
+use kube::api::PostParams;
 
 /// What a review call returns.
 pub type ReviewFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ReviewError>> + Send + 'a>>;
@@ -58,27 +58,36 @@ impl KubeReviewer {
         Self { client, timeout }
     }
 
+    /// `POST` the review and read the answer. Not `Api::create`: kube's client logs a body it
+    /// cannot decode, and the API server echoes the review's spec (the token, the user and
+    /// groups) in its answer. Nothing here puts the body into an error or a log line.
     async fn create<K>(&self, review: &'static str, object: K) -> Result<K, ReviewError>
     where
         K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
             + serde::Serialize
             + serde::de::DeserializeOwned,
     {
-        let api: Api<K> = Api::all(self.client.clone());
-        match tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &object)).await
+        let failed = |detail: String| ReviewError { review, detail };
+        let body = serde_json::to_vec(&object)
+            .map_err(|err| failed(format!("cannot encode the review: {err}")))?;
+        let request = kube::core::Request::new(K::url_path(&(), None))
+            .create(&PostParams::default(), body)
+            .map_err(|err| failed(format!("cannot build the request: {err}")))?;
+        let text = match tokio::time::timeout(self.timeout, self.client.request_text(request)).await
         {
-            Ok(Ok(created)) => Ok(created),
-            Ok(Err(err)) => Err(ReviewError {
-                review,
-                detail: err.to_string(),
-            }),
-            Err(_) => Err(ReviewError {
-                review,
-                detail: format!("no answer within {:?}", self.timeout),
-            }),
-        }
+            Ok(Ok(text)) => text,
+            Ok(Err(err)) => return Err(failed(err.to_string())),
+            Err(_) => return Err(failed(format!("no answer within {:?}", self.timeout))),
+        };
+        // serde_json's message may quote the offending value; its position is enough.
+        serde_json::from_str(&text).map_err(|err| {
+            failed(format!(
+                "the answer is not a {review} ({:?} error at line {} column {})",
+                err.classify(),
+                err.line(),
+                err.column()
+            ))
+        })
     }
 }
 

@@ -1,18 +1,23 @@
 //! Where the trusted CAs come from, and how they are kept current without a restart: the
-//! cluster's `kube-system/extension-apiserver-authentication` ConfigMap (read at start, then
-//! watched), or files named by flags (re-read on an interval, as serving certificates are).
+//! cluster's `kube-system/extension-apiserver-authentication` ConfigMap (followed with a
+//! kube-runtime watcher: list, then watch from the list's version with bookmarks, relist when
+//! the version is too old, back off on errors), or files named by flags (re-read on an
+//! interval, as serving certificates are, off the async workers).
 //!
 //! A change that does not parse keeps what is trusted now, as kube's dynamic CA controllers do;
 //! so does the ConfigMap disappearing or losing a key.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, WatchEvent, WatchParams};
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::trust::{CaBundle, RequestHeaderSettings, RequestHeaderTrust, TrustStore};
@@ -189,114 +194,114 @@ pub fn apply(
     Ok(())
 }
 
-/// Read the ConfigMap once; returns its resourceVersion, to watch from.
-pub async fn load(
-    api: &Api<ConfigMap>,
-    store: &TrustStore,
+/// The ConfigMap's events: a kube-runtime watcher on `kube-system` with a field selector on
+/// the name, with kube's default back-off between failed attempts.
+type ConfigMapEvents = BoxStream<'static, Result<Event<ConfigMap>, watcher::Error>>;
+
+/// Follows the authentication ConfigMap once it has been read at start; see [`ConfigMapWatch::run`].
+pub struct ConfigMapWatch {
+    events: ConfigMapEvents,
+    store: Arc<TrustStore>,
     wanted: FromCluster,
-    defaults: &HeaderFlags,
-    initial: bool,
-) -> Result<String, String> {
-    let configmap = api
-        .get(NAME)
-        .await
-        .map_err(|err| format!("cannot read ConfigMap {NAMESPACE}/{NAME}: {err}"))?;
-    let data = configmap.data.unwrap_or_default();
-    apply(store, parse_configmap(&data, defaults), wanted, initial)?;
-    Ok(configmap.metadata.resource_version.unwrap_or_default())
+    defaults: HeaderFlags,
 }
 
-/// Follow the ConfigMap until `stop`: watch from `resource_version`, re-read it after errors or
-/// an expired watch (with backoff up to 30 s), apply every change.
+impl std::fmt::Debug for ConfigMapWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigMapWatch")
+            .field("wanted", &self.wanted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start watching the ConfigMap and apply its first complete list to `store`. An error (the
+/// list refused or failing, the ConfigMap missing, a broken key) stops the start, as a
+/// misconfigured aggregated API server should not serve.
 pub async fn watch_configmap(
     api: Api<ConfigMap>,
     store: Arc<TrustStore>,
     wanted: FromCluster,
     defaults: HeaderFlags,
-    mut resource_version: String,
-    stop: CancellationToken,
-) {
-    let params = WatchParams::default()
-        .fields(&format!("metadata.name={NAME}"))
-        .timeout(290);
-    let mut backoff = Duration::from_secs(1);
-    let mut relist = false;
+) -> Result<ConfigMapWatch, String> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
+    let mut events: ConfigMapEvents = watcher::watcher(api, config).default_backoff().boxed();
+    let mut listed = None;
     loop {
-        if relist {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+        match events.next().await {
+            Some(Ok(Event::Init)) => listed = None,
+            Some(Ok(Event::InitApply(configmap))) => listed = Some(configmap),
+            Some(Ok(Event::InitDone)) => break,
+            // Only after the first list, which ends with InitDone.
+            Some(Ok(Event::Apply(_) | Event::Delete(_))) => {}
+            Some(Err(err)) => {
+                return Err(format!("cannot read ConfigMap {NAMESPACE}/{NAME}: {err}"));
             }
-            match load(&api, &store, wanted, &defaults, false).await {
-                Ok(version) => {
-                    resource_version = version;
-                    relist = false;
-                    backoff = Duration::from_secs(1);
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "authentication ConfigMap not re-read; keeping the CAs in use");
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
-                }
+            None => {
+                return Err(format!(
+                    "cannot read ConfigMap {NAMESPACE}/{NAME}: the watch ended"
+                ));
             }
         }
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            stream = api.watch(&params, &resource_version) => stream,
-        };
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch the authentication ConfigMap; retrying");
-                relist = true;
-                continue;
-            }
-        };
-        let mut stream = std::pin::pin!(stream);
+    }
+    let Some(configmap) = listed else {
+        return Err(format!(
+            "cannot read ConfigMap {NAMESPACE}/{NAME}: it does not exist"
+        ));
+    };
+    let data = configmap.data.unwrap_or_default();
+    apply(&store, parse_configmap(&data, &defaults), wanted, true)?;
+    Ok(ConfigMapWatch {
+        events,
+        store,
+        wanted,
+        defaults,
+    })
+}
+
+impl ConfigMapWatch {
+    /// Apply every change until `stop`. The watcher resumes from the last version it saw
+    /// (bookmarks included) and lists again when that is too old (410 Gone); errors are logged
+    /// and retried with back-off. Returns early only if the watcher ends, which it does not.
+    pub async fn run(mut self, stop: CancellationToken) {
+        // What a relist found so far; applied when it completes, so a relist that misses the
+        // ConfigMap reads as a deletion, not as several changes.
+        let mut relisted: Option<Option<ConfigMap>> = None;
         loop {
             let event = tokio::select! {
                 () = stop.cancelled() => return,
-                event = stream.next() => event,
+                event = self.events.next() => event,
             };
             match event {
-                // The server ended the watch (timeout): resume from where it was.
-                None => break,
-                Some(Ok(WatchEvent::Added(configmap) | WatchEvent::Modified(configmap))) => {
-                    if let Some(version) = configmap.metadata.resource_version.clone() {
-                        resource_version = version;
-                    }
-                    let data = configmap.data.unwrap_or_default();
-                    let _ = apply(&store, parse_configmap(&data, &defaults), wanted, false);
-                    backoff = Duration::from_secs(1);
-                }
-                Some(Ok(WatchEvent::Deleted(configmap))) => {
-                    if let Some(version) = configmap.metadata.resource_version {
-                        resource_version = version;
-                    }
-                    tracing::warn!(
-                        "ConfigMap {NAMESPACE}/{NAME} was deleted; keeping the CAs in use"
-                    );
-                }
-                Some(Ok(WatchEvent::Bookmark(bookmark))) => {
-                    resource_version = bookmark.metadata.resource_version;
-                }
-                Some(Ok(WatchEvent::Error(status))) => {
-                    // 410 Gone: the version is too old to resume from; anything else: start over.
-                    tracing::debug!(
-                        code = status.code,
-                        "authentication ConfigMap watch ended: {}",
-                        status.message
-                    );
-                    relist = true;
-                    break;
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "authentication ConfigMap watch failed; re-reading");
-                    relist = true;
-                    break;
-                }
+                None => return,
+                Some(Ok(Event::Init)) => relisted = Some(None),
+                Some(Ok(Event::InitApply(configmap))) => relisted = Some(Some(configmap)),
+                Some(Ok(Event::InitDone)) => match relisted.take().flatten() {
+                    Some(configmap) => self.apply(configmap),
+                    None => tracing::warn!(
+                        "ConfigMap {NAMESPACE}/{NAME} is gone; keeping the CAs in use"
+                    ),
+                },
+                Some(Ok(Event::Apply(configmap))) => self.apply(configmap),
+                Some(Ok(Event::Delete(_))) => tracing::warn!(
+                    "ConfigMap {NAMESPACE}/{NAME} was deleted; keeping the CAs in use"
+                ),
+                Some(Err(err)) => tracing::warn!(
+                    error = %err,
+                    "watching ConfigMap {NAMESPACE}/{NAME} failed; keeping the CAs in use and retrying"
+                ),
             }
         }
+    }
+
+    fn apply(&self, configmap: ConfigMap) {
+        let data = configmap.data.unwrap_or_default();
+        // After the start, a broken change is logged by `apply` and the CAs in use stay.
+        let _ = apply(
+            &self.store,
+            parse_configmap(&data, &self.defaults),
+            self.wanted,
+            false,
+        );
     }
 }
 
@@ -309,11 +314,18 @@ pub enum FileRole {
     ClientCa,
 }
 
-/// Load a CA file into `store` as `role`.
-pub fn load_file(store: &TrustStore, path: &PathBuf, role: &FileRole) -> Result<Vec<u8>, String> {
-    let pem =
-        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    let ca = CaBundle::from_pem(&pem).map_err(|err| format!("{}: {err}", path.display()))?;
+/// Read a file on the blocking pool, so a slow disk or network volume never stalls requests.
+async fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::read(owned))
+        .await
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))
+}
+
+/// Trust `pem` (read from `path`) as `role`.
+fn install(store: &TrustStore, path: &Path, pem: &[u8], role: &FileRole) -> Result<(), String> {
+    let ca = CaBundle::from_pem(pem).map_err(|err| format!("{}: {err}", path.display()))?;
     match role {
         FileRole::RequestHeader(settings) => {
             store.set_request_header(Some(Arc::new(RequestHeaderTrust {
@@ -323,6 +335,17 @@ pub fn load_file(store: &TrustStore, path: &PathBuf, role: &FileRole) -> Result<
         }
         FileRole::ClientCa => store.set_client_ca(Some(Arc::new(ca))),
     }
+    Ok(())
+}
+
+/// Load a CA file into `store` as `role`; returns the bytes read, to notice changes.
+pub async fn load_file(
+    store: &TrustStore,
+    path: &Path,
+    role: &FileRole,
+) -> Result<Vec<u8>, String> {
+    let pem = read_file(path).await?;
+    install(store, path, &pem, role)?;
     Ok(pem)
 }
 
@@ -342,10 +365,15 @@ pub async fn watch_file(
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match std::fs::read(&path) {
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = read_file(&path) => read,
+        };
+        match read {
             Ok(pem) if pem == last => {}
-            Ok(pem) => match load_file(&store, &path, &role) {
-                Ok(_) => {
+            // The bytes compared are the bytes trusted: no second read that could differ.
+            Ok(pem) => match install(&store, &path, &pem, &role) {
+                Ok(()) => {
                     last = pem;
                     tracing::info!(file = %path.display(), "client CA file reloaded");
                 }
@@ -354,7 +382,7 @@ pub async fn watch_file(
                 }
             },
             Err(err) => {
-                tracing::warn!(file = %path.display(), error = %err, "cannot re-read CA file; keeping the CA in use")
+                tracing::warn!(error = %err, "cannot re-read CA file; keeping the CA in use")
             }
         }
     }

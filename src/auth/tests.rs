@@ -15,12 +15,15 @@ use tower::ServiceExt;
 
 use super::review::ReviewFuture;
 use super::*;
+use crate::metrics::AdapterMetrics;
 
 #[derive(Debug, Default)]
 struct FakeReviewer {
     users: Mutex<HashMap<String, String>>,
     allowed: Mutex<HashSet<String>>,
     down: AtomicBool,
+    /// Reviews take 100 ms (of paused time), so concurrent callers overlap.
+    slow: AtomicBool,
     token_calls: AtomicUsize,
     access_calls: AtomicUsize,
     specs: Mutex<Vec<SubjectAccessReviewSpec>>,
@@ -83,6 +86,9 @@ impl Reviewer for FakeReviewer {
     ) -> ReviewFuture<'_, SubjectAccessReviewStatus> {
         Box::pin(async move {
             self.access_calls.fetch_add(1, Ordering::SeqCst);
+            if self.slow.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             if self.down.load(Ordering::SeqCst) {
                 return Err(Self::unreachable());
             }
@@ -117,6 +123,7 @@ fn auth(reviewer: &Arc<FakeReviewer>, settings: AuthSettings) -> Auth {
         Arc::new(TrustStore::new(None, None)),
         Some(reviewer),
         settings,
+        AdapterMetrics::default().auth().clone(),
     )
 }
 
@@ -129,20 +136,20 @@ fn bearer(token: &str) -> HeaderMap {
     headers
 }
 
-fn value_request(metric: &str) -> Attributes {
-    Attributes::from_request(
+fn value_request(metric: &str) -> Arc<Attributes> {
+    Arc::new(Attributes::from_request(
         &axum::http::Method::GET,
         &format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/default/{metric}"),
         None,
-    )
+    ))
 }
 
-fn user(name: &str) -> UserInfo {
-    UserInfo {
+fn user(name: &str) -> Arc<UserInfo> {
+    Arc::new(UserInfo {
         name: name.into(),
         groups: vec![AUTHENTICATED.into()],
         ..UserInfo::default()
-    }
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -155,7 +162,7 @@ async fn token_answers_are_cached_for_the_ttl_and_errors_are_not() {
     let Authentication::User(alice, via) = answer else {
         panic!("{answer:?}")
     };
-    assert_eq!(via, "token");
+    assert_eq!(via, Method::Token);
     assert_eq!(alice.name, "alice");
     assert_eq!(alice.groups, ["devs", AUTHENTICATED]);
     tokio::time::advance(Duration::from_millis(9_999)).await;
@@ -169,7 +176,7 @@ async fn token_answers_are_cached_for_the_ttl_and_errors_are_not() {
     // cached too.
     for _ in 0..3 {
         let answer = auth.authenticate(&bearer("bad"), None).await.unwrap();
-        assert_eq!(answer, Authentication::Refused);
+        assert_eq!(answer, Authentication::Refused(Some(Method::Token)));
     }
     assert_eq!(calls(), 3);
 
@@ -262,10 +269,10 @@ async fn unreachable_api_server_fails_closed_but_cached_decisions_still_apply() 
 async fn masters_and_always_allow_skip_the_review() {
     let reviewer = Arc::new(FakeReviewer::default());
     let delegated = auth(&reviewer, settings(false));
-    let master = UserInfo {
+    let master = Arc::new(UserInfo {
         groups: vec![MASTERS.into(), AUTHENTICATED.into()],
-        ..user("system:kube-aggregator")
-    };
+        ..(*user("system:kube-aggregator")).clone()
+    });
     let request = value_request("sqs-visible");
     assert_eq!(
         delegated.authorize(&master, &request).await.unwrap(),
@@ -284,7 +291,12 @@ async fn masters_and_always_allow_skip_the_review() {
     );
     assert_eq!(reviewer.access_calls.load(Ordering::SeqCst), 0);
     // Without a cluster, delegated authorization refuses (except system:masters).
-    let offline = Auth::new(Arc::new(TrustStore::new(None, None)), None, settings(true));
+    let offline = Auth::new(
+        Arc::new(TrustStore::new(None, None)),
+        None,
+        settings(true),
+        AdapterMetrics::default().auth().clone(),
+    );
     assert!(matches!(
         offline.authorize(&user("bob"), &request).await.unwrap(),
         Decision::Deny(_)
@@ -355,8 +367,10 @@ async fn call(auth: Arc<Auth>, request: HttpRequest<Body>) -> (StatusCode, serde
             get(|request: Request| async move {
                 // The handler sees neither the token nor identity headers.
                 assert!(request.headers().get(header::AUTHORIZATION).is_none());
-                let user = request.extensions().get::<UserInfo>().cloned().unwrap();
-                axum::Json(serde_json::json!({"user": user.name}))
+                let caller = request.extensions().get::<Caller>().cloned().unwrap();
+                axum::Json(
+                    serde_json::json!({"user": caller.user.name, "method": caller.method.as_str()}),
+                )
             }),
         )
         .layer(axum::middleware::from_fn_with_state(auth, middleware));
@@ -388,6 +402,7 @@ async fn the_middleware_answers_401_403_and_503_as_status_objects() {
     let (status, body) = call(closed.clone(), request(Some("good"))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"], "alice");
+    assert_eq!(body["method"], "token");
 
     let open = Arc::new(auth(&reviewer, settings(true)));
     let (status, body) = call(open.clone(), request(None)).await;
@@ -407,4 +422,119 @@ async fn the_middleware_answers_401_403_and_503_as_status_objects() {
         !body["message"].as_str().unwrap().contains("unseen-token"),
         "{body}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_concurrent_reviews_make_one_call_and_every_attribute_is_part_of_the_key() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    reviewer.slow.store(true, Ordering::SeqCst);
+    reviewer.allow("alice");
+    let auth = Arc::new(auth(&reviewer, settings(false)));
+    let calls = || reviewer.access_calls.load(Ordering::SeqCst);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let auth = auth.clone();
+        // Equal identities in distinct allocations: the key compares contents.
+        requests.spawn(async move {
+            auth.authorize(&user("alice"), &value_request("sqs-visible"))
+                .await
+        });
+    }
+    while let Some(decision) = requests.join_next().await {
+        assert_eq!(decision.unwrap().unwrap(), Decision::Allow);
+    }
+    assert_eq!(calls(), 1);
+
+    let alice = (*user("alice")).clone();
+    let variants = [
+        UserInfo {
+            uid: "uid-2".into(),
+            ..alice.clone()
+        },
+        UserInfo {
+            groups: vec!["other".into(), AUTHENTICATED.into()],
+            ..alice.clone()
+        },
+        UserInfo {
+            extra: [("scopes".to_string(), vec!["x".to_string()])].into(),
+            ..alice.clone()
+        },
+    ];
+    for (index, variant) in variants.into_iter().enumerate() {
+        auth.authorize(&Arc::new(variant), &value_request("sqs-visible"))
+            .await
+            .unwrap();
+        assert_eq!(calls(), 2 + index);
+    }
+    auth.authorize(&user("alice"), &value_request("other-metric"))
+        .await
+        .unwrap();
+    let other_namespace = Arc::new(Attributes::from_request(
+        &axum::http::Method::GET,
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/sqs-visible",
+        None,
+    ));
+    auth.authorize(&user("alice"), &other_namespace)
+        .await
+        .unwrap();
+    assert_eq!(calls(), 6);
+    // And the first answer is still cached.
+    auth.authorize(&user("alice"), &value_request("sqs-visible"))
+        .await
+        .unwrap();
+    assert_eq!(calls(), 6);
+}
+
+#[tokio::test]
+async fn the_middleware_counts_outcomes_by_method_and_decision() {
+    let reviewer = Arc::new(FakeReviewer::default().with_token("good", "alice"));
+    reviewer.allow("alice");
+    let metrics = AdapterMetrics::default();
+    let auth = Arc::new(Auth::new(
+        Arc::new(TrustStore::new(None, None)),
+        Some(reviewer.clone() as Arc<dyn Reviewer>),
+        settings(true),
+        metrics.auth().clone(),
+    ));
+    let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-visible";
+    let request = |token: Option<&str>| {
+        let mut builder = HttpRequest::get(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder.body(Body::empty()).unwrap()
+    };
+    assert_eq!(
+        call(auth.clone(), request(Some("good"))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(auth.clone(), request(Some("good"))).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(auth.clone(), request(Some("bad"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(auth.clone(), request(None)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let text = metrics.encode();
+    for line in [
+        r#"authentications_total{method="token",result="success"} 2"#,
+        r#"authentications_total{method="token",result="failure"} 1"#,
+        r#"authentications_total{method="anonymous",result="success"} 1"#,
+        r#"authorization_decisions_total{decision="allowed"} 2"#,
+        r#"authorization_decisions_total{decision="denied"} 1"#,
+        r#"reviews_total{review="TokenReview",outcome="authenticated"} 1"#,
+        r#"reviews_total{review="TokenReview",outcome="rejected"} 1"#,
+        r#"reviews_total{review="SubjectAccessReview",outcome="allowed"} 1"#,
+        r#"reviews_total{review="SubjectAccessReview",outcome="denied"} 1"#,
+        r#"review_cache_lookups_total{review="TokenReview",result="hit"} 1"#,
+        r#"review_cache_lookups_total{review="SubjectAccessReview",result="hit"} 1"#,
+        r#"review_cache_lookups_total{review="SubjectAccessReview",result="miss"} 2"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }

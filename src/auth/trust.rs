@@ -3,10 +3,13 @@
 //! Two CAs matter, as for any aggregated API server: the requestheader (front-proxy) CA, whose
 //! certificate holders may assert identities in headers, and the client CA, whose certificates
 //! are identities themselves. The TLS layer asks for (never requires) a client certificate and
-//! accepts chains to either; authentication then checks which one a chain belongs to, per
-//! request, against the CAs trusted at that moment.
+//! accepts chains to either; authentication then checks which one a chain belongs to against
+//! the CAs trusted at that moment. Every change gets a new generation number, so what a
+//! connection concluded from its certificate can be reused until the CAs change (see
+//! `auth::connection`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use axum::http::HeaderName;
@@ -54,13 +57,13 @@ impl CaBundle {
     }
 
     /// Whether `chain` (end entity first, then intermediates) chains to this bundle, is valid
-    /// now, and may be used for client authentication.
-    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    /// at `now`, and may be used for client authentication.
+    pub fn verify(&self, chain: &[CertificateDer<'_>], now: UnixTime) -> Result<(), rustls::Error> {
         let (end_entity, intermediates) = chain
             .split_first()
             .ok_or(rustls::Error::NoCertificatesPresented)?;
         self.verifier
-            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .verify_client_cert(end_entity, intermediates, now)
             .map(|_| ())
     }
 }
@@ -154,6 +157,9 @@ pub struct RequestHeaderTrust {
 /// One consistent view of what is trusted.
 #[derive(Debug, Clone)]
 pub struct Trust {
+    /// Grows with every change of the store (and is unique across stores): equal generations
+    /// mean the same CAs and settings.
+    pub generation: u64,
     /// Front-proxy trust, if configured.
     pub request_header: Option<Arc<RequestHeaderTrust>>,
     /// The client CA, if configured.
@@ -164,6 +170,7 @@ pub struct Trust {
 
 impl Trust {
     fn new(
+        generation: u64,
         request_header: Option<Arc<RequestHeaderTrust>>,
         client_ca: Option<Arc<CaBundle>>,
     ) -> Self {
@@ -186,6 +193,7 @@ impl Trust {
             }
         };
         Self {
+            generation,
             request_header,
             client_ca,
             handshake,
@@ -201,6 +209,10 @@ pub struct TrustStore {
     provider: Arc<CryptoProvider>,
 }
 
+/// Generations are unique across stores too, so a verdict reached under one store can never be
+/// mistaken for one under another.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
 impl TrustStore {
     /// A store trusting the given CAs.
     pub fn new(
@@ -208,7 +220,11 @@ impl TrustStore {
         client_ca: Option<Arc<CaBundle>>,
     ) -> Self {
         Self {
-            current: ArcSwap::from_pointee(Trust::new(request_header, client_ca)),
+            current: ArcSwap::from_pointee(Trust::new(
+                next_generation(),
+                request_header,
+                client_ca,
+            )),
             provider: provider(),
         }
     }
@@ -218,17 +234,42 @@ impl TrustStore {
         self.current.load_full()
     }
 
+    /// What is trusted now, without taking a reference count (the per-request read).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Trust>> {
+        self.current.load()
+    }
+
+    /// The generation of what is trusted now.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
     /// Replace the front-proxy trust, keeping the client CA.
     pub fn set_request_header(&self, request_header: Option<Arc<RequestHeaderTrust>>) {
-        self.current
-            .rcu(|trust| Trust::new(request_header.clone(), trust.client_ca.clone()));
+        self.current.rcu(|trust| {
+            Trust::new(
+                next_generation(),
+                request_header.clone(),
+                trust.client_ca.clone(),
+            )
+        });
     }
 
     /// Replace the client CA, keeping the front-proxy trust.
     pub fn set_client_ca(&self, client_ca: Option<Arc<CaBundle>>) {
-        self.current
-            .rcu(|trust| Trust::new(trust.request_header.clone(), client_ca.clone()));
+        self.current.rcu(|trust| {
+            Trust::new(
+                next_generation(),
+                trust.request_header.clone(),
+                client_ca.clone(),
+            )
+        });
     }
+}
+
+/// A generation no snapshot has had (`rcu` may build several candidates; gaps are fine).
+fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
 }
 
 impl ClientCertVerifier for TrustStore {
@@ -344,15 +385,16 @@ mod tests {
         let proxy = ca("front-proxy-ca");
         let other = ca("other-ca");
         let bundle = CaBundle::from_pem(proxy.pem.as_bytes()).unwrap();
+        let now = UnixTime::now();
         bundle
-            .verify(&[leaf(&proxy, "front-proxy-client")])
+            .verify(&[leaf(&proxy, "front-proxy-client")], now)
             .unwrap();
         assert!(
             bundle
-                .verify(&[leaf(&other, "front-proxy-client")])
+                .verify(&[leaf(&other, "front-proxy-client")], now)
                 .is_err()
         );
-        assert!(bundle.verify(&[]).is_err());
+        assert!(bundle.verify(&[], now).is_err());
         assert!(CaBundle::from_pem(b"garbage").is_err());
     }
 
@@ -364,6 +406,7 @@ mod tests {
         let rotated = ca("front-proxy-ca-2");
         let store = TrustStore::new(None, None);
         assert!(!store.offer_client_auth());
+        let mut generations = vec![store.generation()];
         let now = UnixTime::now();
         assert!(
             store
@@ -375,9 +418,11 @@ mod tests {
             ca: CaBundle::from_pem(proxy.pem.as_bytes()).unwrap(),
             settings: settings(&[]),
         })));
+        generations.push(store.generation());
         store.set_client_ca(Some(Arc::new(
             CaBundle::from_pem(client.pem.as_bytes()).unwrap(),
         )));
+        generations.push(store.generation());
         assert!(store.offer_client_auth());
         assert!(!store.client_auth_mandatory());
         for cert in [leaf(&proxy, "front-proxy-client"), leaf(&client, "alice")] {
@@ -394,6 +439,13 @@ mod tests {
             ca: CaBundle::from_pem(rotated.pem.as_bytes()).unwrap(),
             settings: settings(&[]),
         })));
+        generations.push(store.generation());
+        // Every change is a new generation, and the snapshot carries its own.
+        assert!(
+            generations.windows(2).all(|w| w[0] < w[1]),
+            "{generations:?}"
+        );
+        assert_eq!(store.current().generation, store.generation());
         store
             .verify_client_cert(&leaf(&rotated, "x"), &[], now)
             .unwrap();

@@ -1,131 +1,141 @@
-//! The two subject attributes client-certificate authentication needs: the common name (the
-//! user) and the organizations (the groups), read as Go's `crypto/x509` reads them.
+//! What client-certificate authentication reads from a certificate: the subject's common name
+//! (the user) and organizations (the groups), and when the certificate stops being valid.
 //!
-//! webpki hands over the raw subject; this walks its DER (`SEQUENCE OF SET OF
-//! AttributeTypeAndValue`) with bounds checks on every step.
+//! The DER is parsed by `x509-parser`; the subject's attribute values are then read as Go's
+//! `crypto/x509` reads them (`parseASN1String`, then `pkix.Name.FillFromRDNSequence`), because
+//! kube-apiserver, whose certificates these are, is written in Go:
+//! - the last `CN` wins, every `O` is kept in order;
+//! - T61String is read as ISO 8859-1, PrintableString, IA5String and NumericString must hold
+//!   only their characters, UTF8String must be UTF-8, BMPString is UCS-2 without surrogates;
+//! - any other string type in any attribute makes the whole certificate unreadable (Go refuses
+//!   such a certificate at the handshake).
 
-use rustls_pki_types::CertificateDer;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `id-at-commonName` (2.5.4.3), DER-encoded.
-const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-/// `id-at-organizationName` (2.5.4.10), DER-encoded.
-const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
+use x509_parser::asn1_rs::Tag;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::X509Name;
+
+/// Why a certificate cannot be read. Never carries the certificate's contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// Not a DER X.509 certificate.
+    #[error("not a readable X.509 certificate: {0}")]
+    Unparseable(String),
+    /// Bytes after the certificate.
+    #[error("trailing data after the certificate")]
+    TrailingData,
+    /// A subject attribute whose value Go would not read either.
+    #[error("invalid subject attribute value: {0}")]
+    Attribute(&'static str),
+}
 
 /// What a certificate's subject says about its holder.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subject {
-    /// The last `CN` (Go keeps the last one too); `None` when there is none.
+    /// The last `CN`; `None` when there is none.
     pub common_name: Option<String>,
     /// Every `O`, in order.
     pub organizations: Vec<String>,
 }
 
-/// Read the subject of a DER certificate.
-pub fn subject(certificate: &CertificateDer<'_>) -> Result<Subject, String> {
-    let parsed = webpki::EndEntityCert::try_from(certificate)
-        .map_err(|err| format!("unparseable certificate: {err}"))?;
-    parse_name(parsed.subject())
+/// What authentication needs from one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The subject.
+    pub subject: Subject,
+    /// The last moment the certificate is valid (X.509's `notAfter` is inclusive).
+    pub not_after: SystemTime,
 }
 
-/// Parse the contents of a DER `Name` (without its outer SEQUENCE header).
-pub fn parse_name(mut name: &[u8]) -> Result<Subject, String> {
+/// Read a DER certificate.
+pub fn read(der: &[u8]) -> Result<CertificateFacts, CertificateError> {
+    let (rest, certificate) = X509Certificate::from_der(der)
+        .map_err(|err| CertificateError::Unparseable(err.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CertificateError::TrailingData);
+    }
+    let not_after = certificate.validity().not_after.timestamp();
+    Ok(CertificateFacts {
+        subject: subject(certificate.subject())?,
+        not_after: unix_time(not_after),
+    })
+}
+
+/// Seconds since the epoch as a `SystemTime`; times before 1970 clamp to the epoch (such a
+/// certificate has long expired either way).
+fn unix_time(seconds: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+/// Read a parsed `Name` as Go does.
+pub fn subject(name: &X509Name<'_>) -> Result<Subject, CertificateError> {
     let mut subject = Subject::default();
-    while !name.is_empty() {
-        let (tag, mut set, rest) = read_tlv(name)?;
-        name = rest;
-        if tag != 0x31 {
-            return Err(format!(
-                "expected a SET in the subject, found tag {tag:#04x}"
-            ));
-        }
-        while !set.is_empty() {
-            let (tag, attribute, rest) = read_tlv(set)?;
-            set = rest;
-            if tag != 0x30 {
-                return Err(format!(
-                    "expected a SEQUENCE in the subject, found tag {tag:#04x}"
-                ));
-            }
-            let (oid_tag, oid, value) = read_tlv(attribute)?;
-            if oid_tag != 0x06 {
-                return Err("expected an attribute type OID in the subject".to_string());
-            }
-            let (value_tag, value, trailing) = read_tlv(value)?;
-            if !trailing.is_empty() {
-                return Err("trailing data in a subject attribute".to_string());
-            }
-            if oid == OID_COMMON_NAME {
-                subject.common_name = Some(decode_string(value_tag, value)?);
-            } else if oid == OID_ORGANIZATION {
-                subject.organizations.push(decode_string(value_tag, value)?);
-            }
+    for attribute in name.iter_attributes() {
+        // Go decodes every value, not only CN and O: one it cannot read fails the certificate.
+        let value = go_string(attribute.attr_value().tag(), attribute.as_slice())?;
+        let kind = attribute.attr_type();
+        if *kind == OID_X509_COMMON_NAME {
+            subject.common_name = Some(value);
+        } else if *kind == OID_X509_ORGANIZATION_NAME {
+            subject.organizations.push(value);
         }
     }
     Ok(subject)
 }
 
-/// One DER tag-length-value: (tag, contents, what follows).
-fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-    let truncated = || "truncated DER in the certificate subject".to_string();
-    let (&tag, rest) = input.split_first().ok_or_else(truncated)?;
-    if tag & 0x1f == 0x1f {
-        return Err("high-tag-number DER is not used in subjects".to_string());
-    }
-    let (&first, mut rest) = rest.split_first().ok_or_else(truncated)?;
-    let length = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return Err("unsupported DER length in the certificate subject".to_string());
+/// Go's `parseASN1String`.
+fn go_string(tag: Tag, bytes: &[u8]) -> Result<String, CertificateError> {
+    let ascii = |valid: fn(u8) -> bool, what: &'static str| {
+        if bytes.iter().all(|&b| valid(b)) {
+            // Every accepted byte is ASCII, hence UTF-8.
+            Ok(String::from_utf8_lossy(bytes).into_owned())
+        } else {
+            Err(CertificateError::Attribute(what))
         }
-        let (bytes, after) = rest.split_at_checked(count).ok_or_else(truncated)?;
-        rest = after;
-        bytes
-            .iter()
-            .fold(0usize, |length, &byte| (length << 8) | usize::from(byte))
     };
-    let (contents, after) = rest.split_at_checked(length).ok_or_else(truncated)?;
-    Ok((tag, contents, after))
+    match tag {
+        // T.61 is read as Latin-1, as Go and BoringSSL do.
+        Tag::T61String => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
+        Tag::PrintableString => ascii(is_printable, "invalid PrintableString"),
+        Tag::Utf8String => std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| CertificateError::Attribute("invalid UTF-8 string")),
+        Tag::Ia5String => ascii(|b| b.is_ascii(), "invalid IA5String"),
+        Tag::NumericString => ascii(|b| b.is_ascii_digit() || b == b' ', "invalid NumericString"),
+        Tag::BmpString => bmp_string(bytes),
+        _ => Err(CertificateError::Attribute("unsupported string type")),
+    }
 }
 
-/// Decode the string types X.509 names use.
-fn decode_string(tag: u8, bytes: &[u8]) -> Result<String, String> {
-    match tag {
-        // UTF8String, PrintableString, IA5String
-        0x0c | 0x13 | 0x16 => String::from_utf8(bytes.to_vec())
-            .map_err(|_| "invalid UTF-8 in a certificate subject".to_string()),
-        // T61String: Go reads it as ISO 8859-1.
-        0x14 => Ok(bytes.iter().map(|&b| char::from(b)).collect()),
-        // BMPString: UCS-2 big endian.
-        0x1e => {
-            if bytes.len() % 2 != 0 {
-                return Err("odd-length BMPString in a certificate subject".to_string());
-            }
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
-                .collect();
-            String::from_utf16(&units)
-                .map_err(|_| "invalid BMPString in a certificate subject".to_string())
-        }
-        // UniversalString: UCS-4 big endian.
-        0x1c => {
-            if bytes.len() % 4 != 0 {
-                return Err("bad UniversalString in a certificate subject".to_string());
-            }
-            bytes
-                .chunks_exact(4)
-                .map(|quad| {
-                    char::from_u32(u32::from_be_bytes([quad[0], quad[1], quad[2], quad[3]]))
-                        .ok_or_else(|| "bad UniversalString in a certificate subject".to_string())
-                })
-                .collect()
-        }
-        other => Err(format!(
-            "unsupported string type {other:#04x} in a certificate subject"
-        )),
+/// Go's `isPrintable`: PrintableString's alphabet, plus `*` and `&`, which Go tolerates because
+/// real certificates use them.
+fn is_printable(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b" '()+,-./:=?*&".contains(&b)
+}
+
+/// UCS-2 big endian: an optional trailing NUL is dropped, surrogates and the permanent
+/// noncharacters are refused (Go's and BoringSSL's reading).
+fn bmp_string(bytes: &[u8]) -> Result<String, CertificateError> {
+    let invalid = CertificateError::Attribute("invalid BMPString");
+    if bytes.len() % 2 != 0 {
+        return Err(invalid);
     }
+    let bytes = bytes.strip_suffix(&[0, 0]).unwrap_or(bytes);
+    bytes
+        .chunks_exact(2)
+        .map(|pair| {
+            let unit = u16::from_be_bytes([pair[0], pair[1]]);
+            let refused = matches!(unit, 0xfffe | 0xffff | 0xfdd0..=0xfdef | 0xd800..=0xdfff);
+            // Without surrogates, every unit is one scalar value.
+            (!refused)
+                .then(|| char::from_u32(u32::from(unit)))
+                .flatten()
+                .ok_or_else(|| invalid.clone())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -134,33 +144,61 @@ mod tests {
     use super::*;
     use rcgen::{CertificateParams, DnType, DnValue, KeyPair};
 
-    fn certificate(entries: &[(DnType, DnValue)]) -> CertificateDer<'static> {
+    fn certificate(entries: &[(DnType, DnValue)]) -> Vec<u8> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         for (kind, value) in entries {
             params.distinguished_name.push(kind.clone(), value.clone());
         }
         let key = KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().clone()
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// A DER `Name` from (OID bytes, string tag, value bytes), one RDN each.
+    fn name(attributes: &[(&[u8], u8, &[u8])]) -> Vec<u8> {
+        let mut rdns = Vec::new();
+        for (oid, tag, value) in attributes {
+            let mut sequence = vec![0x06, oid.len() as u8];
+            sequence.extend_from_slice(oid);
+            sequence.extend([*tag, value.len() as u8]);
+            sequence.extend_from_slice(value);
+            rdns.extend([0x31, sequence.len() as u8 + 2, 0x30, sequence.len() as u8]);
+            rdns.extend(sequence);
+        }
+        let mut der = vec![0x30, rdns.len() as u8];
+        der.extend(rdns);
+        der
+    }
+
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const O: &[u8] = &[0x55, 0x04, 0x0a];
+    const C: &[u8] = &[0x55, 0x04, 0x06];
+
+    fn parse_name(der: &[u8]) -> Result<Subject, CertificateError> {
+        let (rest, name) = X509Name::from_der(der).unwrap();
+        assert!(rest.is_empty());
+        subject(&name)
     }
 
     #[test]
     fn common_name_is_the_user_and_organizations_are_the_groups() {
-        let cert = certificate(&[
+        let der = certificate(&[
             (
                 DnType::OrganizationName,
                 DnValue::Utf8String("team-a".into()),
             ),
             (DnType::CommonName, DnValue::Utf8String("alice".into())),
         ]);
-        let subject = subject(&cert).unwrap();
-        assert_eq!(subject.common_name.as_deref(), Some("alice"));
-        assert_eq!(subject.organizations, ["team-a"]);
+        let facts = read(&der).unwrap();
+        assert_eq!(facts.subject.common_name.as_deref(), Some("alice"));
+        assert_eq!(facts.subject.organizations, ["team-a"]);
+        // rcgen's default validity ends in 4096.
+        assert!(facts.not_after > SystemTime::now() + Duration::from_secs(1_000 * 365 * 86_400));
     }
 
     #[test]
     fn string_types_decode_and_missing_names_are_none() {
-        let cert = certificate(&[
+        let der = certificate(&[
             (
                 DnType::CommonName,
                 DnValue::PrintableString("system:node:a".try_into().unwrap()),
@@ -170,37 +208,69 @@ mod tests {
                 DnValue::BmpString("grüppe".try_into().unwrap()),
             ),
         ]);
-        let parsed = subject(&cert).unwrap();
+        let parsed = read(&der).unwrap().subject;
         assert_eq!(parsed.common_name.as_deref(), Some("system:node:a"));
         assert_eq!(parsed.organizations, ["grüppe"]);
 
         let none = certificate(&[(DnType::CountryName, DnValue::Utf8String("DE".into()))]);
-        assert_eq!(subject(&none).unwrap(), Subject::default());
+        assert_eq!(read(&none).unwrap().subject, Subject::default());
     }
 
     #[test]
-    fn several_organizations_keep_their_order_in_one_rdn_each() {
-        // SET{SEQ{O,"a"}} SET{SEQ{CN,"x"}} SET{SEQ{O,"b"}}, written by hand.
-        let attribute = |oid: &[u8], value: &str| {
-            let mut seq = vec![0x06, oid.len() as u8];
-            seq.extend_from_slice(oid);
-            seq.extend([0x0c, value.len() as u8]);
-            seq.extend_from_slice(value.as_bytes());
-            let mut set = vec![0x31, seq.len() as u8 + 2, 0x30, seq.len() as u8];
-            set.extend(seq);
-            set
-        };
-        let mut name = attribute(OID_ORGANIZATION, "a");
-        name.extend(attribute(OID_COMMON_NAME, "x"));
-        name.extend(attribute(OID_ORGANIZATION, "b"));
-        let subject = parse_name(&name).unwrap();
+    fn several_organizations_keep_their_order_and_the_last_common_name_wins() {
+        let der = name(&[
+            (O, 0x0c, b"a"),
+            (CN, 0x0c, b"first"),
+            (O, 0x13, b"b"),
+            (CN, 0x16, b"last"),
+        ]);
+        let subject = parse_name(&der).unwrap();
         assert_eq!(subject.organizations, ["a", "b"]);
-        assert_eq!(subject.common_name.as_deref(), Some("x"));
-        // Every truncation is an error, never a panic.
-        for cut in 1..name.len() {
-            let _ = parse_name(&name[..cut]);
+        assert_eq!(subject.common_name.as_deref(), Some("last"));
+    }
+
+    #[test]
+    fn values_are_read_as_go_reads_them() {
+        // T61String as Latin-1; NumericString digits and spaces; BMPString with its NUL.
+        let subject = parse_name(&name(&[
+            (CN, 0x14, b"caf\xe9"),
+            (O, 0x12, b"12 34"),
+            (O, 0x1e, &[0x00, 0x61, 0x00, 0x00]),
+        ]))
+        .unwrap();
+        assert_eq!(subject.common_name.as_deref(), Some("café"));
+        assert_eq!(subject.organizations, ["12 34", "a"]);
+        // Go's PrintableString tolerates '*' and '&'.
+        let subject = parse_name(&name(&[(CN, 0x13, b"a*b&c")])).unwrap();
+        assert_eq!(subject.common_name.as_deref(), Some("a*b&c"));
+
+        // What Go refuses fails the whole subject, whichever attribute it is in.
+        for bad in [
+            name(&[(CN, 0x13, b"under_score")]),
+            name(&[(CN, 0x0c, b"\xff\xfe")]),
+            name(&[(CN, 0x16, b"\xe9")]),
+            name(&[(O, 0x12, b"12a")]),
+            name(&[(O, 0x1e, &[0xd8, 0x00])]),
+            name(&[(O, 0x1e, &[0x00])]),
+            // UniversalString: Go has no reader for it.
+            name(&[(CN, 0x1c, &[0, 0, 0, 0x61])]),
+            name(&[(C, 0x1c, &[0, 0, 0, 0x61]), (CN, 0x0c, b"alice")]),
+            // Not a string at all.
+            name(&[(CN, 0x02, &[0x01])]),
+        ] {
+            assert!(parse_name(&bad).is_err(), "{bad:02x?}");
         }
-        assert!(parse_name(&name[..name.len() - 1]).is_err());
-        assert!(parse_name(&[0x31, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn garbage_and_trailing_data_are_errors_never_panics() {
+        let der = certificate(&[(DnType::CommonName, DnValue::Utf8String("alice".into()))]);
+        for cut in 0..der.len() {
+            assert!(read(&der[..cut]).is_err(), "{cut}");
+        }
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert_eq!(read(&trailing), Err(CertificateError::TrailingData));
+        assert!(read(b"not a certificate").is_err());
     }
 }

@@ -2,11 +2,16 @@
 //! calls, with the real request and response bodies:
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews` (TokenReview),
 //! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews` (SubjectAccessReview),
-//! - `GET` and `?watch=true` of ConfigMap `kube-system/extension-apiserver-authentication`.
+//! - list and watch of ConfigMaps in `kube-system` (where
+//!   `extension-apiserver-authentication` lives), as kube-apiserver answers a kube-runtime
+//!   watcher: a list carries the current resourceVersion; a watch from a version streams every
+//!   later event, `BOOKMARK`s when `allowWatchBookmarks` asks for them, ends after
+//!   `timeoutSeconds`, and answers a version older than the compaction point (or a watch the
+//!   server gives up on) with an `ERROR` event `410 Expired`, after which clients list again.
 //!
 //! It checks what a real one checks (the caller's bearer token, JSON, apiVersion/kind, the
-//! watch's field selector) and records every review body it receives. `stop` drops the listener
-//! and every open connection; `start` brings it back on the same address.
+//! field selector) and records every review body it receives. `stop` drops the listener and
+//! every open connection; `start` brings it back on the same address.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -49,8 +54,14 @@ pub struct FakeState {
     pub access_reviews: Mutex<Vec<Value>>,
     /// Query strings of ConfigMap watches.
     pub watches: Mutex<Vec<String>>,
+    /// Query strings of ConfigMap lists.
+    pub lists: Mutex<Vec<String>>,
     /// Requests refused because the caller did not present the adapter's token.
     pub unauthenticated_calls: Mutex<usize>,
+    /// How long each SubjectAccessReview takes to answer.
+    pub review_delay: Mutex<std::time::Duration>,
+    /// `BOOKMARK` events sent on ConfigMap watches.
+    pub bookmarks_sent: Mutex<usize>,
 }
 
 /// The fake API server.
@@ -59,7 +70,7 @@ pub struct FakeKube {
     pub ca: TestCa,
     pub state: Arc<FakeState>,
     pub kubeconfig: PathBuf,
-    configmap: watch::Sender<(u64, Option<BTreeMap<String, String>>)>,
+    configmaps: watch::Sender<ConfigMaps>,
     tls: Arc<rustls::ServerConfig>,
     running: Mutex<Option<JoinHandle<()>>>,
     _dir: tempfile::TempDir,
@@ -95,13 +106,16 @@ impl FakeKube {
             ),
         )
         .unwrap();
-        let (configmap, _) = watch::channel((1, None));
+        let (configmaps, _) = watch::channel(ConfigMaps {
+            revision: 1,
+            ..ConfigMaps::default()
+        });
         let fake = FakeKube {
             addr,
             ca,
             state: Arc::new(FakeState::default()),
             kubeconfig,
-            configmap,
+            configmaps,
             tls: Arc::new(tls),
             running: Mutex::new(None),
             _dir: dir,
@@ -131,16 +145,86 @@ impl FakeKube {
             .insert((user.to_string(), what.to_string()));
     }
 
-    /// Publish (or replace) the authentication ConfigMap's data.
+    /// Publish (or replace) the authentication ConfigMap's data: an `ADDED` or `MODIFIED`
+    /// event at a new resourceVersion.
     pub fn set_configmap(&self, data: &[(&str, &str)]) {
-        let data = data
+        let data: BTreeMap<String, String> = data
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        self.configmap.send_modify(|(version, current)| {
-            *version += 1;
-            *current = Some(data);
+        self.configmaps.send_modify(|configmaps| {
+            configmaps.revision += 1;
+            let kind = if configmaps.current.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            let object = configmap_object(configmaps.revision, &data);
+            configmaps.current = Some(object.clone());
+            configmaps.history.push((configmaps.revision, kind, object));
         });
+    }
+
+    /// Delete the ConfigMap: a `DELETED` event.
+    pub fn delete_configmap(&self) {
+        self.configmaps.send_modify(|configmaps| {
+            if let Some(mut object) = configmaps.current.take() {
+                configmaps.revision += 1;
+                object["metadata"]["resourceVersion"] = json!(configmaps.revision.to_string());
+                configmaps
+                    .history
+                    .push((configmaps.revision, "DELETED", object));
+            }
+        });
+    }
+
+    /// Other objects of the cluster change: the revision moves on without a ConfigMap event.
+    pub fn advance_revision(&self, by: u64) {
+        self.configmaps
+            .send_modify(|configmaps| configmaps.revision += by);
+    }
+
+    /// Send a `BOOKMARK` at the current revision to every watch that asked for bookmarks (the
+    /// API server does so about once a minute).
+    pub fn bookmark(&self) {
+        self.configmaps
+            .send_modify(|configmaps| configmaps.bookmarks += 1);
+    }
+
+    /// Forget history up to now (etcd compaction): watching from an older version is `410`.
+    pub fn compact(&self) {
+        self.configmaps.send_modify(|configmaps| {
+            configmaps.compacted = configmaps.revision;
+            let compacted = configmaps.compacted;
+            configmaps
+                .history
+                .retain(|(version, ..)| *version > compacted);
+        });
+    }
+
+    /// End every open watch with an `ERROR` event `410 Expired`, as the API server does when a
+    /// watcher fell too far behind; history is compacted too, so clients must list again.
+    pub fn expire_watches(&self) {
+        self.compact();
+        self.configmaps
+            .send_modify(|configmaps| configmaps.expiries += 1);
+    }
+
+    /// End every open watch cleanly, as `timeoutSeconds` does: clients resume from the last
+    /// version they saw.
+    pub fn close_watches(&self) {
+        self.configmaps
+            .send_modify(|configmaps| configmaps.closes += 1);
+    }
+
+    /// The cluster's current resourceVersion.
+    pub fn revision(&self) -> u64 {
+        self.configmaps.borrow().revision
+    }
+
+    /// `BOOKMARK` events sent so far.
+    pub fn bookmarks_sent(&self) -> usize {
+        *self.state.bookmarks_sent.lock().unwrap()
     }
 
     pub fn access_reviews(&self) -> Vec<Value> {
@@ -168,7 +252,7 @@ impl FakeKube {
     fn serve(&self, listener: TcpListener) {
         let shared = Shared {
             state: self.state.clone(),
-            configmap: self.configmap.clone(),
+            configmaps: self.configmaps.clone(),
         };
         let router = Router::new()
             .route(
@@ -185,7 +269,7 @@ impl FakeKube {
             )
             .route(
                 "/api/v1/namespaces/kube-system/configmaps",
-                get(watch_configmaps),
+                get(list_or_watch_configmaps),
             )
             .with_state(shared);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
@@ -222,7 +306,24 @@ impl Drop for FakeKube {
 #[derive(Clone)]
 struct Shared {
     state: Arc<FakeState>,
-    configmap: watch::Sender<(u64, Option<BTreeMap<String, String>>)>,
+    configmaps: watch::Sender<ConfigMaps>,
+}
+
+/// The ConfigMaps of `kube-system` (here only the authentication one) and their event history.
+#[derive(Debug, Clone, Default)]
+struct ConfigMaps {
+    /// The cluster's resourceVersion (etcd's revision: every change of any object moves it).
+    revision: u64,
+    /// The object, if it exists.
+    current: Option<Value>,
+    /// Events after `compacted`: (resourceVersion, type, object).
+    history: Vec<(u64, &'static str, Value)>,
+    /// Versions up to this one cannot be watched from any more.
+    compacted: u64,
+    /// Bumped to make open watches send a bookmark, end with 410, or end cleanly.
+    bookmarks: u64,
+    expiries: u64,
+    closes: u64,
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
@@ -329,6 +430,10 @@ async fn access_review(State(shared): State<Shared>, headers: HeaderMap, body: B
         .lock()
         .unwrap()
         .push(review.clone());
+    let delay = *shared.state.review_delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let spec = &review["spec"];
     let user = spec["user"].as_str().unwrap_or_default().to_string();
     let what = spec["resourceAttributes"]["resource"]
@@ -386,11 +491,11 @@ async fn get_configmap(
     if !authorized(&shared.state, &headers) {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
-    let (version, data) = shared.configmap.borrow().clone();
-    match data {
-        Some(data) if name == CONFIGMAP => (
+    let current = shared.configmaps.borrow().current.clone();
+    match current {
+        Some(object) if name == CONFIGMAP => (
             [(header::CONTENT_TYPE, "application/json")],
-            configmap_object(version, &data).to_string(),
+            object.to_string(),
         )
             .into_response(),
         _ => status(
@@ -401,7 +506,28 @@ async fn get_configmap(
     }
 }
 
-async fn watch_configmaps(
+/// Whether `object` matches a `fieldSelector` of the form `metadata.name=<name>` (the only
+/// field this fake indexes; kube-apiserver also knows `metadata.namespace`).
+#[allow(clippy::result_large_err, reason = "the error is the response itself")]
+fn selected(selector: Option<&String>, object: &Value) -> Result<bool, Response> {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return Ok(true);
+    };
+    match selector.split_once('=') {
+        Some(("metadata.name", name)) => Ok(object["metadata"]["name"] == name),
+        _ => Err(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("field label not supported: {selector}"),
+        )),
+    }
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
+}
+
+async fn list_or_watch_configmaps(
     State(shared): State<Shared>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -410,51 +536,155 @@ async fn watch_configmaps(
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     let query = query.unwrap_or_default();
-    shared.state.watches.lock().unwrap().push(query.clone());
     let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    if params.get("watch").map(String::as_str) != Some("true") {
-        return status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "only watch is served here",
-        );
-    }
-    if params.get("fieldSelector").map(String::as_str)
-        != Some(&format!("metadata.name={CONFIGMAP}"))
-    {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "expected a metadata.name field selector",
-        );
-    }
-    let since: u64 = params
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let receiver = shared.configmap.subscribe();
-    // One JSON event per line, as the API server streams them, for every version after `since`.
-    let events =
-        futures_util::stream::unfold((receiver, since), |(mut receiver, mut seen)| async move {
-            loop {
-                let (version, data) = receiver.borrow_and_update().clone();
-                if version > seen
-                    && let Some(data) = data
-                {
-                    seen = version;
-                    let line = format!(
-                        "{}\n",
-                        json!({"type": "MODIFIED", "object": configmap_object(version, &data)})
-                    );
-                    return Some((Ok::<_, Infallible>(Bytes::from(line)), (receiver, seen)));
+    let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+    if !watching {
+        shared.state.lists.lock().unwrap().push(query);
+        let configmaps = shared.configmaps.borrow().clone();
+        let mut items = Vec::new();
+        if let Some(object) = &configmaps.current {
+            match selected(params.get("fieldSelector"), object) {
+                Ok(true) => {
+                    // List items carry no kind or apiVersion, as kube-apiserver sends them.
+                    let mut item = object.clone();
+                    let fields = item.as_object_mut().unwrap();
+                    fields.remove("kind");
+                    fields.remove("apiVersion");
+                    items.push(item);
                 }
-                if receiver.changed().await.is_err() {
-                    return None;
+                Ok(false) => {}
+                Err(response) => return response,
+            }
+        }
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"kind": "ConfigMapList", "apiVersion": "v1",
+                   "metadata": {"resourceVersion": configmaps.revision.to_string()},
+                   "items": items})
+            .to_string(),
+        )
+            .into_response();
+    }
+    shared.state.watches.lock().unwrap().push(query.clone());
+    let selector = params.get("fieldSelector").cloned();
+    if let Err(response) = selected(selector.as_ref(), &json!({})) {
+        return response;
+    }
+    let bookmarks = params.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs);
+    let mut receiver = shared.configmaps.subscribe();
+    let start = receiver.borrow_and_update().clone();
+    let from = params.get("resourceVersion").cloned().unwrap_or_default();
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut seen = start.revision;
+    match from.as_str() {
+        // No version (or "any"): the current state as ADDED events, then what follows.
+        "" | "0" => {
+            if let Some(object) = &start.current
+                && selected(selector.as_ref(), object).unwrap_or(false)
+            {
+                pending.push(event_line("ADDED", object));
+            }
+        }
+        version => match version.parse::<u64>() {
+            Ok(version) if version < start.compacted => {
+                let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": format!("too old resource version: {version} ({})", start.compacted + 1)});
+                return (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    Body::from(event_line("ERROR", &gone)),
+                )
+                    .into_response();
+            }
+            Ok(version) => seen = version,
+            Err(_) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("invalid resource version: {version}"),
+                );
+            }
+        },
+    }
+    let marks = (start.bookmarks, start.expiries, start.closes);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let state = shared.state.clone();
+    // One JSON event per line, as the API server streams them.
+    let events = futures_util::stream::unfold(
+        (receiver, seen, marks, pending, false),
+        move |(mut receiver, mut seen, mut marks, mut pending, mut done)| {
+            let selector = selector.clone();
+            let state = state.clone();
+            async move {
+                loop {
+                    if let Some(line) = pending.pop() {
+                        return Some((
+                            Ok::<_, Infallible>(line),
+                            (receiver, seen, marks, pending, done),
+                        ));
+                    }
+                    if done {
+                        return None;
+                    }
+                    let now = receiver.borrow_and_update().clone();
+                    if now.closes != marks.2 {
+                        return None;
+                    }
+                    if now.expiries != marks.1 {
+                        done = true;
+                        let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": "Expired", "code": 410,
+                            "message": "The resourceVersion for the provided watch is too old."});
+                        pending.push(event_line("ERROR", &gone));
+                        continue;
+                    }
+                    let mut lines: Vec<Bytes> = now
+                        .history
+                        .iter()
+                        .filter(|(version, _, object)| {
+                            *version > seen && selected(selector.as_ref(), object).unwrap_or(false)
+                        })
+                        .map(|(_, kind, object)| event_line(kind, object))
+                        .collect();
+                    if let Some((version, ..)) = now.history.last() {
+                        seen = seen.max(*version);
+                    }
+                    if bookmarks && now.bookmarks != marks.0 {
+                        marks.0 = now.bookmarks;
+                        *state.bookmarks_sent.lock().unwrap() += 1;
+                        seen = seen.max(now.revision);
+                        lines.push(event_line(
+                            "BOOKMARK",
+                            &json!({"kind": "ConfigMap", "apiVersion": "v1",
+                                    "metadata": {"resourceVersion": now.revision.to_string(),
+                                                 "creationTimestamp": null}}),
+                        ));
+                    }
+                    if !lines.is_empty() {
+                        lines.reverse();
+                        pending = lines;
+                        continue;
+                    }
+                    let changed = receiver.changed();
+                    let ended = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, changed)
+                            .await
+                            .map_or(true, |r| r.is_err()),
+                        None => changed.await.is_err(),
+                    };
+                    if ended {
+                        return None;
+                    }
                 }
             }
-        });
+        },
+    );
     (
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(events),

@@ -74,11 +74,70 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client certificate (CN `cn`, clientAuth) valid from `not_before` to `not_after`.
+    pub fn client_valid(
+        &self,
+        cn: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (String, String) {
+        let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(seconds(not_before)).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(seconds(not_after)).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// Write the CA certificate to `dir/name` and return the path.
     pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, &self.pem).unwrap();
         path
+    }
+}
+
+/// The CAs of a cluster: front proxy, client, and one nobody trusts.
+pub struct Cas {
+    pub front_proxy: TestCa,
+    pub client: TestCa,
+    pub wrong: TestCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cas {
+    pub fn new() -> Cas {
+        Cas {
+            front_proxy: TestCa::new("front-proxy-ca"),
+            client: TestCa::new("kubernetes"),
+            wrong: TestCa::new("front-proxy-ca"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Flags giving both CAs as files (no ConfigMap lookup).
+    pub fn flags(&self, fake: &fake_kube::FakeKube, anonymous: bool) -> Vec<String> {
+        vec![
+            fake.kubeconfig_arg(),
+            "--authentication-skip-lookup".to_string(),
+            format!(
+                "--requestheader-client-ca-file={}",
+                path_str(
+                    &self
+                        .front_proxy
+                        .write(self.dir.path(), "front-proxy-ca.pem")
+                )
+            ),
+            "--requestheader-allowed-names=front-proxy-client".to_string(),
+            format!(
+                "--client-ca-file={}",
+                path_str(&self.client.write(self.dir.path(), "client-ca.pem"))
+            ),
+            format!("--anonymous-auth={anonymous}"),
+        ]
     }
 }
 
@@ -300,6 +359,28 @@ impl TestServer {
     /// An HTTPS client trusting the test CA.
     pub fn client(&self) -> reqwest::Client {
         client_trusting(&self.ca.pem).build().unwrap()
+    }
+
+    /// The adapter's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample in `/metrics` (`name{labels}` exactly as exposed), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// An HTTPS client presenting a client certificate (a new one each time: a new handshake).

@@ -20,6 +20,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
 use clap::Parser;
 use cloudwatch_emulator::{Datum, Emulator};
+use cwma_bench::adapter::{ANONYMOUS_FLAGS, Adapter};
 use tokio::process::{Child, Command};
 
 /// Reaction time and cost: native SQS against CloudWatch's AWS/SQS metrics.
@@ -113,60 +114,6 @@ async fn start_moto(path: &PathBuf) -> anyhow::Result<(Child, String)> {
     Ok((child, endpoint))
 }
 
-struct Adapter {
-    child: Child,
-    base: String,
-    admin: String,
-    _dir: PathBuf,
-}
-
-async fn start_adapter(args: &Args, emulator: &Emulator, sqs: &str) -> anyhow::Result<Adapter> {
-    let dir = std::env::temp_dir().join(format!("cwma-reaction-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("metrics.yaml");
-    std::fs::write(&config, DEFINITIONS)?;
-    let (secure, admin) = (free_port()?, free_port()?);
-    let child = Command::new(&args.adapter)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--admin-bind-address",
-            "127.0.0.1",
-        ])
-        .args([
-            "--secure-port",
-            &secure.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-        ])
-        .args(["--sqs-endpoint-url", sqs])
-        .args([
-            "--authorization-mode=AlwaysAllow",
-            "--anonymous-auth=true",
-            "--authentication-skip-lookup",
-            "--watch-external-metrics=false",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_CLOUDWATCH", emulator.endpoint_url())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.adapter.display()))?;
-    let admin = format!("http://127.0.0.1:{admin}");
-    wait_http(&format!("{admin}/readyz"), Duration::from_secs(20)).await?;
-    Ok(Adapter {
-        child,
-        base: format!("https://127.0.0.1:{secure}"),
-        admin,
-        _dir: dir,
-    })
-}
-
 /// The value the adapter at `base` serves for `metric` of `queue`, if it serves one.
 async fn read_value(
     client: &reqwest::Client,
@@ -179,26 +126,6 @@ async fn read_value(
     );
     let body: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
     body["items"][0]["value"].as_str()?.parse().ok()
-}
-
-impl Adapter {
-    async fn value(&self, client: &reqwest::Client, metric: &str, queue: &str) -> Option<f64> {
-        read_value(client, &self.base, metric, queue).await
-    }
-
-    async fn metric(&self, client: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
-        let text = client
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
-    }
 }
 
 /// Samples every queue's depth each second and publishes each minute's samples to the emulator
@@ -288,7 +215,20 @@ async fn main() -> anyhow::Result<()> {
         emulator.clone(),
         Duration::from_secs(args.publish_delay),
     ));
-    let mut adapter = start_adapter(&args, &emulator, &moto).await?;
+    let dir = std::env::temp_dir().join(format!("cwma-reaction-{}", std::process::id()));
+    let flags: Vec<String> = ANONYMOUS_FLAGS
+        .iter()
+        .map(|f| f.to_string())
+        .chain(["--sqs-endpoint-url".to_string(), moto.clone()])
+        .collect();
+    let adapter = Adapter::start_with(
+        &args.adapter,
+        &dir,
+        DEFINITIONS,
+        &emulator.endpoint_url(),
+        &flags,
+    )
+    .await?;
     let client = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .build()?;
@@ -305,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, _) in &queues {
         for metric in ["native", "cloudwatch"] {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while adapter.value(&client, metric, name).await != Some(0.0) {
+            while read_value(&client, &adapter.base, metric, name).await != Some(0.0) {
                 if Instant::now() > deadline {
                     bail!("{metric} {name} never read 0");
                 }
@@ -316,13 +256,13 @@ async fn main() -> anyhow::Result<()> {
     let cost_start = (
         Instant::now(),
         adapter
-            .metric(
+            .metric_sum(
                 &client,
                 "cloudwatch_adapter_estimated_cost_dollars_total{source=\"sqs\"}",
             )
             .await?,
         adapter
-            .metric(
+            .metric_sum(
                 &client,
                 "cloudwatch_adapter_estimated_cost_dollars_total{source=\"cloudwatch\"}",
             )
@@ -372,21 +312,22 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = cost_start.0.elapsed().as_secs_f64();
     let sqs_dollars = adapter
-        .metric(
+        .metric_sum(
             &client,
             "cloudwatch_adapter_estimated_cost_dollars_total{source=\"sqs\"}",
         )
         .await?
         - cost_start.1;
     let cw_dollars = adapter
-        .metric(
+        .metric_sum(
             &client,
             "cloudwatch_adapter_estimated_cost_dollars_total{source=\"cloudwatch\"}",
         )
         .await?
         - cost_start.2;
     publisher.abort();
-    adapter.child.kill().await?;
+    adapter.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
 
     let mut results = results.lock().unwrap_or_else(|e| e.into_inner()).clone();
     results.sort();
