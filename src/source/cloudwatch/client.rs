@@ -47,7 +47,11 @@ impl AwsCloudWatch {
         self.clients
             .get(target, |config, endpoint_url| {
                 let mut builder = aws_sdk_cloudwatch::config::Builder::from(config);
-                builder.set_endpoint_url(endpoint_url.map(str::to_string));
+                // Only an override replaces the base configuration's endpoint (which may
+                // itself come from AWS_ENDPOINT_URL).
+                if let Some(url) = endpoint_url {
+                    builder.set_endpoint_url(Some(url.to_string()));
+                }
                 Client::from_conf(builder.build())
             })
             .await
