@@ -239,9 +239,12 @@ pub async fn serve_until(
     let admin_router = admin_router(readiness.clone(), metrics.clone());
     let admin_stop = stop.clone();
     let mut admin = tokio::spawn(
-        crate::server::serve_plain(listeners.admin, admin_router, async move {
-            admin_stop.cancelled().await
-        })
+        crate::server::serve_plain(
+            listeners.admin,
+            admin_router,
+            crate::server::AdminLimits::default(),
+            async move { admin_stop.cancelled().await },
+        )
         .instrument(tracing::info_span!("task", name = "admin server")),
     );
 
