@@ -153,10 +153,10 @@ fn parse(input: &Value) -> Result<Request, ApiError> {
         if let Some(id) = &id {
             ids.push(id.clone());
         }
-        if let Some(period) = q.int("Period")? {
-            if !is_valid_period(period) {
-                errors.push(bad_period(period, &format!("{p}.Period")));
-            }
+        if let Some(period) = q.int("Period")?
+            && !is_valid_period(period)
+        {
+            errors.push(bad_period(period, &format!("{p}.Period")));
         }
         // Cross-account queries read the caller's own (only) account here.
         let _account_id = q.str("AccountId")?;
@@ -343,13 +343,13 @@ fn parse_metric_stat(
         },
     };
     let unit = ms.str("Unit")?;
-    if let Some(u) = unit {
-        if !units::is_valid(u) {
-            errors.push(format!(
-                "The value {u} for parameter {p}.MetricStat.Unit is not valid. Valid values are {}.",
-                units::enum_list()
-            ));
-        }
+    if let Some(u) = unit
+        && !units::is_valid(u)
+    {
+        errors.push(format!(
+            "The value {u} for parameter {p}.MetricStat.Unit is not valid. Valid values are {}.",
+            units::enum_list()
+        ));
     }
     if errors.len() > before {
         return Ok(None);

@@ -199,10 +199,10 @@ pub(crate) fn down_for(control: &Weak<Inner>, duration: Duration) {
             let _ = inner.set_down(true).await;
         }
         tokio::time::sleep(duration).await;
-        if let Some(inner) = control.upgrade() {
-            if let Err(e) = inner.set_down(false).await {
-                tracing::warn!(error = %e, "could not listen again after going down");
-            }
+        if let Some(inner) = control.upgrade()
+            && let Err(e) = inner.set_down(false).await
+        {
+            tracing::warn!(error = %e, "could not listen again after going down");
         }
     });
 }
