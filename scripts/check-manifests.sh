@@ -569,7 +569,7 @@ check "least-privilege policy and IRSA trust policy" "$py" -c '
 import json
 p = json.load(open("deploy/iam/cloudwatch-metrics-adapter-policy.json"))
 actions = [a for s in p["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
-assert actions == ["cloudwatch:GetMetricData"], actions
+assert actions == ["cloudwatch:GetMetricData", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"], actions
 assert all(s["Effect"] == "Allow" for s in p["Statement"])
 x = json.load(open("deploy/iam/cross-account-assume-role-policy.json"))
 assert [s["Action"] for s in x["Statement"]] == ["sts:AssumeRole"] and all(s["Resource"] != "*" for s in x["Statement"])

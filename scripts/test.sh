@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test, with the real peers: the CloudWatch emulator (in-process), LocalStack for the
-# emulator's conformance suite, the real kubectl and helm. Installs what it needs on first use.
+# emulator's conformance suite, moto for SQS, the real kubectl and helm. Installs what it needs on
+# first use.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -- NAME    # pass a test-name filter through to cargo test
@@ -15,11 +16,14 @@ fi
 cargo deny --locked check --hide-inclusion-graph bans licenses sources
 
 bash scripts/fetch-tools.sh
+# MOTO_SERVER=<path>: the SQS tests start their own moto_server from it.
+eval "$(bash scripts/moto.sh)"
+export MOTO_SERVER
 bash scripts/localstack.sh start
 trap 'bash scripts/localstack.sh stop' EXIT
 
 export LOCALSTACK_ENDPOINT="http://127.0.0.1:${LOCALSTACK_PORT:-4566}"
-# --all-features turns on the peer suites (kubectl, LocalStack conformance).
+# --all-features turns on the peer suites (kubectl, moto's SQS, LocalStack conformance).
 cargo test --workspace --all-features --locked "$@"
 
 # The chart, manifests, examples and dashboard: helm lint/template, Kubernetes schemas, drift,

@@ -22,18 +22,22 @@ use crate::auth::review::{KubeReviewer, Reviewer};
 use crate::auth::source::{self, FileRole, FromCluster, HeaderFlags};
 use crate::auth::trust::TrustStore;
 use crate::auth::{self, Auth, AuthSettings};
-use crate::cache::{CacheConfig, QueryCache};
-use crate::cloudwatch::client::AwsCloudWatch;
-use crate::cloudwatch::translate;
 use crate::config::{
-    AuthFlags, AuthorizationMode, AwsConfig, Command, CrdFlags, QueryConfig, ServeConfig,
+    AuthFlags, AuthorizationMode, AwsConfig, CacheFlags, Command, CrdFlags, QueryConfig,
+    ServeConfig,
 };
 use crate::controller::{self, Reconciler, status};
-use crate::definition::{self, DefinitionSet};
+use crate::definition::{self, Backend, DefinitionSet};
 use crate::delegate::Delegates;
+use crate::engine::{Engine, EngineConfig, Pacing, Sources};
 use crate::forward::{Forwarder, NoDelegates};
 use crate::metrics::{AdapterMetrics, AuthMetrics};
 use crate::provider::MetricRequest;
+use crate::source::cloudwatch::CloudWatchSource;
+use crate::source::cloudwatch::client::AwsCloudWatch;
+use crate::source::cloudwatch::translate;
+use crate::source::sqs::SqsSource;
+use crate::source::sqs::client::AwsSqs;
 use crate::tls::{self, CertificateStore};
 
 /// Run a parsed command.
@@ -243,9 +247,12 @@ pub async fn serve_until(
     let admin_router = admin_router(readiness.clone(), metrics.clone());
     let admin_stop = stop.clone();
     let mut admin = tokio::spawn(
-        crate::server::serve_plain(listeners.admin, admin_router, async move {
-            admin_stop.cancelled().await
-        })
+        crate::server::serve_plain(
+            listeners.admin,
+            admin_router,
+            crate::server::AdminLimits::default(),
+            async move { admin_stop.cancelled().await },
+        )
         .instrument(tracing::info_span!("task", name = "admin server")),
     );
 
@@ -314,9 +321,9 @@ pub async fn serve_until(
     )
     .await?;
 
-    let cache = QueryCache::new(
+    let cache = Engine::new(
         definitions.clone(),
-        AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
+        sources(&config.cache, &sdk, &config.aws),
         config.cache.to_config(),
         metrics.clone(),
     );
@@ -423,7 +430,7 @@ pub async fn serve_until(
         }
         result = &mut refresher => {
             stop.cancel();
-            anyhow::bail!("the CloudWatch refresher stopped unexpectedly: {result:?}");
+            anyhow::bail!("the refresh engine stopped unexpectedly: {result:?}");
         }
         result = &mut external_metrics => {
             stop.cancel();
@@ -503,6 +510,22 @@ fn build_forwarder(
     let delegates = Delegates::new(configs, metrics)?;
     delegates.start(kube, config.tls_reload_interval, stop, tasks)?;
     Ok(Arc::new(delegates))
+}
+
+/// The sources the engine reads from, each with its budget from the flags.
+fn sources(flags: &CacheFlags, sdk: &SdkConfig, aws: &AwsConfig) -> Sources {
+    Sources::new()
+        .with(
+            CloudWatchSource::new(
+                AwsCloudWatch::new(sdk.clone())
+                    .with_endpoint_url(aws.cloudwatch_endpoint_url.clone()),
+            ),
+            Pacing::per_second(flags.cloudwatch_calls_per_second),
+        )
+        .with(
+            SqsSource::new(AwsSqs::new(sdk.clone(), aws.sqs_endpoint_url.clone())),
+            Pacing::per_second(flags.sqs_calls_per_second),
+        )
 }
 
 fn status_config(flags: &CrdFlags) -> status::StatusConfig {
@@ -764,21 +787,37 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
         )
     })?;
     let selector = api::selector::parse(&config.selector)?;
-    let labels = translate::selector_labels(definition, &selector)?;
-    let request = translate::build_request(definition, &labels, std::time::SystemTime::now())?;
-    println!(
-        "# GetMetricData request ({})",
-        describe_target(&request.target, &config.aws)
-    );
-    println!("{}", serde_json::to_string_pretty(&request)?);
+    let labels = definition::selector_labels(definition, &selector)?;
+    match definition.backend() {
+        Backend::CloudWatch => {
+            let request =
+                translate::build_request(definition, &labels, std::time::SystemTime::now())?;
+            println!(
+                "# GetMetricData request ({})",
+                describe_target(&request.target, &config.aws)
+            );
+            println!("{}", serde_json::to_string_pretty(&request)?);
+        }
+        Backend::Sqs => {
+            let request = crate::source::sqs::request(definition, &labels)?;
+            println!(
+                "# SQS calls ({})",
+                describe_target(&request.target, &config.aws)
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&request.describe_calls())?
+            );
+        }
+    }
     if config.dry_run {
         return Ok(());
     }
     let sdk = load_sdk_config(&config.aws).await;
-    let provider = QueryCache::new(
+    let provider = Engine::new(
         Arc::new(ArcSwap::from_pointee(definitions.clone())),
-        AwsCloudWatch::new(sdk).with_endpoint_url(config.aws.cloudwatch_endpoint_url.clone()),
-        CacheConfig::default(),
+        sources(&CacheFlags::default(), &sdk, &config.aws),
+        EngineConfig::default(),
         Arc::new(AdapterMetrics::default()),
     );
     let stop = CancellationToken::new();
@@ -807,7 +846,7 @@ pub async fn query(config: QueryConfig) -> anyhow::Result<()> {
     }
 }
 
-fn describe_target(target: &crate::cloudwatch::Target, aws: &AwsConfig) -> String {
+fn describe_target(target: &crate::source::cloudwatch::Target, aws: &AwsConfig) -> String {
     let region = target
         .region
         .clone()

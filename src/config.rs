@@ -51,7 +51,10 @@ pub struct AwsConfig {
     /// CloudWatch endpoint override, e.g. a local emulator. The SDK's AWS_ENDPOINT_URL also works.
     #[arg(long, env = "AWS_ENDPOINT_URL_CLOUDWATCH")]
     pub cloudwatch_endpoint_url: Option<String>,
-    /// Timeout for one GetMetricData attempt.
+    /// SQS endpoint override, e.g. a local SQS. The SDK's AWS_ENDPOINT_URL also works.
+    #[arg(long, env = "AWS_ENDPOINT_URL_SQS")]
+    pub sqs_endpoint_url: Option<String>,
+    /// Timeout for one AWS call attempt (GetMetricData, GetQueueAttributes).
     #[arg(long, env = "CLOUDWATCH_TIMEOUT", default_value = "5s", value_parser = duration_in(MILLISECOND * 100, MINUTE * 5))]
     pub cloudwatch_timeout: Duration,
 }
@@ -79,12 +82,17 @@ impl AwsConfig {
             }
             Some(_) => {}
         }
-        if let Some(url) = &self.cloudwatch_endpoint_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            problems.push(format!(
-                "--cloudwatch-endpoint-url: {url:?} must start with http:// or https://"
-            ));
+        for (flag, url) in [
+            ("--cloudwatch-endpoint-url", &self.cloudwatch_endpoint_url),
+            ("--sqs-endpoint-url", &self.sqs_endpoint_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problems.push(format!(
+                    "{flag}: {url:?} must start with http:// or https://"
+                ));
+            }
         }
     }
 }
@@ -309,7 +317,7 @@ impl AuthFlags {
     }
 }
 
-/// The cached query layer's settings.
+/// The refresh engine's settings.
 #[derive(Debug, Clone, Args)]
 pub struct CacheFlags {
     /// Serve the last good value this long (since it was fetched) while refreshes fail; then
@@ -323,20 +331,41 @@ pub struct CacheFlags {
     /// shared with everything else in the account and region).
     #[arg(long, env = "CLOUDWATCH_CALLS_PER_SECOND", default_value_t = 10.0, value_parser = number_in(0.01, 50.0))]
     pub cloudwatch_calls_per_second: f64,
+    /// Never make more SQS GetQueueAttributes calls per second than this (one call reads one
+    /// queue; 1,000 queues refreshed every 15 s need about 67 calls per second).
+    #[arg(long, env = "SQS_CALLS_PER_SECOND", default_value_t = DEFAULT_SQS_CALLS_PER_SECOND, value_parser = number_in(0.01, MAX_SQS_CALLS_PER_SECOND))]
+    pub sqs_calls_per_second: f64,
     /// Upper bound on tracked series, so a flood of distinct selectors cannot exhaust memory.
     #[arg(long, env = "MAX_SERIES", default_value_t = 100_000, value_parser = integer_in::<u64>(1, 10_000_000))]
     pub max_series: u64,
 }
 
+/// Default `--sqs-calls-per-second`.
+const DEFAULT_SQS_CALLS_PER_SECOND: f64 = 100.0;
+/// Most `--sqs-calls-per-second` accepted.
+const MAX_SQS_CALLS_PER_SECOND: f64 = 10_000.0;
+
+impl Default for CacheFlags {
+    /// The flags' defaults (for the `query` subcommand, which has none of them).
+    fn default() -> Self {
+        Self {
+            max_value_age: Duration::from_secs(300),
+            series_idle_timeout: Duration::from_secs(600),
+            cloudwatch_calls_per_second: 10.0,
+            sqs_calls_per_second: DEFAULT_SQS_CALLS_PER_SECOND,
+            max_series: 100_000,
+        }
+    }
+}
+
 impl CacheFlags {
-    /// The cache configuration these flags describe.
-    pub fn to_config(&self) -> crate::cache::CacheConfig {
-        crate::cache::CacheConfig {
+    /// The engine configuration these flags describe.
+    pub fn to_config(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
             max_age: self.max_value_age,
             idle_timeout: self.series_idle_timeout,
-            calls_per_second: self.cloudwatch_calls_per_second,
             max_series: self.max_series,
-            ..crate::cache::CacheConfig::default()
+            ..crate::engine::EngineConfig::default()
         }
     }
 }

@@ -29,8 +29,9 @@ pub const CONDITION_VALID: &str = "Valid";
 /// Condition type: whether the metric's latest refreshes returned data.
 pub const CONDITION_READY: &str = "Ready";
 
-/// How the metric's value is read from CloudWatch: a definitions-file entry (the archived awslabs
-/// adapter's ExternalMetric spec plus extensions). Its name for HPAs is metadata.name.
+/// How the metric's value is read, from CloudWatch queries or an SQS queue: a definitions-file
+/// entry (the archived awslabs adapter's ExternalMetric spec plus extensions). Its name for HPAs
+/// is metadata.name.
 // Each printcolumn(...) repeats `type_ = ...` keys, which clippy mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -41,7 +42,7 @@ pub const CONDITION_READY: &str = "Ready";
     namespaced,
     status = "ExternalMetricStatus",
     category = "metrics",
-    doc = "A CloudWatch metric served to HPAs in this namespace as external metric metadata.name.",
+    doc = "A CloudWatch metric or SQS queue depth served to HPAs in this namespace as external metric metadata.name.",
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "Value", type_ = "string", json_path = ".status.value"),
     printcolumn(
@@ -49,6 +50,18 @@ pub const CONDITION_READY: &str = "Ready";
         type_ = "date",
         json_path = ".status.valueTimestamp",
         description = "How old the datapoint behind the value is"
+    ),
+    printcolumn(
+        name = "Source",
+        type_ = "string",
+        json_path = ".status.source",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Queue",
+        type_ = "string",
+        json_path = ".spec.sqs.queue",
+        priority = 1
     ),
     printcolumn(
         name = "Valid",
@@ -87,6 +100,9 @@ pub struct ExternalMetricStatus {
     /// One word for `kubectl get`: Invalid, Conflict, Pending, Ready, NoData or Failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Where the value is read: CloudWatch or SQS (absent while the definition is not served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The condition behind the state, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -174,11 +190,17 @@ pub fn to_definition(
             note: None,
         };
     };
-    let mut metric: MetricSpec = match serde_json::from_value(spec.clone()) {
+    let mut metric: MetricSpec = match serde_path_to_error::deserialize(spec) {
         Ok(metric) => metric,
         Err(err) => {
+            let path = err.path().to_string();
+            let at = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
             return Converted {
-                definition: Err(vec![format!("spec: {err}")]),
+                definition: Err(vec![format!("{at}: {}", err.into_inner())]),
                 note: None,
             };
         }

@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::definition::Backend;
+use crate::source::Usage;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     metric: String,
@@ -20,6 +23,11 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,9 +118,6 @@ const REQUEST_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
-/// Dollars per metric requested from `GetMetricData` (us-east-1 list price, no free tier).
-pub const DOLLARS_PER_METRIC: f64 = 0.01 / 1000.0;
-
 /// Computes point-in-time gauges (value ages, active series) just before each scrape.
 pub type Collector = Box<dyn Fn(&AdapterMetrics) + Send + Sync>;
 
@@ -125,7 +130,11 @@ pub struct AdapterMetrics {
     cloudwatch_queries: Counter,
     cloudwatch_metrics_requested: Counter,
     cloudwatch_datapoints: Counter,
-    estimated_cost: Counter<f64, AtomicU64>,
+    sqs_calls: Family<OutcomeLabels, Counter>,
+    sqs_requests: Counter,
+    estimated_cost: Family<SourceLabels, Counter<f64, AtomicU64>>,
+    bisected_calls: Family<SourceLabels, Counter>,
+    truncated_calls: Family<SourceLabels, Counter>,
     cache_lookups: Family<ResultLabels, Counter>,
     active_series: Gauge,
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
@@ -317,7 +326,11 @@ impl Default for AdapterMetrics {
         let cloudwatch_queries = Counter::default();
         let cloudwatch_metrics_requested = Counter::default();
         let cloudwatch_datapoints = Counter::default();
-        let estimated_cost = Counter::<f64, AtomicU64>::default();
+        let sqs_calls = Family::<OutcomeLabels, Counter>::default();
+        let sqs_requests = Counter::default();
+        let estimated_cost = Family::<SourceLabels, Counter<f64, AtomicU64>>::default();
+        let bisected_calls = Family::<SourceLabels, Counter>::default();
+        let truncated_calls = Family::<SourceLabels, Counter>::default();
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         let active_series = Gauge::default();
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
@@ -360,9 +373,29 @@ impl Default for AdapterMetrics {
             cloudwatch_datapoints.clone(),
         );
         registry.register(
+            "sqs_calls",
+            "SQS GetQueueAttributes calls by outcome",
+            sqs_calls.clone(),
+        );
+        registry.register(
+            "sqs_requests",
+            "SQS requests made (GetQueueAttributes and GetQueueUrl), the billed unit",
+            sqs_requests.clone(),
+        );
+        registry.register(
             "estimated_cost_dollars",
-            "Estimated GetMetricData cost at $0.01 per 1,000 metrics requested",
+            "Estimated cost by source: GetMetricData at $0.01 per 1,000 metrics requested, SQS at $0.40 per million requests",
             estimated_cost.clone(),
+        );
+        registry.register(
+            "rejected_calls_bisected",
+            "Batched calls the backend rejected as a bad request, retried in halves to isolate the series causing it",
+            bisected_calls.clone(),
+        );
+        registry.register(
+            "incomplete_calls",
+            "Calls whose results were incomplete (pagination stopped before the last page)",
+            truncated_calls.clone(),
         );
         registry.register(
             "cache_lookups",
@@ -449,7 +482,11 @@ impl Default for AdapterMetrics {
             cloudwatch_queries,
             cloudwatch_metrics_requested,
             cloudwatch_datapoints,
+            sqs_calls,
+            sqs_requests,
             estimated_cost,
+            bisected_calls,
+            truncated_calls,
             cache_lookups,
             active_series,
             value_age,
@@ -489,23 +526,51 @@ impl AdapterMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Record one `GetMetricData` call and how many queries it carried.
-    pub fn cloudwatch_call(&self, outcome: &str, queries: usize) {
-        self.cloudwatch_calls
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_string(),
+    /// Record one call of `backend`'s source: its outcome, what it used, and its estimated
+    /// cost.
+    pub fn source_call(&self, backend: Backend, outcome: &str, usage: &Usage, dollars: f64) {
+        match backend {
+            Backend::CloudWatch => {
+                self.cloudwatch_calls
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.to_string(),
+                    })
+                    .inc();
+                self.cloudwatch_queries.inc_by(usage.items as u64);
+                self.cloudwatch_metrics_requested
+                    .inc_by(usage.billed as u64);
+                self.cloudwatch_datapoints.inc_by(usage.datapoints as u64);
+            }
+            Backend::Sqs => {
+                self.sqs_calls
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.to_string(),
+                    })
+                    .inc();
+                self.sqs_requests.inc_by(usage.billed as u64);
+            }
+        }
+        self.estimated_cost
+            .get_or_create(&SourceLabels {
+                source: backend.label().to_string(),
             })
-            .inc();
-        self.cloudwatch_queries.inc_by(queries as u64);
+            .inc_by(dollars);
+        if usage.truncated {
+            self.truncated_calls
+                .get_or_create(&SourceLabels {
+                    source: backend.label().to_string(),
+                })
+                .inc();
+        }
     }
 
-    /// Record what one call requested and returned (the billed part).
-    pub fn cloudwatch_usage(&self, metrics_requested: usize, datapoints: usize) {
-        self.cloudwatch_metrics_requested
-            .inc_by(metrics_requested as u64);
-        self.cloudwatch_datapoints.inc_by(datapoints as u64);
-        self.estimated_cost
-            .inc_by(metrics_requested as f64 * DOLLARS_PER_METRIC);
+    /// Count one call of `backend` rejected as a bad request and retried in halves.
+    pub fn call_bisected(&self, backend: Backend) {
+        self.bisected_calls
+            .get_or_create(&SourceLabels {
+                source: backend.label().to_string(),
+            })
+            .inc();
     }
 
     /// Count one cache lookup: `hit`, `miss` or `stale`.
@@ -643,7 +708,17 @@ mod tests {
     fn exposes_requests_and_cloudwatch_calls() {
         let metrics = AdapterMetrics::default();
         metrics.observe_request("sqs-visible", 200, Duration::from_millis(2));
-        metrics.cloudwatch_call("ok", 3);
+        metrics.source_call(
+            Backend::CloudWatch,
+            "ok",
+            &Usage {
+                items: 3,
+                billed: 2,
+                datapoints: 6,
+                truncated: false,
+            },
+            0.00002,
+        );
         let text = metrics.encode();
         assert!(
             text.contains(
@@ -657,6 +732,37 @@ mod tests {
         );
         assert!(
             text.contains("cloudwatch_adapter_cloudwatch_calls_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        metrics.source_call(
+            Backend::Sqs,
+            "throttled",
+            &Usage {
+                items: 1,
+                billed: 2,
+                datapoints: 1,
+                truncated: true,
+            },
+            0.0000008,
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("cloudwatch_adapter_sqs_calls_total{outcome=\"throttled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudwatch_adapter_sqs_requests_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudwatch_adapter_incomplete_calls_total{source=\"sqs\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudwatch_adapter_estimated_cost_dollars_total{source=\"sqs\"} 8e-7")
+                || text.contains(
+                    "cloudwatch_adapter_estimated_cost_dollars_total{source=\"sqs\"} 0.0000008"
+                ),
             "{text}"
         );
     }

@@ -90,21 +90,32 @@ pub struct MetricValue {
     pub value: f64,
 }
 
-/// What kind of backend failure happened: decides the HTTP code and the user's next step.
+/// What kind of backend failure happened: decides the HTTP code and the user's next step. The
+/// backend is the one the metric's definition reads (CloudWatch, SQS); the message names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendFailure {
     /// The adapter's AWS identity may not read the metric, or its credentials are bad.
     AccessDenied,
-    /// CloudWatch is throttling the account.
+    /// The backend is throttling the account.
     Throttled,
-    /// CloudWatch could not be reached (network, DNS, timeout).
+    /// The backend could not be reached (network, DNS, timeout).
     Unreachable,
-    /// CloudWatch answered with a server error.
+    /// The backend answered with a server error.
     ServiceError,
-    /// CloudWatch rejected the query the definition produced.
+    /// The backend rejected the request the definition produced.
     InvalidQuery,
     /// No usable AWS credentials were found.
     NoCredentials,
+}
+
+impl BackendFailure {
+    /// Whether retrying may help without anyone acting (throttling, an outage).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            BackendFailure::Throttled | BackendFailure::Unreachable | BackendFailure::ServiceError
+        )
+    }
 }
 
 impl BackendFailure {
@@ -138,7 +149,8 @@ pub enum ProviderError {
     /// CloudWatch has no datapoints in the window and the definition has no no-data value.
     #[error("{0}")]
     NoData(String),
-    /// CloudWatch failed; the message is safe to show (no AWS request details, no credentials).
+    /// The backend failed; the message is safe to show (no AWS request details, no
+    /// credentials).
     #[error("{message}")]
     Backend {
         /// The kind of failure.
@@ -149,6 +161,26 @@ pub enum ProviderError {
     /// The value cannot be represented for the HPA.
     #[error("{0}")]
     Unrepresentable(String),
+    /// What the definition reads does not exist (an SQS queue); the message names it.
+    #[error("{0}")]
+    ResourceNotFound(String),
+    /// The adapter's own condition: the last value is past its max age (refreshes are failing,
+    /// for the reason given, or behind schedule).
+    #[error("{message}")]
+    Stale {
+        /// Why refreshes fail, if they do.
+        failure: Option<BackendFailure>,
+        /// A user-facing message with the value's age and its max age.
+        message: String,
+    },
+    /// The adapter's own condition: no first value yet (the first fetch has not answered in
+    /// time); it will be retried.
+    #[error("{0}")]
+    FirstFetchPending(String),
+    /// The adapter's own condition: the series table is at `--max-series` (or this tenant's fair
+    /// share of it), so a new series cannot be tracked.
+    #[error("{0}")]
+    AtCapacity(String),
 }
 
 /// Where values come from. The API layer is generic over this.

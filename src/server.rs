@@ -730,15 +730,105 @@ impl Drop for Slot {
     }
 }
 
-/// Serve `router` over plain HTTP (the admin port) until `shutdown` resolves.
+/// Bounds on the admin port (plain HTTP: probes and scrapes). It has no authentication, so,
+/// like the API port, it bounds what any client can hold: connections (within the file
+/// descriptors [`RESERVED_FILE_DESCRIPTORS`] keeps out of the API port's reach), the time to
+/// send a request (hyper's header-read timeout, which also ends idle keep-alives), the request
+/// header buffer, and a connection's lifetime. At the cap, new clients wait in the kernel's
+/// accept queue until a connection ends, at most the header-read timeout for a silent one.
+#[derive(Debug, Clone)]
+pub struct AdminLimits {
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Time to send a complete request, the first or the next on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// A connection is closed (after its request in flight) once this old.
+    pub max_lifetime: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The admin port's request header buffer: probes and scrapes send a few hundred bytes.
+const ADMIN_MAX_BUFFER: usize = 16 * 1024;
+
+/// Serve `router` over plain HTTP/1.1 (the admin port) within `limits` until `shutdown`
+/// resolves; then connections finish their request in flight (for at most [`CLOSE_GRACE`])
+/// and every connection task is joined before this returns.
 pub async fn serve_plain(
     listener: TcpListener,
     router: Router,
+    limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    let closing = CancellationToken::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(ADMIN_MAX_BUFFER);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            router.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let (closing, lifetime) = (closing.clone(), limits.max_lifetime);
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                tokio::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(err) = result {
+                            tracing::debug!(error = %err, "admin connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = closing.cancelled() => {}
+                    () = tokio::time::sleep(lifetime) => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+            }
+            .instrument(tracing::debug_span!("admin connection", %peer)),
+        );
+    }
+    drop(listener);
+    tracker.close();
+    closing.cancel();
+    tracker.wait().await;
+    Ok(())
 }
 
 /// The soft limit on open files, raised to the hard limit first (as Go's runtime does), so

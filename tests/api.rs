@@ -448,11 +448,67 @@ async fn admin_port_serves_health_and_prometheus_metrics() {
         "cloudwatch_adapter_active_series 1",
         r#"cloudwatch_adapter_value_age_seconds{metric="sqs-visible"}"#,
         "cloudwatch_adapter_cloudwatch_metrics_requested_total 1",
-        "cloudwatch_adapter_estimated_cost_dollars_total 0.00001",
+        r#"cloudwatch_adapter_estimated_cost_dollars_total{source="cloudwatch"} 0.00001"#,
         "cloudwatch_adapter_request_duration_seconds_bucket",
     ] {
         assert!(text.contains(needle), "missing {needle} in {text}");
     }
     assert_eq!(emulator.stats().get_metric_data.calls, 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_query_cloudwatch_rejects_fails_alone_while_the_series_it_was_batched_with_are_served() {
+    let emulator = Emulator::start().await.unwrap();
+    for (queue, value) in [("a", 1.0), ("b", 2.0), ("c", 3.0), ("poisoned", 4.0)] {
+        put(
+            &emulator,
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            &[("QueueName", queue)],
+            minute(1),
+            value,
+        );
+    }
+    // CloudWatch rejects a whole call when one of its queries is invalid.
+    emulator.faults().poison(Some("poisoned"));
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+    let path = |queue: &str| format!("{VALUES}/sqs-visible?labelSelector=QueueName%3D{queue}");
+    // Four first requests at once: one shared call.
+    let paths = [path("a"), path("b"), path("c"), path("poisoned")];
+    let (a, b, c, poisoned) = tokio::join!(
+        server.get(&paths[0]),
+        server.get(&paths[1]),
+        server.get(&paths[2]),
+        server.get(&paths[3]),
+    );
+    for ((status, body), expected) in [(a, "1"), (b, "2"), (c, "3")] {
+        assert_eq!(
+            (status, body["items"][0]["value"].clone()),
+            (200, json!(expected))
+        );
+    }
+    assert_eq!(poisoned.0, 500, "{}", poisoned.1);
+    assert!(
+        poisoned.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("the request was rejected"),
+        "{}",
+        poisoned.1
+    );
+    let stats = emulator.stats().get_metric_data;
+    assert!(stats.calls >= 3, "the rejected call was split: {stats:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"cloudwatch_adapter_rejected_calls_bisected_total{source="cloudwatch"}"#),
+        "{metrics}"
+    );
     server.stop().await.unwrap();
 }

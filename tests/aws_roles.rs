@@ -18,10 +18,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::any;
 use cloudwatch_emulator::Emulator;
-use cloudwatch_metrics_adapter::cloudwatch::MetricDataSource;
-use cloudwatch_metrics_adapter::cloudwatch::client::AwsCloudWatch;
-use cloudwatch_metrics_adapter::cloudwatch::translate::build_request;
 use cloudwatch_metrics_adapter::definition;
+use cloudwatch_metrics_adapter::source::cloudwatch::MetricDataSource;
+use cloudwatch_metrics_adapter::source::cloudwatch::client::AwsCloudWatch;
+use cloudwatch_metrics_adapter::source::cloudwatch::translate::build_request;
 use common::{minute, put};
 
 #[derive(Default)]

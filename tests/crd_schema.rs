@@ -205,6 +205,18 @@ fn the_archived_adapter_sample_and_the_extensions_are_accepted() {
     let (errors, adapter) = verdicts(extended);
     assert_eq!(errors, Vec::<String>::new());
     adapter.unwrap();
+
+    for sqs in [
+        json!({"sqs": {"queue": "${QueueName}"}}),
+        json!({"sqs": {"queue": "orders-${Env}", "accountId": "${Account}",
+                       "count": ["visible", "inFlight", "delayed"]},
+               "refreshInterval": "1s", "maxAge": "1m", "region": "eu-west-1"}),
+        json!({"sqs": {"queue": "https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo"}}),
+    ] {
+        let (errors, adapter) = verdicts(sqs.clone());
+        assert_eq!(errors, Vec::<String>::new(), "{sqs}");
+        adapter.unwrap();
+    }
 }
 
 #[test]
@@ -236,22 +248,22 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
         (
             "period 45",
             json!({"queries": [stat("period", json!(45))]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "period 0",
             json!({"queries": [stat("period", json!(0))]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "period -60",
             json!({"queries": [stat("period", json!(-60))]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "expression period 90",
             json!({"queries": [{"id": "e", "expression": "1", "period": 90}]}),
-            "period must be 1, 5, 10, 30 or a multiple of 60",
+            "period must be 1, 5, 10, 20, 30 or a multiple of 60",
         ),
         (
             "501 queries",
@@ -279,6 +291,41 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
             "spec.widnow: unknown field",
         ),
         ("no queries", json!({"queries": []}), "at least 1 item(s)"),
+        (
+            "neither queries nor sqs",
+            json!({"window": "5m"}),
+            "set exactly one of queries (CloudWatch) or sqs",
+        ),
+        (
+            "both queries and sqs",
+            json!({"queries": [query(json!({}))], "sqs": {"queue": "orders"}}),
+            "set exactly one of queries (CloudWatch) or sqs",
+        ),
+        (
+            "sqs with a window",
+            json!({"sqs": {"queue": "orders"}, "window": "5m"}),
+            "apply to CloudWatch queries only",
+        ),
+        (
+            "sqs with noDataValue",
+            json!({"sqs": {"queue": "orders"}, "noDataValue": 0}),
+            "apply to CloudWatch queries only",
+        ),
+        (
+            "sqs without a queue",
+            json!({"sqs": {"count": ["visible"]}}),
+            "spec.sqs.queue: Required value",
+        ),
+        (
+            "unknown sqs count",
+            json!({"sqs": {"queue": "orders", "count": ["oldest"]}}),
+            "Unsupported value: \"oldest\"",
+        ),
+        (
+            "misspelt sqs field",
+            json!({"sqs": {"queue": "orders", "acountId": "123456789012"}}),
+            "spec.sqs.acountId: unknown field",
+        ),
         (
             "bad duration",
             json!({"window": "five minutes", "queries": [query(json!({}))]}),
@@ -313,7 +360,7 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
 
 #[test]
 fn cloudwatch_periods_and_statistics_are_accepted() {
-    for period in [1, 5, 10, 30, 60, 120, 300, 3600, 86400] {
+    for period in [1, 5, 10, 20, 30, 60, 120, 300, 3600, 86400] {
         let (errors, adapter) = verdicts(json!({"queries": [stat("period", json!(period))]}));
         assert_eq!(errors, Vec::<String>::new(), "period {period}");
         adapter.unwrap();
@@ -385,7 +432,7 @@ fn the_schema_is_structural_and_its_cel_compiles_cheaply() {
     let schema = schema();
     let mut rules = Vec::new();
     walk(&schema, "", &mut rules);
-    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert_eq!(rules.len(), 5, "{rules:?}");
     let compiled = compile_schema(&schema);
     assert!(
         !compiled.has_errors(),

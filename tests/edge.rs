@@ -365,3 +365,49 @@ async fn at_the_cap_a_connection_whose_client_does_not_read_makes_room() {
     drop((first, second));
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_caps_connections_and_closes_silent_ones() {
+    use cloudwatch_metrics_adapter::server::{AdminLimits, serve_plain};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let limits = AdminLimits {
+        max_connections: 8,
+        header_read_timeout: Duration::from_millis(500),
+        max_lifetime: Duration::from_secs(60),
+    };
+    let server = tokio::spawn(serve_plain(
+        listener,
+        router,
+        limits,
+        stop.clone().cancelled_owned(),
+    ));
+    let open_files = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = open_files();
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(address).await.unwrap());
+    }
+    // The first silent connection is closed by the header-read timeout; by then a server
+    // without a cap would have accepted all 40.
+    assert!(closed_within(&mut silent[0], Duration::from_secs(10)).await);
+    let held = open_files() - before;
+    assert!(
+        held <= 40 + 8 + 2,
+        "{held} descriptors for 40 client sockets: the server held more than its cap of 8"
+    );
+    // A probe behind the flood is served once silent connections time out.
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        reqwest::get(format!("http://{address}/healthz")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(silent);
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use cloudwatch_emulator::Emulator;
-use cloudwatch_metrics_adapter::cache::OutcomeObserver;
 use cloudwatch_metrics_adapter::controller::status::{self, StatusConfig, StatusWriter};
 use cloudwatch_metrics_adapter::controller::{self, Reconciler};
 use cloudwatch_metrics_adapter::definition::{self, Definition, DefinitionSet};
+use cloudwatch_metrics_adapter::engine::OutcomeObserver;
 use cloudwatch_metrics_adapter::provider::{BackendFailure, MetricValue, ProviderError};
 use common::apiserver::{MockApiServer, eventually, external_metric};
 use common::{DEFINITIONS, TestServer, minute, put, rfc3339};
@@ -110,7 +110,7 @@ impl Controller {
 }
 
 fn period_of(definition: &Definition) -> i64 {
-    definition.period
+    definition.cloudwatch().unwrap().period
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
         ("bad-period", "45 is not a period CloudWatch accepts"),
         (
             "malformed",
-            "spec: invalid type: string \"oops\", expected a sequence",
+            "spec.queries: invalid type: string \"oops\", expected a sequence",
         ),
         ("huge", "3000 queries, CloudWatch accepts at most 500"),
     ] {
@@ -460,7 +460,7 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
     eventually("the edit", WAIT, || {
         controller
             .lookup("team-a", "orders")
-            .is_some_and(|d| d.period == 300)
+            .is_some_and(|d| period_of(&d) == 300)
     })
     .await;
     eventually("Pending again", WAIT, || status()["state"] == "Pending").await;

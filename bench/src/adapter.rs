@@ -81,16 +81,15 @@ impl Adapter {
         cloudwatch_url: &str,
         flags: &[String],
     ) -> anyhow::Result<Adapter> {
-        Adapter::start_with(binary, dir, cloudwatch_url, DEFINITIONS, flags).await
+        Self::start_with(binary, dir, DEFINITIONS, cloudwatch_url, flags).await
     }
 
-    /// As [`Adapter::start`], with other `definitions` (two adapters that must not define the
-    /// same names, e.g. one forwarding to the other).
+    /// [`Adapter::start`] with definitions of the benchmark's own.
     pub async fn start_with(
         binary: &Path,
         dir: &Path,
-        cloudwatch_url: &str,
         definitions: &str,
+        cloudwatch_url: &str,
         flags: &[String],
     ) -> anyhow::Result<Adapter> {
         std::fs::create_dir_all(dir)?;
@@ -193,6 +192,18 @@ impl Adapter {
             .await?
             .text()
             .await?)
+    }
+
+    /// The sum of the samples of `/metrics` whose line starts with `series` (a name, or a name
+    /// with its labels).
+    pub async fn metric_sum(&self, client: &reqwest::Client, series: &str) -> anyhow::Result<f64> {
+        Ok(self
+            .metrics(client)
+            .await?
+            .lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     /// (value requests served in <= 1 ms, all value requests) from the adapter's own histogram.

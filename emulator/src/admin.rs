@@ -120,10 +120,10 @@ fn validate(series: &SeedSeries) -> Result<StorageResolution, String> {
     if series.namespace.is_empty() || series.metric_name.is_empty() {
         return Err("namespace and metricName must not be empty".into());
     }
-    if let Some(unit) = &series.unit {
-        if !units::is_valid(unit) {
-            return Err(format!("unit {unit} is not one of {}", units::enum_list()));
-        }
+    if let Some(unit) = &series.unit
+        && !units::is_valid(unit)
+    {
+        return Err(format!("unit {unit} is not one of {}", units::enum_list()));
     }
     if series.dimensions.len() > 30 {
         return Err("at most 30 dimensions".into());

@@ -65,6 +65,7 @@ struct Pending {
 struct State {
     pending: VecDeque<Pending>,
     latency: Duration,
+    poison: Option<String>,
 }
 
 /// The fault-injection controls of one emulator (see [`crate::Emulator::faults`]).
@@ -118,11 +119,24 @@ impl Faults {
             .sum()
     }
 
-    /// Removes every pending fault and the latency.
+    /// Makes every `GetMetricData` call that carries `text` anywhere in its queries (an
+    /// expression, a dimension value, an id) fail as a whole with 400 `ValidationError`, the way
+    /// CloudWatch refuses a call when one of its queries is invalid. `None` turns it off.
+    pub fn poison(&self, text: Option<&str>) {
+        self.state().poison = text.map(str::to_string);
+    }
+
+    /// The text that poisons a call, if any.
+    pub fn poisoned(&self) -> Option<String> {
+        self.state().poison.clone()
+    }
+
+    /// Removes every pending fault, the latency and the poison.
     pub fn clear(&self) {
         let mut state = self.state();
         state.pending.clear();
         state.latency = Duration::ZERO;
+        state.poison = None;
     }
 
     /// Consumes the first pending fault that applies to `operation`.

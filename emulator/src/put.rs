@@ -277,15 +277,15 @@ fn prepare_datum(
     };
 
     let unit = datum.str("Unit")?;
-    if let Some(u) = unit {
-        if !units::is_valid(u) {
-            return Err(ApiError::validation(format!(
-                "1 validation error detected: Value '{u}' at '{}' failed to satisfy constraint: \
+    if let Some(u) = unit
+        && !units::is_valid(u)
+    {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{u}' at '{}' failed to satisfy constraint: \
                  Member must satisfy enum value set: {}",
-                prefix_to_member_path(prefix, "unit"),
-                units::enum_list()
-            )));
-        }
+            prefix_to_member_path(prefix, "unit"),
+            units::enum_list()
+        )));
     }
 
     let resolution = match datum.int("StorageResolution")? {

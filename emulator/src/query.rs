@@ -153,10 +153,10 @@ fn parse(input: &Value) -> Result<Request, ApiError> {
         if let Some(id) = &id {
             ids.push(id.clone());
         }
-        if let Some(period) = q.int("Period")? {
-            if !is_valid_period(period) {
-                errors.push(bad_period(period, &format!("{p}.Period")));
-            }
+        if let Some(period) = q.int("Period")?
+            && !is_valid_period(period)
+        {
+            errors.push(bad_period(period, &format!("{p}.Period")));
         }
         // Cross-account queries read the caller's own (only) account here.
         let _account_id = q.str("AccountId")?;
@@ -343,13 +343,13 @@ fn parse_metric_stat(
         },
     };
     let unit = ms.str("Unit")?;
-    if let Some(u) = unit {
-        if !units::is_valid(u) {
-            errors.push(format!(
-                "The value {u} for parameter {p}.MetricStat.Unit is not valid. Valid values are {}.",
-                units::enum_list()
-            ));
-        }
+    if let Some(u) = unit
+        && !units::is_valid(u)
+    {
+        errors.push(format!(
+            "The value {u} for parameter {p}.MetricStat.Unit is not valid. Valid values are {}.",
+            units::enum_list()
+        ));
     }
     if errors.len() > before {
         return Ok(None);
@@ -558,6 +558,25 @@ struct ResultSeries {
     /// In ScanBy order.
     points: Series,
     messages: Vec<(String, String)>,
+}
+
+/// Whether any text in the request's `MetricDataQueries` contains `text` (for the poison fault).
+pub(crate) fn mentions(input: &Value, text: &str) -> bool {
+    fn walk(value: &Value, text: &str) -> bool {
+        match value {
+            Value::Text(s) => s.contains(text),
+            Value::Array(items) => items.iter().any(|v| walk(v, text)),
+            Value::Map(entries) => entries.iter().any(|(k, v)| walk(k, text) || walk(v, text)),
+            Value::Tag(_, inner) => walk(inner, text),
+            _ => false,
+        }
+    }
+    match input {
+        Value::Map(entries) => entries.iter().any(|(key, value)| {
+            matches!(key, Value::Text(k) if k == "MetricDataQueries") && walk(value, text)
+        }),
+        _ => false,
+    }
 }
 
 /// Runs GetMetricData against the store at wall-clock time `now_ms`.

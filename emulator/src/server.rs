@@ -199,10 +199,10 @@ pub(crate) fn down_for(control: &Weak<Inner>, duration: Duration) {
             let _ = inner.set_down(true).await;
         }
         tokio::time::sleep(duration).await;
-        if let Some(inner) = control.upgrade() {
-            if let Err(e) = inner.set_down(false).await {
-                tracing::warn!(error = %e, "could not listen again after going down");
-            }
+        if let Some(inner) = control.upgrade()
+            && let Err(e) = inner.set_down(false).await
+        {
+            tracing::warn!(error = %e, "could not listen again after going down");
         }
     });
 }
@@ -279,6 +279,13 @@ async fn handle(
     let now = SystemTime::now();
     match operation {
         Operation::GetMetricData => {
+            if let Some(text) = shared.faults.poisoned()
+                && query::mentions(&input, &text)
+            {
+                return Err(ApiError::validation(format!(
+                    "The value {text} in parameter MetricDataQueries is not valid."
+                )));
+            }
             let outcome = query::get_metric_data(&input, &shared.read_store(), epoch_ms(now))?;
             shared.meter.get_metric_data(
                 outcome.queries,

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, StatusDetails};
 
 use crate::forward::ForwardError;
-use crate::provider::{BackendFailure, ProviderError};
+use crate::provider::ProviderError;
 
 /// An API error: HTTP code, Kubernetes reason and a user-facing message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,19 +137,29 @@ impl From<ProviderError> for ApiError {
     fn from(error: ProviderError) -> Self {
         let message = error.to_string();
         match error {
-            ProviderError::NotFound { .. } | ProviderError::NoData(_) => Self::not_found(message),
+            ProviderError::NotFound { .. }
+            | ProviderError::NoData(_)
+            | ProviderError::ResourceNotFound(_) => Self::not_found(message),
             ProviderError::InvalidSelector(_) => Self::bad_request(message),
             ProviderError::Unrepresentable(_) => Self::internal(message),
-            ProviderError::Backend { failure, .. } => match failure {
-                // Transient: the HPA retries every sync period; tell it (and humans) so.
-                BackendFailure::Throttled
-                | BackendFailure::Unreachable
-                | BackendFailure::ServiceError => Self::service_unavailable(message),
-                // Configuration problems: retrying will not help until someone acts.
-                BackendFailure::AccessDenied
-                | BackendFailure::NoCredentials
-                | BackendFailure::InvalidQuery => Self::internal(message),
-            },
+            ProviderError::Backend { failure, .. }
+            | ProviderError::Stale {
+                failure: Some(failure),
+                ..
+            } => {
+                if failure.is_transient() {
+                    // The HPA retries every sync period; tell it (and humans) so.
+                    Self::service_unavailable(message)
+                } else {
+                    // Configuration problems: retrying will not help until someone acts.
+                    Self::internal(message)
+                }
+            }
+            // The adapter's own conditions, all passing: refreshes behind, a first fetch not
+            // answered yet, the series table full.
+            ProviderError::Stale { failure: None, .. }
+            | ProviderError::FirstFetchPending(_)
+            | ProviderError::AtCapacity(_) => Self::service_unavailable(message),
         }
     }
 }
@@ -178,6 +188,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::BackendFailure;
 
     #[test]
     fn status_body_matches_the_contract() {
@@ -252,6 +263,34 @@ mod tests {
             error.message
         );
         assert!(error.message.contains("UnknownIssuer"), "{}", error.message);
+    }
+
+    #[test]
+    fn the_adapters_own_conditions_are_their_own_statuses() {
+        let stale_throttled = ApiError::from(ProviderError::Stale {
+            failure: Some(BackendFailure::Throttled),
+            message: "m".into(),
+        });
+        assert_eq!(stale_throttled.code, StatusCode::SERVICE_UNAVAILABLE);
+        let stale_denied = ApiError::from(ProviderError::Stale {
+            failure: Some(BackendFailure::AccessDenied),
+            message: "m".into(),
+        });
+        assert_eq!(stale_denied.code, StatusCode::INTERNAL_SERVER_ERROR);
+        for error in [
+            ProviderError::Stale {
+                failure: None,
+                message: "m".into(),
+            },
+            ProviderError::FirstFetchPending("m".into()),
+            ProviderError::AtCapacity("m".into()),
+        ] {
+            let api = ApiError::from(error);
+            assert_eq!(
+                (api.code, api.reason),
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            );
+        }
     }
 
     #[test]

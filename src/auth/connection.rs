@@ -277,27 +277,10 @@ fn read_chain(chain: &[CertificateDer<'_>]) -> Result<ChainFacts, CertificateErr
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::auth::test_ca::{Ca, ca};
     use crate::auth::trust::{CaBundle, RequestHeaderSettings, RequestHeaderTrust, TrustStore};
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     use std::cell::Cell;
     use std::time::Duration;
-
-    struct Ca {
-        pem: String,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
 
     /// A client certificate valid from `not_before` to `not_after` (seconds since the epoch).
     fn leaf(
@@ -307,16 +290,7 @@ mod tests {
         not_before: i64,
         not_after: i64,
     ) -> ClientCertificate {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        if let Some(o) = o {
-            params.distinguished_name.push(DnType::OrganizationName, o);
-        }
-        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
-        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let der = params.signed_by(&key, &ca.issuer).unwrap().der().clone();
-        ClientCertificate::new(vec![der])
+        ClientCertificate::new(vec![ca.leaf(cn, o, Some((not_before, not_after)))])
     }
 
     fn front_proxy(ca: &Ca, allowed: &[&str]) -> Option<Arc<RequestHeaderTrust>> {

@@ -26,6 +26,8 @@ pub mod connection;
 pub mod requestheader;
 pub mod review;
 pub mod source;
+#[cfg(test)]
+mod test_ca;
 pub mod trust;
 pub mod x509;
 

@@ -342,30 +342,10 @@ impl ClientCertVerifier for TrustStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-    struct Ca {
-        pem: String,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
+    use crate::auth::test_ca::{Ca, ca};
 
     fn leaf(ca: &Ca, cn: &str) -> CertificateDer<'static> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+        ca.leaf(cn, None, None)
     }
 
     fn settings(allowed: &[&str]) -> RequestHeaderSettings {

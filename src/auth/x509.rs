@@ -120,7 +120,7 @@ fn is_printable(b: u8) -> bool {
 /// noncharacters are refused (Go's and BoringSSL's reading).
 fn bmp_string(bytes: &[u8]) -> Result<String, CertificateError> {
     let invalid = CertificateError::Attribute("invalid BMPString");
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(invalid);
     }
     let bytes = bytes.strip_suffix(&[0, 0]).unwrap_or(bytes);

@@ -27,9 +27,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ObjectKey;
-use crate::cache::OutcomeObserver;
 use crate::crd::{self, CONDITION_READY, CONDITION_VALID, ExternalMetricStatus};
 use crate::definition::{Definition, HumanDuration};
+use crate::engine::OutcomeObserver;
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
 
 /// How many outcomes may wait for the status writer before new ones are dropped.
@@ -340,7 +340,9 @@ impl Tracked {
                     message,
                 )
             }
-            Verdict::Valid { note, .. } => {
+            Verdict::Valid { note, definition } => {
+                let backend = definition.backend();
+                status.source = Some(backend.name().to_string());
                 let valid = match note {
                     Some(note) => ("True", "SpecNameIgnored", truncate(note)),
                     None => ("True", "Valid", "the definition is valid".to_string()),
@@ -362,7 +364,7 @@ impl Tracked {
                             "False",
                             "Pending",
                             format!(
-                                "no HPA has requested this metric in the last {}: it is fetched from CloudWatch while an HPA uses it",
+                                "no HPA has requested this metric in the last {}: it is read from {backend} while an HPA uses it",
                                 HumanDuration(retention)
                             ),
                         ),
@@ -372,7 +374,7 @@ impl Tracked {
                         (
                             "True",
                             "DataReturned",
-                            format!("{} series served from CloudWatch", fresh.len()),
+                            format!("{} series served from {backend}", fresh.len()),
                         ),
                         "Ready",
                     ),
@@ -530,6 +532,7 @@ fn status_patch(status: &ExternalMetricStatus, uid: Option<&str>) -> Value {
     const FIELDS: &[&str] = &[
         "observedGeneration",
         "state",
+        "source",
         "message",
         "value",
         "valueTimestamp",
@@ -842,6 +845,10 @@ fn reason_of(error: &ProviderError) -> &'static str {
         ProviderError::InvalidSelector(_) => "InvalidSelector",
         ProviderError::NoData(_) => "NoData",
         ProviderError::Unrepresentable(_) => "Unrepresentable",
+        ProviderError::Stale { .. } => "Stale",
+        ProviderError::ResourceNotFound(_) => "ResourceNotFound",
+        ProviderError::FirstFetchPending(_) => "Pending",
+        ProviderError::AtCapacity(_) => "AtCapacity",
         ProviderError::Backend { failure, .. } => match failure {
             BackendFailure::AccessDenied => "AccessDenied",
             BackendFailure::Throttled => "Throttled",

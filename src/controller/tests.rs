@@ -100,7 +100,16 @@ fn a_status_only_change_is_no_change() {
     );
 
     reconciler.apply(Event::Apply(object("a", "one", 2, spec(120))));
-    assert_eq!(definitions.load().lookup("a", "one").unwrap().period, 120);
+    assert_eq!(
+        definitions
+            .load()
+            .lookup("a", "one")
+            .unwrap()
+            .cloudwatch()
+            .unwrap()
+            .period,
+        120
+    );
     assert_eq!(drain(&mut receiver).len(), 1);
 }
 

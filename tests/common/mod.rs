@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod edge;
 pub mod fake_keda;
 pub mod fake_kube;
+pub mod sqs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -143,8 +143,8 @@ async fn main() -> anyhow::Result<()> {
     let delegate = Adapter::start_with(
         &args.adapter,
         &dir.path().join("theirs"),
-        &cloudwatch,
         &definitions("theirs-depth"),
+        &cloudwatch,
         &flags("theirs")?,
     )
     .await?;
@@ -159,8 +159,8 @@ async fn main() -> anyhow::Result<()> {
     let front = Adapter::start_with(
         &args.adapter,
         &dir.path().join("ours"),
-        &cloudwatch,
         &definitions("ours-depth"),
+        &cloudwatch,
         &front_flags,
     )
     .await?;

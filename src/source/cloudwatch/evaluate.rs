@@ -1,15 +1,16 @@
 //! Turning a series' `GetMetricData` outcome into the value (or error) the HPA gets.
 //!
-//! Pure: the same function serves the cache's refresher and the `query` subcommand.
+//! Pure: the same function serves the refresh engine and the `query` subcommand.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::definition::{Definition, HumanDuration};
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::source::{SourceError, backend_error};
 
-use super::translate::{describe_query, newest_point};
-use super::{CloudWatchError, MetricDataRequest, QueryResult, ResultStatus};
+use super::translate::{cloudwatch_read, describe_query, newest_point};
+use super::{CloudWatchError, MetricDataRequest, PROFILE, QueryResult, ResultStatus};
 
 /// The value for one series from its call's outcome, as of `now`.
 ///
@@ -24,15 +25,13 @@ pub fn evaluate(
     now: SystemTime,
 ) -> Result<MetricValue, ProviderError> {
     let name = &definition.spec.name;
+    let read = cloudwatch_read(definition)?;
     let results = outcome.map_err(|error| {
         let failure = failure_of(error);
         tracing::warn!(metric = %name, error = %error, "GetMetricData failed");
-        backend_error(failure, name)
+        backend_error(&PROFILE, failure, name)
     })?;
-    let series = results
-        .iter()
-        .filter(|r| r.id == definition.value_query)
-        .count();
+    let series = results.iter().filter(|r| r.id == read.value_query).count();
     if series > 1 {
         // The HPA needs one number; picking one of several series would be a made-up answer.
         tracing::warn!(metric = %name, series, "value query returned several time series");
@@ -40,11 +39,11 @@ pub fn evaluate(
             failure: BackendFailure::InvalidQuery,
             message: format!(
                 "metric {name}: query {} returns {series} time series; aggregate them into one (for example SUM(SEARCH(...)), or a Metrics Insights query without GROUP BY)",
-                definition.value_query
+                read.value_query
             ),
         });
     }
-    if let Some(result) = results.iter().find(|r| r.id == definition.value_query) {
+    if let Some(result) = results.iter().find(|r| r.id == read.value_query) {
         let failure = match &result.status {
             ResultStatus::Forbidden => Some(BackendFailure::AccessDenied),
             ResultStatus::InternalError => Some(BackendFailure::ServiceError),
@@ -52,23 +51,29 @@ pub fn evaluate(
         };
         if let Some(failure) = failure {
             tracing::warn!(metric = %name, status = ?result.status, messages = ?result.messages, "query result not usable");
-            return Err(backend_error(failure, name));
+            return Err(backend_error(&PROFILE, failure, name));
         }
     }
-    let window = Some(Duration::from_secs(
-        u64::try_from(definition.period).unwrap_or(0),
-    ));
-    let (timestamp, value) = match newest_point(definition, results) {
+    let window = Some(Duration::from_secs(u64::try_from(read.period).unwrap_or(0)));
+    let partial = results
+        .iter()
+        .any(|r| r.id == read.value_query && r.status == ResultStatus::PartialData);
+    let (timestamp, value) = match newest_point(read, results) {
         Some(point) => point,
+        // Pages were left unread: "no datapoints" would be a guess.
+        None if partial => {
+            tracing::warn!(metric = %name, "value query has partial data and no datapoint");
+            return Err(backend_error(&PROFILE, BackendFailure::ServiceError, name));
+        }
         None => match definition.spec.no_data_value {
             // The user said what "no data" means; the timestamp is the newest time the
             // statement is about: the end of the searched window, not a datapoint's.
-            Some(value) => (now.checked_sub(definition.end_offset).unwrap_or(now), value),
+            Some(value) => (now.checked_sub(read.end_offset).unwrap_or(now), value),
             None => {
                 return Err(ProviderError::NoData(format!(
                     "no datapoints for {} in the last {} (metric {name}); if no data means zero, as for an idle SQS queue, set noDataValue: 0 in the definition",
-                    describe_query(request, &definition.value_query),
-                    HumanDuration(definition.window),
+                    describe_query(request, &read.value_query),
+                    HumanDuration(read.window),
                 )));
             }
         },
@@ -94,34 +99,14 @@ pub fn failure_of(error: &CloudWatchError) -> BackendFailure {
     }
 }
 
-/// What the user sees: which metric, which kind of failure, what to do. No AWS text.
-pub fn backend_error(failure: BackendFailure, metric: &str) -> ProviderError {
-    ProviderError::Backend {
-        failure,
-        message: backend_message(failure, metric),
-    }
-}
-
-fn backend_message(failure: BackendFailure, metric: &str) -> String {
-    match failure {
-        BackendFailure::AccessDenied => format!(
-            "unable to fetch metric {metric} from CloudWatch: access denied; check that the adapter's IAM role allows cloudwatch:GetMetricData (and sts:AssumeRole for a definition's roleArn)"
-        ),
-        BackendFailure::NoCredentials => format!(
-            "unable to fetch metric {metric} from CloudWatch: no AWS credentials; configure IRSA (eks.amazonaws.com/role-arn on the service account) or another credentials source"
-        ),
-        BackendFailure::Throttled => format!(
-            "unable to fetch metric {metric} from CloudWatch: throttled (GetMetricData rate limit for the account and region); it will be retried"
-        ),
-        BackendFailure::Unreachable => format!(
-            "unable to fetch metric {metric} from CloudWatch: CloudWatch is unreachable (network, DNS or timeout)"
-        ),
-        BackendFailure::ServiceError => format!(
-            "unable to fetch metric {metric} from CloudWatch: CloudWatch returned a server error; it will be retried"
-        ),
-        BackendFailure::InvalidQuery => format!(
-            "unable to fetch metric {metric} from CloudWatch: the query was rejected; check the definition with `cloudwatch-metrics-adapter query`"
-        ),
+impl From<CloudWatchError> for SourceError {
+    fn from(error: CloudWatchError) -> Self {
+        SourceError {
+            failure: failure_of(&error),
+            // CloudWatch refused the request itself: one query in a shared call can do that.
+            rejected: matches!(error, CloudWatchError::InvalidQuery { .. }),
+            detail: error.to_string(),
+        }
     }
 }
 
@@ -129,9 +114,9 @@ fn backend_message(failure: BackendFailure, metric: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::cloudwatch::translate::{build_request, selector_labels};
-    use crate::definition::parse;
+    use crate::definition::{parse, selector_labels};
     use crate::provider::{Operator, Requirement, Selector};
+    use crate::source::cloudwatch::translate::build_request;
     use std::sync::Arc;
     use std::time::UNIX_EPOCH;
 
@@ -267,6 +252,37 @@ metrics:
         };
         assert_eq!(failure, BackendFailure::InvalidQuery);
         assert!(message.contains("returns 2 time series"), "{message}");
+    }
+
+    #[test]
+    fn partial_data_without_a_point_is_not_no_data() {
+        let err = run(
+            "sqs-idle-is-zero",
+            None,
+            Ok(vec![result(vec![], ResultStatus::PartialData)]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProviderError::Backend {
+                    failure: BackendFailure::ServiceError,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let t = UNIX_EPOCH + Duration::from_secs(1_789_999_940);
+        let value = run(
+            "sqs-visible",
+            Some("orders"),
+            Ok(vec![result(vec![(t, 7.0)], ResultStatus::PartialData)]),
+        )
+        .unwrap();
+        assert_eq!(
+            value.value, 7.0,
+            "the newest point comes first, so it serves"
+        );
     }
 
     #[test]

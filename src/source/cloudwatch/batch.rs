@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
 use super::{MetricDataRequest, Query, QueryKind, QueryResult, Target};
+use crate::definition::cloudwatch::{Token, tokens};
 
 /// CloudWatch's limit of queries per `GetMetricData` call.
 pub const MAX_QUERIES_PER_CALL: usize = crate::definition::MAX_QUERIES;
@@ -52,9 +53,17 @@ fn is_sql(query: &Query) -> bool {
 
 /// Pack `requests` (one per series) into calls of at most `max_queries` queries each.
 pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
+    let items: Vec<(&MetricDataRequest, bool)> = requests.iter().map(|r| (*r, false)).collect();
+    plan_isolating(&items, max_queries)
+}
+
+/// As [`plan`], where a request flagged `true` gets a call of its own (it was found to make
+/// CloudWatch reject the calls it shares). Within a group, earlier requests go into earlier
+/// calls.
+pub fn plan_isolating(items: &[(&MetricDataRequest, bool)], max_queries: usize) -> Vec<Batch> {
     type GroupKey = (Target, SystemTime, SystemTime, &'static str);
     let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
-    for (index, request) in requests.iter().enumerate() {
+    for (index, (request, _)) in items.iter().enumerate() {
         groups
             .entry((
                 request.target.clone(),
@@ -70,10 +79,10 @@ pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
         // (batch, holds a SQL query, closed to other series)
         let mut open: Vec<(Batch, bool, bool)> = Vec::new();
         for index in members {
-            let request = requests[index];
+            let (request, isolated) = items[index];
             let size = request.metric_data_queries.len();
             let sql = request.metric_data_queries.iter().any(is_sql);
-            let alone = !self_contained(request);
+            let alone = isolated || !self_contained(request);
             let fits = |(batch, has_sql, closed): &(Batch, bool, bool)| {
                 let full = batch.request.metric_data_queries.len() + size > max_queries;
                 let second_sql = sql && *has_sql;
@@ -162,54 +171,6 @@ fn self_contained(request: &MetricDataRequest) -> bool {
         })
 }
 
-/// A metric math expression, split into words (identifiers, and whether a `(` follows) and
-/// everything else (string literals, numbers, operators) kept verbatim.
-#[derive(Debug, PartialEq)]
-enum Token {
-    Word { text: String, call: bool },
-    Text(String),
-}
-
-fn tokens(expression: &str) -> Vec<Token> {
-    let chars: Vec<char> = expression.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' {
-            // A string literal, honouring backslash escapes.
-            let start = i;
-            i += 1;
-            while i < chars.len() && chars[i] != c {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            i = (i + 1).min(chars.len());
-            out.push(Token::Text(chars[start..i].iter().collect()));
-        } else if c.is_ascii_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
-            out.push(Token::Word {
-                text: chars[start..i].iter().collect(),
-                call,
-            });
-        } else if c.is_ascii_digit() {
-            // Numbers (1e3, 0.5) stay whole so their letters are not read as identifiers.
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-            out.push(Token::Text(chars[start..i].iter().collect()));
-        } else {
-            out.push(Token::Text(c.to_string()));
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Prefix every identifier in `expression` that names one of `ids`, leaving string literals,
 /// function names (followed by `(`) and everything else untouched.
 pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str) -> String {
@@ -232,7 +193,7 @@ pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::cloudwatch::{MetricStat, ResultStatus};
+    use crate::source::cloudwatch::{MetricStat, ResultStatus};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn stat(id: &str, value_query: bool) -> Query {

@@ -3,64 +3,25 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::definition::{Definition, render};
-use crate::provider::{Operator, ProviderError, Selector};
+use crate::definition::cloudwatch::{MAX_DIMENSION_VALUE, MAX_EXPRESSION_LENGTH, renamed_length};
+use crate::definition::placeholder::check_value;
+use crate::definition::{CloudWatchRead, Definition, render};
+use crate::provider::ProviderError;
 
 use super::{Dimension, MetricDataRequest, MetricStat, Query, QueryKind, QueryResult, Target};
 
-/// Turn the selector into the exact label values the definition needs, or refuse.
-///
-/// Only equality (and `in` with a single value) can be translated into a CloudWatch dimension;
-/// anything else would silently widen or narrow the query, so it is a 400.
-pub fn selector_labels(
-    definition: &Definition,
-    selector: &Selector,
-) -> Result<BTreeMap<String, String>, ProviderError> {
-    let name = &definition.spec.name;
-    let mut labels = BTreeMap::new();
-    for requirement in &selector.requirements {
-        let key = &requirement.key;
-        if !definition.labels.contains(key) {
-            return Err(ProviderError::InvalidSelector(format!(
-                "label {key:?} in the selector is not used by metric {name} ({})",
-                describe_labels(definition)
-            )));
-        }
-        let value = match (requirement.operator, requirement.values.as_slice()) {
-            (Operator::Equals | Operator::In, [value]) => value,
-            (operator, _) => {
-                return Err(ProviderError::InvalidSelector(format!(
-                    "label {key:?} uses operator {:?}{}; metric {name} can only match a label exactly (use matchLabels: {{{key}: VALUE}})",
-                    operator.symbol(),
-                    if operator == Operator::In {
-                        " with several values"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-        };
-        if labels.insert(key.clone(), value.clone()).is_some() {
-            return Err(ProviderError::InvalidSelector(format!(
-                "label {key:?} appears more than once in the selector"
-            )));
-        }
-    }
-    if let Some(missing) = definition.labels.iter().find(|l| !labels.contains_key(*l)) {
-        return Err(ProviderError::InvalidSelector(format!(
-            "metric {name} needs label {missing:?} in the HPA's metric selector (matchLabels: {{{missing}: VALUE}})"
-        )));
-    }
-    Ok(labels)
-}
-
-fn describe_labels(definition: &Definition) -> String {
-    if definition.labels.is_empty() {
-        "it takes no labels".to_string()
-    } else {
-        let names: Vec<&str> = definition.labels.iter().map(String::as_str).collect();
-        format!("it takes {}", names.join(", "))
-    }
+/// What a CloudWatch definition reads; an error for any other (the engine routes series by
+/// backend, so this only guards against a wiring mistake).
+pub fn cloudwatch_read(definition: &Definition) -> Result<&CloudWatchRead, ProviderError> {
+    definition
+        .cloudwatch()
+        .ok_or_else(|| ProviderError::Backend {
+            failure: crate::provider::BackendFailure::InvalidQuery,
+            message: format!(
+                "metric {} is not read from CloudWatch",
+                definition.spec.name
+            ),
+        })
 }
 
 /// Build the request for `definition` with `labels` at time `now`.
@@ -75,6 +36,16 @@ pub fn build_request(
     now: SystemTime,
 ) -> Result<MetricDataRequest, ProviderError> {
     let spec = &definition.spec;
+    let read = cloudwatch_read(definition)?;
+    // Label values are checked for the place they fill before any query is built: a value
+    // CloudWatch would refuse must fail this series alone, not the call it would share.
+    for (label, context) in &read.placeholders {
+        if let Some(value) = labels.get(label) {
+            check_value(label, value, *context).map_err(|reason| {
+                ProviderError::InvalidSelector(format!("metric {}: {reason}", spec.name))
+            })?;
+        }
+    }
     let fill = |template: &str| {
         render(template, labels).map_err(|label| {
             ProviderError::InvalidSelector(format!(
@@ -86,7 +57,18 @@ pub fn build_request(
     let mut queries = Vec::with_capacity(spec.queries.len());
     for query in &spec.queries {
         let kind = match (&query.expression, &query.metric_stat) {
-            (Some(expression), _) => QueryKind::Expression(fill(expression)?),
+            (Some(expression), _) => {
+                let filled = fill(expression)?;
+                let ids: Vec<&str> = spec.queries.iter().map(|q| q.id.as_str()).collect();
+                let length = renamed_length(&filled, &ids);
+                if length > MAX_EXPRESSION_LENGTH {
+                    return Err(ProviderError::InvalidSelector(format!(
+                        "metric {}: with these label values the expression of query {} is {length} characters in a call, over CloudWatch's {MAX_EXPRESSION_LENGTH}",
+                        spec.name, query.id
+                    )));
+                }
+                QueryKind::Expression(filled)
+            }
             (None, Some(stat)) => QueryKind::MetricStat(MetricStat {
                 namespace: stat.metric.namespace.clone(),
                 metric_name: stat.metric.metric_name.clone(),
@@ -95,13 +77,22 @@ pub fn build_request(
                     .dimensions
                     .iter()
                     .map(|d| {
+                        let value = fill(&d.value)?;
+                        if value.len() > MAX_DIMENSION_VALUE {
+                            return Err(ProviderError::InvalidSelector(format!(
+                                "metric {}: with these label values dimension {} is {} characters, over CloudWatch's {MAX_DIMENSION_VALUE}",
+                                spec.name,
+                                d.name,
+                                value.len()
+                            )));
+                        }
                         Ok(Dimension {
                             name: d.name.clone(),
-                            value: fill(&d.value)?,
+                            value,
                         })
                     })
                     .collect::<Result<_, ProviderError>>()?,
-                period: to_i32(stat.period.unwrap_or(definition.period)),
+                period: to_i32(stat.period.unwrap_or(read.period)),
                 stat: stat
                     .stat
                     .clone()
@@ -115,19 +106,15 @@ pub fn build_request(
         queries.push(Query {
             id: query.id.clone(),
             label: query.label.clone(),
-            return_data: query.id == definition.value_query,
+            return_data: query.id == read.value_query,
             period: query.period.map(to_i32),
             account_id: query.account_id.clone(),
             kind,
         });
     }
-    let (start_time, end_time) = window(definition, now);
+    let (start_time, end_time) = window(read, now);
     Ok(MetricDataRequest {
-        target: Target {
-            region: spec.region.clone(),
-            role_arn: spec.role_arn.clone(),
-            external_id: spec.external_id.clone(),
-        },
+        target: Target::of(definition),
         start_time,
         end_time,
         scan_by: "TimestampDescending",
@@ -150,16 +137,16 @@ fn to_i32(period: i64) -> i32 {
 }
 
 /// The `[start, end)` window for `now`, aligned to the definition's period.
-pub fn window(definition: &Definition, now: SystemTime) -> (SystemTime, SystemTime) {
-    let period = u64::try_from(definition.period.max(1)).unwrap_or(60);
+pub fn window(read: &CloudWatchRead, now: SystemTime) -> (SystemTime, SystemTime) {
+    let period = u64::try_from(read.period.max(1)).unwrap_or(60);
     let now_secs = now
-        .checked_sub(definition.end_offset)
+        .checked_sub(read.end_offset)
         .unwrap_or(UNIX_EPOCH)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let end = now_secs / period * period;
-    let start = end.saturating_sub(definition.window.as_secs()) / period * period;
+    let start = end.saturating_sub(read.window.as_secs()) / period * period;
     (
         UNIX_EPOCH + Duration::from_secs(start),
         UNIX_EPOCH + Duration::from_secs(end),
@@ -167,10 +154,10 @@ pub fn window(definition: &Definition, now: SystemTime) -> (SystemTime, SystemTi
 }
 
 /// The newest datapoint of the value query, if any.
-pub fn newest_point(definition: &Definition, results: &[QueryResult]) -> Option<(SystemTime, f64)> {
+pub fn newest_point(read: &CloudWatchRead, results: &[QueryResult]) -> Option<(SystemTime, f64)> {
     results
         .iter()
-        .filter(|r| r.id == definition.value_query)
+        .filter(|r| r.id == read.value_query)
         .flat_map(|r| r.points.iter().copied())
         .filter(|(_, value)| value.is_finite())
         .max_by_key(|(timestamp, _)| *timestamp)
@@ -200,8 +187,8 @@ pub fn describe_query(request: &MetricDataRequest, value_query: &str) -> String 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::definition::parse;
-    use crate::provider::Requirement;
+    use crate::definition::{parse, selector_labels};
+    use crate::provider::{Operator, Requirement, Selector};
     use std::sync::Arc;
 
     fn definition(yaml: &str) -> Arc<Definition> {
@@ -210,21 +197,7 @@ mod tests {
     }
 
     fn sqs() -> Arc<Definition> {
-        definition(
-            r#"
-metrics:
-  - name: sqs-visible
-    queries:
-      - id: visible
-        metricStat:
-          metric:
-            namespace: AWS/SQS
-            metricName: ApproximateNumberOfMessagesVisible
-            dimensions: [{name: QueueName, value: "${QueueName}"}]
-          period: 60
-          stat: Average
-"#,
-        )
+        crate::definition::fixtures::sqs_visible()
     }
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
@@ -256,58 +229,12 @@ metrics:
     }
 
     #[test]
-    fn selectors_that_cannot_be_exact_are_refused_naming_the_label() {
-        let def = sqs();
-        let cases = [
-            (
-                vec![req("QueueName", Operator::NotEquals, &["x"])],
-                "\"QueueName\" uses operator \"!=\"",
-            ),
-            (
-                vec![req("QueueName", Operator::In, &["a", "b"])],
-                "with several values",
-            ),
-            (
-                vec![req("QueueName", Operator::Exists, &[])],
-                "operator \"exists\"",
-            ),
-            (
-                vec![req("env", Operator::Equals, &["prod"])],
-                "label \"env\" in the selector is not used",
-            ),
-            (vec![], "needs label \"QueueName\""),
-        ];
-        for (requirements, needle) in cases {
-            let err = selector_labels(&def, &Selector { requirements }).unwrap_err();
-            let ProviderError::InvalidSelector(message) = err else {
-                panic!("expected InvalidSelector");
-            };
-            assert!(
-                message.contains(needle),
-                "{message} should contain {needle}"
-            );
-        }
-    }
-
-    #[test]
-    fn in_with_one_value_is_equality() {
-        let def = sqs();
-        let selector = Selector {
-            requirements: vec![req("QueueName", Operator::In, &["orders"])],
-        };
-        assert_eq!(
-            selector_labels(&def, &selector).unwrap()["QueueName"],
-            "orders"
-        );
-    }
-
-    #[test]
     fn window_is_aligned_and_honours_the_end_offset() {
         let def = definition(
             "metrics:\n  - name: x\n    window: 5m\n    endOffset: 2m\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          period: 60\n          stat: Sum\n",
         );
         let now = UNIX_EPOCH + Duration::from_secs(10_000 * 60 + 17);
-        let (start, end) = window(&def, now);
+        let (start, end) = window(def.cloudwatch().unwrap(), now);
         // now - 2m = minute 9998 + 17s -> rounded down: the bucket at 9998 is still filling.
         assert_eq!(end, UNIX_EPOCH + Duration::from_secs(9_998 * 60));
         assert_eq!(start, UNIX_EPOCH + Duration::from_secs(9_993 * 60));
@@ -322,17 +249,20 @@ metrics:
                 id: "other".into(),
                 label: None,
                 points: vec![(t(500), 9.0)],
-                status: crate::cloudwatch::ResultStatus::Complete,
+                status: crate::source::cloudwatch::ResultStatus::Complete,
                 messages: vec![],
             },
             QueryResult {
                 id: "visible".into(),
                 label: None,
                 points: vec![(t(120), 2.0), (t(180), 3.5), (t(60), 1.0)],
-                status: crate::cloudwatch::ResultStatus::Complete,
+                status: crate::source::cloudwatch::ResultStatus::Complete,
                 messages: vec![],
             },
         ];
-        assert_eq!(newest_point(&def, &results), Some((t(180), 3.5)));
+        assert_eq!(
+            newest_point(def.cloudwatch().unwrap(), &results),
+            Some((t(180), 3.5))
+        );
     }
 }

@@ -1,0 +1,346 @@
+//! The spec types, as written in the definitions file and in an `ExternalMetric`'s `spec`.
+//!
+//! One set of types serves both: their serde shape is the file's and the object's, and their
+//! `JsonSchema` (patterns, limits and CEL rules) becomes the CRD's OpenAPI schema, so
+//! `kubectl apply` rejects what [`super::Definition::new`] would reject, for the rules a schema
+//! can express. The fields are the archived awslabs k8s-cloudwatch-adapter's `ExternalMetric`
+//! spec (so its manifests apply unchanged) plus this adapter's extensions.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::cloudwatch::{PERIOD_RULE, PERIOD_RULE_MESSAGE, QUERY_ID_PATTERN, STAT_PATTERN, UNITS};
+
+/// An AWS region name.
+pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-\d+$";
+/// An IAM role ARN.
+pub const ROLE_ARN_PATTERN: &str = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$";
+/// A 12-digit AWS account id.
+pub const ACCOUNT_ID_PATTERN: &str = r"^\d{12}$";
+/// What `humantime` accepts, loosely: numbers with unit words (`90s`, `5m`, `1h 30m`), at most
+/// six terms of at most nine digits, so no string the apiserver accepts can hold an absurd
+/// number. The server parses it exactly and range-checks each field (CEL cannot parse
+/// humantime's units); the schema catches the obvious mistakes at apply time.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]{1,9}\s*[a-zA-Z]{1,7}\s*){1,6}$";
+
+/// The definitions file: a top-level `metrics:` list.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefinitionsFile {
+    /// One entry per metric name served to HPAs.
+    #[serde(default)]
+    pub metrics: Vec<MetricSpec>,
+}
+
+/// One metric: its name for the HPA and where its value is read: the CloudWatch `queries` that
+/// produce it, or the SQS queue (`sqs`) whose depth it is.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &[]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.queries) != has(self.sqs)",
+        "message": "set exactly one of queries (CloudWatch) or sqs (an SQS queue's depth)",
+    },
+    {
+        "rule": "!has(self.sqs) || (!has(self.window) && !has(self.endOffset) && !has(self.noDataValue))",
+        "message": "window, endOffset and noDataValue apply to CloudWatch queries only: an SQS queue's depth is read as it is now, and an empty queue is a real 0",
+    },
+]))]
+pub struct MetricSpec {
+    /// The metric name HPAs ask for (`external.metric.name`). Required in the definitions file.
+    /// In an ExternalMetric object the name is metadata.name; spec.name is accepted for
+    /// compatibility with the archived awslabs adapter and ignored.
+    #[serde(default)]
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// AWS region to query; the adapter's region when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = REGION_PATTERN))]
+    pub region: Option<String>,
+    /// IAM role to assume for this metric's queries (cross-account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ROLE_ARN_PATTERN))]
+    pub role_arn: Option<String>,
+    /// External id passed to STS when assuming `roleArn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
+    /// How far back to look for the newest datapoint (`5m` when absent, at least 3 periods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<HumanDuration>,
+    /// How far before now the window ends, to skip CloudWatch's still-filling newest bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_offset: Option<HumanDuration>,
+    /// How often the adapter refreshes this metric's series. CloudWatch: default and minimum the
+    /// period, because CloudWatch cannot have newer data sooner. SQS: default 15s, at least 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<HumanDuration>,
+    /// How long the last good value may be served while refreshes fail (default: the adapter's
+    /// `--max-value-age`, and never less than three refresh intervals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+    /// The value to serve when CloudWatch has no datapoints in the window (an idle SQS queue
+    /// publishes nothing). Absent means "answer with an error".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -9.2e15, max = 9.2e15))]
+    pub no_data_value: Option<f64>,
+    /// The `GetMetricData` queries; exactly one must return data. Set this or `sqs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 500))]
+    pub queries: Vec<QuerySpec>,
+    /// An SQS queue whose depth is the value, read with `GetQueueAttributes`. Set this or
+    /// `queries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqs: Option<SqsSpec>,
+    /// Accepted for compatibility with awslabs k8s-cloudwatch-adapter configs; not used.
+    #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "any_value")]
+    pub resource: Option<serde_json::Value>,
+}
+
+/// One `MetricDataQuery`, in the awslabs adapter's field names.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.expression) != has(self.metricStat)",
+    "message": "set exactly one of expression or metricStat",
+}]))]
+pub struct QuerySpec {
+    /// Query id, `^[a-z][a-zA-Z0-9_]*$`, unique within the metric, at most 250 characters
+    /// (CloudWatch's 255, less the prefix batching adds).
+    #[schemars(regex(pattern = QUERY_ID_PATTERN), length(max = 250))]
+    pub id: String,
+    /// Human-readable label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub label: Option<String>,
+    /// Whether this query's result is the metric's value (CloudWatch's default is true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_data: Option<bool>,
+    /// A metric math expression over other query ids; `${label}` placeholders are filled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub expression: Option<String>,
+    /// A single metric and statistic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_stat: Option<MetricStatSpec>,
+    /// Period of an expression's result, in seconds (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": PERIOD_RULE,
+        "message": PERIOD_RULE_MESSAGE,
+    }]))]
+    pub period: Option<i64>,
+    /// Account to read from with CloudWatch cross-account observability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ACCOUNT_ID_PATTERN))]
+    pub account_id: Option<String>,
+    /// Accepted for compatibility with awslabs k8s-cloudwatch-adapter manifests; not used.
+    #[serde(default, skip_serializing)]
+    #[schemars(schema_with = "any_value")]
+    pub resources: Option<serde_json::Value>,
+}
+
+/// `MetricStat`: a metric, a period and a statistic.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &["period", "stat"]))]
+pub struct MetricStatSpec {
+    /// The metric identity.
+    pub metric: MetricRef,
+    /// Seconds: 1, 5, 10, 30 or a multiple of 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": PERIOD_RULE,
+        "message": PERIOD_RULE_MESSAGE,
+    }]))]
+    pub period: Option<i64>,
+    /// `Sum`, `Average`, `Minimum`, `Maximum`, `SampleCount`, `pNN`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = STAT_PATTERN))]
+    pub stat: Option<String>,
+    /// Only datapoints published with this unit are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "unit_schema")]
+    pub unit: Option<String>,
+}
+
+/// A metric identity: namespace, name, and the full set of dimensions.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &[]))]
+pub struct MetricRef {
+    /// e.g. `AWS/SQS`.
+    #[schemars(length(min = 1, max = 255))]
+    pub namespace: String,
+    /// e.g. `ApproximateNumberOfMessagesVisible`.
+    #[schemars(length(min = 1, max = 255))]
+    pub metric_name: String,
+    /// Dimension values may hold `${label}` placeholders.
+    #[serde(default)]
+    #[schemars(length(max = 30))]
+    pub dimensions: Vec<DimensionSpec>,
+}
+
+/// A dimension name and value.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DimensionSpec {
+    /// Dimension name.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+    /// Dimension value; may hold `${label}` placeholders.
+    #[schemars(length(min = 1, max = 1024))]
+    pub value: String,
+}
+
+/// An SQS queue read natively: its approximate message counts, added up.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = |schema: &mut Schema| crd_fields(schema, &["queue"]))]
+pub struct SqsSpec {
+    /// The queue's name (resolved once with `GetQueueUrl`) or its full URL; may hold `${label}`
+    /// placeholders.
+    #[schemars(length(min = 1, max = 1024))]
+    pub queue: String,
+    /// The AWS account that owns a queue given by name, when it is not the adapter's (or the
+    /// role's) own; 12 digits, may hold `${label}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub account_id: Option<String>,
+    /// Which counts to add up: `visible` (ApproximateNumberOfMessages), `inFlight`
+    /// (ApproximateNumberOfMessagesNotVisible), `delayed` (ApproximateNumberOfMessagesDelayed).
+    /// Default: `[visible]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3), extend("x-kubernetes-list-type" = "set"))]
+    pub count: Option<Vec<QueueCount>>,
+}
+
+/// One of a queue's approximate message counts.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum QueueCount {
+    /// Messages available for retrieval (`ApproximateNumberOfMessages`).
+    Visible,
+    /// Messages received but not yet deleted (`ApproximateNumberOfMessagesNotVisible`).
+    InFlight,
+    /// Messages not yet available because of a delay (`ApproximateNumberOfMessagesDelayed`).
+    Delayed,
+}
+
+impl QueueCount {
+    /// How the field is written in a definition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueCount::Visible => "visible",
+            QueueCount::InFlight => "inFlight",
+            QueueCount::Delayed => "delayed",
+        }
+    }
+
+    /// The SQS queue attribute it reads.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            QueueCount::Visible => "ApproximateNumberOfMessages",
+            QueueCount::InFlight => "ApproximateNumberOfMessagesNotVisible",
+            QueueCount::Delayed => "ApproximateNumberOfMessagesDelayed",
+        }
+    }
+}
+
+/// Shape a struct's schema for the CRD: `required` lists the fields the adapter requires although
+/// serde defaults them (so the error comes at apply time), and no `default`s are emitted
+/// (kube-apiserver would write them into every object, and refuses a CRD whose default does not
+/// itself validate, as `queries: []` would not).
+fn crd_fields(schema: &mut Schema, required: &[&str]) {
+    if let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for property in properties.values_mut() {
+            if let Some(property) = property.as_object_mut() {
+                property.remove("default");
+            }
+        }
+    }
+    if !required.is_empty() {
+        let list = schema
+            .ensure_object()
+            .entry("required")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let Some(list) = list.as_array_mut() {
+            for name in required {
+                if !list.iter().any(|existing| existing == name) {
+                    list.push((*name).into());
+                }
+            }
+        }
+    }
+}
+
+/// Any JSON value, kept as written (fields accepted only for compatibility).
+fn any_value(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// `MetricStat.Unit`: one of CloudWatch's units.
+fn unit_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": UNITS,
+        "description": "Only datapoints published with this unit are used.",
+    })
+}
+
+/// A duration written the human way (`90s`, `5m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "HumanDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 64,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|err| serde::de::Error::custom(format!("invalid duration {text:?}: {err}")))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}

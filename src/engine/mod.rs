@@ -1,0 +1,480 @@
+//! The refresh engine: HPA requests are answered from the series table; a lane per source keeps
+//! every active series fresh with as few calls as the backend allows.
+//!
+//! - A series becomes active on its first request and idle after `idle_timeout` without one. A
+//!   first request waits for the first fetch; concurrent first requests share it.
+//! - Refreshes fall on a wall-clock grid of each series' refresh interval ([`schedule`]), so
+//!   series asked for at different times are refreshed together, and each cycle packs every due
+//!   series into as few calls as its [`Source`] allows, paced under the source's
+//!   calls-per-second budget ([`pacer`]).
+//! - Failures back off exponentially with jitter. The last good value is served until it is
+//!   older than its max age; then the request fails with a message saying why. Never a made-up
+//!   value.
+
+mod fair;
+mod lane;
+mod pacer;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::definition::{Backend, Definition, DefinitionSet, HumanDuration, selector_labels};
+use crate::metrics::AdapterMetrics;
+use crate::provider::{
+    ExternalMetricsProvider, MetricInfo, MetricRequest, MetricValue, ProviderError,
+};
+use crate::series::{self, Found, Series, SeriesKey, SeriesTable};
+use crate::source::Source;
+use lane::{Lane, SourceLane};
+use schedule::Clock;
+
+/// Tuning of the engine (per-source budgets are given with each source, see [`Pacing`]).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A series nobody asked for this long stops being refreshed.
+    pub idle_timeout: Duration,
+    /// Default max age of a served value (since its fetch), at least three refresh intervals.
+    pub max_age: Duration,
+    /// Upper bound on tracked series, so hostile selectors cannot exhaust memory.
+    pub max_series: u64,
+    /// How long a first request waits for its first fetch.
+    pub first_fetch_timeout: Duration,
+    /// How long a lane lingers after a wake-up to gather a burst of new series into one call.
+    pub batch_linger: Duration,
+    /// First back-off after a failed refresh; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(600),
+            max_age: Duration::from_secs(300),
+            max_series: 100_000,
+            first_fetch_timeout: Duration::from_secs(15),
+            batch_linger: Duration::from_millis(5),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A source's budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pacing {
+    /// Never more calls per second than this.
+    pub calls_per_second: f64,
+    /// At most this many calls in flight at once.
+    pub max_concurrent_calls: usize,
+}
+
+impl Pacing {
+    /// `calls_per_second`, with up to four calls in flight.
+    pub fn per_second(calls_per_second: f64) -> Self {
+        Self {
+            calls_per_second,
+            max_concurrent_calls: 4,
+        }
+    }
+}
+
+/// Told about every refresh outcome (for `ExternalMetric` status and events). Called on the
+/// refresh path, so it must not block: hand work off to a task.
+pub trait OutcomeObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// One series of `definition` (with `labels`) was refreshed with `outcome`.
+    fn observe(
+        &self,
+        definition: &Arc<Definition>,
+        labels: &BTreeMap<String, String>,
+        outcome: &Result<MetricValue, ProviderError>,
+    );
+}
+
+/// The sources the engine reads from, each with its budget.
+#[derive(Debug, Default)]
+pub struct Sources {
+    lanes: Vec<Arc<dyn Lane>>,
+}
+
+impl Sources {
+    /// No sources yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Read `source`'s backend from it, paced by `pacing`. A later source for the same backend
+    /// replaces an earlier one.
+    pub fn with<S: Source>(mut self, source: S, pacing: Pacing) -> Self {
+        let lane: Arc<dyn Lane> = Arc::new(SourceLane::new(source, pacing));
+        self.lanes.retain(|l| l.backend() != lane.backend());
+        self.lanes.push(lane);
+        self
+    }
+}
+
+/// The cached provider: the series table, and the lanes that refresh it.
+#[derive(Debug)]
+pub struct Engine {
+    core: Arc<Core>,
+}
+
+/// What the request path and the lanes share.
+#[derive(Debug)]
+pub(crate) struct Core {
+    definitions: Arc<ArcSwap<DefinitionSet>>,
+    table: SeriesTable,
+    config: EngineConfig,
+    metrics: Arc<AdapterMetrics>,
+    observer: OnceLock<Arc<dyn OutcomeObserver>>,
+    clock: Clock,
+    lanes: Vec<Arc<dyn Lane>>,
+}
+
+impl Engine {
+    /// An engine over `definitions` reading from `sources`. Call [`Engine::run`] to refresh.
+    pub fn new(
+        definitions: Arc<ArcSwap<DefinitionSet>>,
+        sources: Sources,
+        config: EngineConfig,
+        metrics: Arc<AdapterMetrics>,
+    ) -> Self {
+        Self::with_clock(definitions, sources, config, metrics, Clock::system())
+    }
+
+    /// As [`Engine::new`], with `now` as the wall-clock time of this moment, and wall-clock time
+    /// following tokio's clock from there: the refresh grid and the requests' time windows do
+    /// not depend on when a test runs, and follow its paused clock.
+    pub fn with_wall_clock(
+        definitions: Arc<ArcSwap<DefinitionSet>>,
+        sources: Sources,
+        config: EngineConfig,
+        metrics: Arc<AdapterMetrics>,
+        now: SystemTime,
+    ) -> Self {
+        Self::with_clock(definitions, sources, config, metrics, Clock::fixed(now))
+    }
+
+    fn with_clock(
+        definitions: Arc<ArcSwap<DefinitionSet>>,
+        sources: Sources,
+        config: EngineConfig,
+        metrics: Arc<AdapterMetrics>,
+        clock: Clock,
+    ) -> Self {
+        let core = Arc::new(Core {
+            definitions,
+            table: SeriesTable::new(config.max_series),
+            observer: OnceLock::new(),
+            clock,
+            lanes: sources.lanes,
+            config,
+            metrics,
+        });
+        Self { core }
+    }
+
+    /// Install the observer told about every refresh outcome (once).
+    pub fn set_observer(&self, observer: Arc<dyn OutcomeObserver>) {
+        if self.core.observer.set(observer).is_err() {
+            tracing::warn!("an outcome observer is already installed");
+        }
+    }
+
+    /// A handle for the refresh task (and to share the engine).
+    pub fn clone_handle(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+        }
+    }
+
+    /// Install the scrape-time collector for value ages and active series.
+    pub fn register_gauges(&self) {
+        let weak = Arc::downgrade(&self.core);
+        self.core.metrics.set_collector(Box::new(move |metrics| {
+            if let Some(core) = weak.upgrade() {
+                let now = SystemTime::now();
+                let mut ages: BTreeMap<String, f64> = BTreeMap::new();
+                let mut count = 0;
+                for (_, series) in core.table.iter() {
+                    count += 1;
+                    let state = series.lock();
+                    if let Some((value, _)) = &state.last_good {
+                        let age = now
+                            .duration_since(value.timestamp)
+                            .unwrap_or_default()
+                            .as_secs_f64();
+                        let entry = ages.entry(series.definition.spec.name.clone()).or_default();
+                        *entry = entry.max(age);
+                    }
+                }
+                metrics.set_active_series(count);
+                metrics.set_value_ages(&ages.into_iter().collect::<Vec<_>>());
+            }
+        }));
+    }
+
+    /// The number of active series.
+    pub fn active_series(&self) -> usize {
+        self.core.table.len()
+    }
+
+    /// Refresh series until `stop` is cancelled: one task per source. Returns early if a lane
+    /// dies, so the caller can treat that as fatal.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut lanes = JoinSet::new();
+        for lane in &self.core.lanes {
+            lanes.spawn(lane.clone().run(self.core.clone(), stop.clone()));
+        }
+        while let Some(joined) = lanes.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!("a refresh lane stopped: {error}");
+                return;
+            }
+        }
+    }
+
+    async fn values(&self, request: &MetricRequest) -> Result<Vec<MetricValue>, ProviderError> {
+        let core = &self.core;
+        let definitions = core.definitions.load();
+        let Some(definition) = definitions.lookup(&request.namespace, &request.metric) else {
+            return Err(ProviderError::NotFound {
+                metric: request.metric.clone(),
+                namespace: request.namespace.clone(),
+            });
+        };
+        let labels = selector_labels(definition, &request.selector)?;
+        let key = SeriesKey::new(definition, labels);
+        let now = Instant::now();
+        // Fast path: the series exists for this very definition.
+        let series = match core.table.get(&key, definition) {
+            Some(series) => series,
+            None => match core.table.get_or_insert(&key, definition, now) {
+                Ok(Found::Created(series)) => {
+                    core.wake(series.backend());
+                    series
+                }
+                Ok(Found::Existing(series)) => series,
+                Err(refusal) => {
+                    return Err(capacity_error(
+                        definition,
+                        core.table.max_series(),
+                        &refusal,
+                    ));
+                }
+            },
+        };
+        series.lock().last_requested = now;
+
+        if series.fetched_once() {
+            core.metrics.cache_lookup("hit");
+        } else {
+            core.metrics.cache_lookup("miss");
+            if !series.wait_first(core.config.first_fetch_timeout).await {
+                if !core.table.contains(&key) {
+                    // Dropped before its first fetch to make room for another tenant.
+                    return Err(capacity_error(
+                        definition,
+                        core.table.max_series(),
+                        &series::AtCapacity::Full,
+                    ));
+                }
+                return Err(ProviderError::FirstFetchPending(format!(
+                    "unable to fetch metric {}: no answer from {} within {}; it will be retried",
+                    definition.spec.name,
+                    definition.backend(),
+                    HumanDuration(core.config.first_fetch_timeout)
+                )));
+            }
+        }
+        let (answer, stale) = series::answer(&series, core.config.max_age, Instant::now());
+        if stale {
+            core.metrics.cache_lookup("stale");
+        }
+        if matches!(
+            answer,
+            Err(ProviderError::Stale { .. } | ProviderError::Backend { .. })
+        ) {
+            // Nothing to serve: probe now rather than at the end of a long back-off, so the
+            // value comes back as soon as the backend does.
+            core.probe(&series);
+        }
+        answer.map(|value| vec![value])
+    }
+}
+
+fn capacity_error(
+    definition: &Definition,
+    max_series: u64,
+    refusal: &series::AtCapacity,
+) -> ProviderError {
+    let name = &definition.spec.name;
+    ProviderError::AtCapacity(match refusal {
+        series::AtCapacity::Full => format!(
+            "unable to serve metric {name}: the adapter already tracks its maximum of {max_series} series (--max-series); too many distinct selectors are being asked for"
+        ),
+        series::AtCapacity::FairShare { share } => format!(
+            "unable to serve metric {name}: the adapter tracks its maximum of {max_series} series (--max-series), and {} already holds its fair share of {share}; too many distinct selectors are being asked for",
+            definition.tenant()
+        ),
+    })
+}
+
+impl Core {
+    /// Wake the lane of `backend` (a new series wants its first fetch).
+    fn wake(&self, backend: Backend) {
+        if let Some(lane) = self.lanes.iter().find(|l| l.backend() == backend) {
+            lane.wake();
+        }
+    }
+
+    /// Drop idle or orphaned series of `backend`, mark every due one in flight, and return them
+    /// with the time the next one falls due.
+    fn collect_due(&self, backend: Backend) -> (Vec<Arc<Series>>, Instant) {
+        let now = Instant::now();
+        let mut next_wake = now + Duration::from_secs(1);
+        let definitions = self.definitions.load();
+        let mut due: Vec<(Instant, Arc<Series>)> = Vec::new();
+        let mut expired = Vec::new();
+        for (key, series) in self.table.iter() {
+            if series.backend() != backend {
+                continue;
+            }
+            let current =
+                definitions.lookup(key.namespace.as_deref().unwrap_or_default(), &key.metric);
+            let mut state = series.lock();
+            let idle = now.duration_since(state.last_requested) > self.config.idle_timeout;
+            let orphaned = !current.is_some_and(|d| Arc::ptr_eq(d, &series.definition));
+            if idle || orphaned {
+                drop(state);
+                expired.push((key, series));
+                continue;
+            }
+            if state.in_flight {
+                continue;
+            }
+            if state.next_refresh <= now {
+                let lag = now.duration_since(state.next_refresh);
+                self.metrics
+                    .set_refresh_lag(&series.definition.spec.name, lag);
+                state.in_flight = true;
+                let due_at = state.next_refresh;
+                drop(state);
+                due.push((due_at, series));
+            } else {
+                next_wake = next_wake.min(state.next_refresh);
+            }
+        }
+        for (key, series) in expired {
+            self.table.remove(&key, &series);
+        }
+        // Oldest due first: when the budget cannot take every series this cycle, the ones
+        // waiting longest go first.
+        due.sort_by_key(|(due_at, _)| *due_at);
+        (
+            due.into_iter().map(|(_, series)| series).collect(),
+            next_wake,
+        )
+    }
+
+    /// Refresh `series` as soon as its lane can, unless it is being refreshed or was tried in
+    /// the last `backoff_base` (a flood of requests makes at most one probe per interval).
+    fn probe(&self, series: &Series) {
+        let now = Instant::now();
+        let mut state = series.lock();
+        let recently = state
+            .last_attempt
+            .is_some_and(|at| now.duration_since(at) < self.config.backoff_base);
+        if state.in_flight || recently || state.next_refresh <= now {
+            return;
+        }
+        state.next_refresh = now;
+        drop(state);
+        self.wake(series.backend());
+    }
+
+    /// Store a refresh outcome, schedule the next refresh, and wake waiters.
+    fn record(
+        &self,
+        series: &Series,
+        result: Result<MetricValue, ProviderError>,
+        fetched: Instant,
+        failed: bool,
+    ) {
+        let definition = &series.definition;
+        let mut state = series.lock();
+        state.in_flight = false;
+        state.last_attempt = Some(fetched);
+        if failed {
+            state.failures = state.failures.saturating_add(1);
+            let backoff = schedule::backoff(
+                state.failures,
+                definition.refresh_interval,
+                self.config.backoff_base,
+                self.config.backoff_max,
+            );
+            let mut next = fetched + backoff;
+            // Once the last good value is past its max age, requests fail: retry no later
+            // than the next grid point, so recovery after a long outage is prompt.
+            let stale_at = match &state.last_good {
+                Some((_, good_at)) => *good_at + series::max_age(definition, self.config.max_age),
+                None => fetched,
+            };
+            if next > stale_at {
+                next = next.min(
+                    self.clock
+                        .next_tick(stale_at.max(fetched), definition.refresh_interval),
+                );
+            }
+            state.next_refresh = next;
+        } else {
+            state.failures = 0;
+            state.next_refresh = self.clock.next_tick(fetched, definition.refresh_interval);
+            state.last_good = result.as_ref().ok().map(|value| (value.clone(), fetched));
+        }
+        if let Some(observer) = self.observer.get() {
+            observer.observe(definition, &series.labels, &result);
+        }
+        state.latest = Some((result, fetched));
+        drop(state);
+        series.publish();
+    }
+}
+
+impl ExternalMetricsProvider for Engine {
+    fn is_defined(&self, namespace: &str, metric: &str) -> bool {
+        self.core
+            .definitions
+            .load()
+            .lookup(namespace, metric)
+            .is_some()
+    }
+
+    fn list_metrics(&self) -> Vec<MetricInfo> {
+        // Discovery has no namespace: each name once, whichever namespaces define it.
+        self.core
+            .definitions
+            .load()
+            .names()
+            .into_iter()
+            .map(|name| MetricInfo {
+                name: name.to_string(),
+            })
+            .collect()
+    }
+
+    async fn get_values(&self, request: MetricRequest) -> Result<Vec<MetricValue>, ProviderError> {
+        self.values(&request).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

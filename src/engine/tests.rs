@@ -1,0 +1,737 @@
+//! Engine behaviour under tokio's paused clock, against a scripted CloudWatch.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::definition::parse;
+use crate::provider::{BackendFailure, Operator, Requirement, Selector};
+use crate::source::cloudwatch::{
+    CloudWatchError, CloudWatchSource, MetricDataRequest, MetricDataSource, QueryKind, QueryResult,
+    ResultStatus,
+};
+
+/// Answers every returned query with the number in its `QueueName` (`q17` -> 17), or fails.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<(Instant, MetricDataRequest)>>,
+    failure: Mutex<Option<CloudWatchError>>,
+    /// A call with a query on this queue is rejected as a whole, as CloudWatch rejects a call
+    /// with one invalid query.
+    poison: Mutex<Option<String>>,
+}
+
+impl Fake {
+    fn calls(&self) -> Vec<(Instant, MetricDataRequest)> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn fail_with(&self, error: Option<CloudWatchError>) {
+        *self.failure.lock().unwrap() = error;
+    }
+}
+
+impl MetricDataSource for Fake {
+    async fn get_metric_data(
+        &self,
+        request: &MetricDataRequest,
+    ) -> Result<Vec<QueryResult>, CloudWatchError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((Instant::now(), request.clone()));
+        if let Some(error) = self.failure.lock().unwrap().clone() {
+            return Err(error);
+        }
+        if let Some(poison) = self.poison.lock().unwrap().clone()
+            && request.metric_data_queries.iter().any(|q| {
+                matches!(&q.kind, QueryKind::MetricStat(s) if s.dimensions.iter().any(|d| d.value == poison))
+            })
+        {
+            return Err(CloudWatchError::InvalidQuery {
+                detail: format!("ValidationError, HTTP 400: The value {poison} is not valid"),
+            });
+        }
+        Ok(request
+            .metric_data_queries
+            .iter()
+            .filter(|q| q.return_data)
+            .map(|q| {
+                let QueryKind::MetricStat(stat) = &q.kind else {
+                    panic!("only metric stats in these tests");
+                };
+                let queue = &stat.dimensions[0].value;
+                QueryResult {
+                    id: q.id.clone(),
+                    label: None,
+                    points: vec![(request.start_time, queue[1..].parse().unwrap())],
+                    status: ResultStatus::Complete,
+                    messages: vec![],
+                }
+            })
+            .collect())
+    }
+}
+
+/// A fixed wall-clock time for the refresh grid: half a minute past a minute boundary, so the
+/// first grid refresh comes 30 s after a test starts, whatever the time of day.
+fn grid_anchor() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(29_833_333 * 60 + 30)
+}
+
+const SQS: &str = r#"
+metrics:
+  - name: depth
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+"#;
+
+/// The fake as the engine's only source, at `calls_per_second`.
+fn sources(fake: &Arc<Fake>, calls_per_second: f64) -> Sources {
+    Sources::new().with(
+        CloudWatchSource::new(fake.clone()),
+        Pacing::per_second(calls_per_second),
+    )
+}
+
+fn setup(config: EngineConfig) -> (Engine, Arc<Fake>, CancellationToken) {
+    setup_paced(config, 10.0)
+}
+
+fn setup_paced(
+    config: EngineConfig,
+    calls_per_second: f64,
+) -> (Engine, Arc<Fake>, CancellationToken) {
+    let fake = Arc::new(Fake::default());
+    let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
+    let cache = Engine::with_wall_clock(
+        definitions,
+        sources(&fake, calls_per_second),
+        config,
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    (cache, fake, stop)
+}
+
+fn request(queue: &str) -> MetricRequest {
+    MetricRequest {
+        namespace: "default".into(),
+        metric: "depth".into(),
+        selector: Selector {
+            requirements: vec![Requirement {
+                key: "QueueName".into(),
+                operator: Operator::Equals,
+                values: vec![queue.into()],
+            }],
+        },
+    }
+}
+
+async fn value(cache: &Engine, queue: &str) -> Result<f64, ProviderError> {
+    cache
+        .get_values(request(queue))
+        .await
+        .map(|values| values[0].value)
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_than_500_cold_series_take_ceil_n_over_500_calls_and_map_back() {
+    let (cache, fake, stop) = setup(EngineConfig::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1201 {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { (i, value(&cache, &format!("q{i}")).await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.unwrap();
+        assert_eq!(
+            result.unwrap(),
+            f64::from(i),
+            "series q{i} got another series' value"
+        );
+    }
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 3, "expected ceil(1201/500) calls");
+    let sizes: Vec<usize> = calls
+        .iter()
+        .map(|(_, r)| r.metric_data_queries.len())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 1201);
+    assert!(sizes.iter().all(|&n| n <= 500), "{sizes:?}");
+    assert_eq!(cache.active_series(), 1201);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_first_requests_for_one_series_make_one_call() {
+    let (cache, fake, stop) = setup(EngineConfig::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { value(&cache, "q7").await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        assert_eq!(joined.unwrap().unwrap(), 7.0);
+    }
+    assert_eq!(fake.calls().len(), 1);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_requests_are_answered_from_memory_while_the_refresher_keeps_them_fresh() {
+    let (cache, fake, stop) = setup(EngineConfig::default());
+    assert_eq!(value(&cache, "q3").await.unwrap(), 3.0);
+    let before = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(value(&cache, "q3").await.unwrap(), 3.0);
+    }
+    assert_eq!(Instant::now(), before, "a warm request waited");
+    assert_eq!(fake.calls().len(), 1);
+    // Refreshed in the background every period (60 s), with nobody waiting on it.
+    tokio::time::sleep(Duration::from_secs(185)).await;
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 4, "one refresh per period");
+    assert!(
+        calls[1].0 - calls[0].0 <= Duration::from_secs(60),
+        "first refresh is on the grid"
+    );
+    for pair in calls[1..].windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_secs(60) && gap < Duration::from_millis(60_100),
+            "{gap:?}"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn series_first_asked_for_at_different_times_are_refreshed_in_one_call() {
+    let (cache, fake, stop) = setup(EngineConfig::default());
+    for i in 0..300 {
+        value(&cache, &format!("q{i}")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let cold_calls = fake.calls().len();
+    // Let every series pass its first grid point, then watch two refresh rounds.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = fake.calls().len();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let calls = fake.calls();
+    assert_eq!(
+        calls.len() - before,
+        2,
+        "two rounds, one call each ({cold_calls} cold calls)"
+    );
+    assert!(
+        calls[before..]
+            .iter()
+            .all(|(_, r)| r.metric_data_queries.len() == 300)
+    );
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_backs_off_serves_last_good_until_max_age_then_fails_and_recovers() {
+    let config = EngineConfig::default();
+    let (cache, fake, stop) = setup(config.clone());
+    assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
+    let good_at = Instant::now();
+    fake.fail_with(Some(CloudWatchError::Throttled {
+        detail: "Rate exceeded".into(),
+    }));
+
+    // Within max age (5 min) the last good value is served while refreshes fail.
+    tokio::time::sleep(Duration::from_secs(240)).await;
+    assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
+
+    // Back-off: gaps after the first failure grow (2 s base, doubling, jittered 50-100%),
+    // capped at 4 refresh intervals.
+    let calls = fake.calls();
+    let failures: Vec<Instant> = calls.iter().skip(1).map(|(t, _)| *t).collect();
+    assert!(failures.len() >= 4, "{} failed refreshes", failures.len());
+    let gaps: Vec<Duration> = failures.windows(2).map(|w| w[1] - w[0]).collect();
+    for (k, gap) in gaps.iter().enumerate() {
+        let full = config.backoff_base * (1 << k.min(16));
+        let full = full.min(Duration::from_secs(240));
+        assert!(
+            *gap >= full / 2 && *gap <= full + Duration::from_millis(10),
+            "gap {k}: {gap:?} vs {full:?}"
+        );
+    }
+
+    // Past max age: an error that says the value is stale and why, never the old number.
+    tokio::time::sleep_until(good_at + Duration::from_secs(301)).await;
+    let err = value(&cache, "q5").await.unwrap_err();
+    let ProviderError::Stale { failure, message } = &err else {
+        panic!("expected a stale-value error, got {err:?}");
+    };
+    assert_eq!(*failure, Some(BackendFailure::Throttled));
+    assert!(message.contains("throttled"), "{message}");
+    assert!(message.contains("past its max age of 5m"), "{message}");
+
+    // Recovery without a restart.
+    fake.fail_with(None);
+    tokio::time::sleep(Duration::from_secs(241)).await;
+    assert_eq!(value(&cache, "q5").await.unwrap(), 5.0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_series_stop_being_refreshed() {
+    let config = EngineConfig {
+        idle_timeout: Duration::from_secs(300),
+        ..EngineConfig::default()
+    };
+    let (cache, fake, stop) = setup(config);
+    value(&cache, "q1").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(cache.active_series(), 0);
+    let calls_after_idle = fake.calls().len();
+    assert!(
+        calls_after_idle <= 7,
+        "refreshed {calls_after_idle} times in 5 idle minutes"
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        fake.calls().len(),
+        calls_after_idle,
+        "an idle series was refreshed"
+    );
+    // Asking again makes it active again.
+    assert_eq!(value(&cache, "q1").await.unwrap(), 1.0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_budget_is_never_exceeded() {
+    let (cache, fake, stop) = setup_paced(EngineConfig::default(), 2.0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..5000 {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { value(&cache, &format!("q{i}")).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    // Two refresh rounds as well.
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    let calls = fake.calls();
+    assert!(calls.len() >= 30, "{} calls", calls.len());
+    for pair in calls.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(500),
+            "two calls {gap:?} apart at 2 calls/s"
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edited_definition_is_never_answered_with_the_old_specs_value() {
+    let fake = Arc::new(Fake::default());
+    let definitions = Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap()));
+    let cache = Engine::with_wall_clock(
+        definitions.clone(),
+        sources(&fake, 10.0),
+        EngineConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    assert_eq!(value(&cache, "q2").await.unwrap(), 2.0);
+    definitions.store(Arc::new(parse(&SQS.replace("Average", "Maximum")).unwrap()));
+    assert_eq!(value(&cache, "q2").await.unwrap(), 2.0);
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 2, "the edit must trigger a fresh fetch");
+    let QueryKind::MetricStat(stat) = &calls[1].1.metric_data_queries[0].kind else {
+        panic!("metric stat expected");
+    };
+    assert_eq!(stat.stat, "Maximum");
+    // A deleted definition is not found, and its series is dropped.
+    definitions.store(Arc::new(DefinitionSet::default()));
+    assert!(matches!(
+        value(&cache, "q2").await,
+        Err(ProviderError::NotFound { .. })
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cache.active_series(), 0);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_data_is_an_answer_not_a_failure() {
+    let fake = Arc::new(Fake::default());
+    let text = SQS.replace("AWS/SQS", "Empty");
+    let definitions = Arc::new(ArcSwap::from_pointee(parse(&text).unwrap()));
+    struct Empty(Arc<Fake>);
+    impl MetricDataSource for Empty {
+        async fn get_metric_data(
+            &self,
+            request: &MetricDataRequest,
+        ) -> Result<Vec<QueryResult>, CloudWatchError> {
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push((Instant::now(), request.clone()));
+            Ok(vec![])
+        }
+    }
+    let cache = Engine::with_wall_clock(
+        definitions,
+        Sources::new().with(
+            CloudWatchSource::new(Empty(fake.clone())),
+            Pacing::per_second(10.0),
+        ),
+        EngineConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let err = cache.get_values(request("q1")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::NoData(_)), "{err:?}");
+    // Refreshed at the normal interval, not backed off.
+    tokio::time::sleep(Duration::from_secs(125)).await;
+    assert_eq!(fake.calls().len(), 3);
+    stop.cancel();
+}
+
+/// The queue names the calls carried, per call.
+fn queues_of(request: &MetricDataRequest) -> Vec<String> {
+    request
+        .metric_data_queries
+        .iter()
+        .filter_map(|q| match &q.kind {
+            QueryKind::MetricStat(stat) => Some(stat.dimensions[0].value.clone()),
+            QueryKind::Expression(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_query_that_makes_shared_calls_fail_is_isolated_and_harms_no_other_series() {
+    let (cache, fake, stop) = setup(EngineConfig::default());
+    *fake.poison.lock().unwrap() = Some("q999999".into());
+    // Ten good series and the poisoned one arrive together, so they share the first call.
+    let mut tasks = tokio::task::JoinSet::new();
+    for queue in (0..10)
+        .map(|i| format!("q{i}"))
+        .chain(["q999999".to_string()])
+    {
+        let cache = cache.clone_handle();
+        tasks.spawn(async move { (queue.clone(), value(&cache, &queue).await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (queue, result) = joined.unwrap();
+        if queue == "q999999" {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ProviderError::Backend {
+                        failure: BackendFailure::InvalidQuery,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        } else {
+            assert_eq!(
+                result.unwrap(),
+                queue[1..].parse::<f64>().unwrap(),
+                "{queue}"
+            );
+        }
+    }
+    // From then on the offender has calls of its own; every other series keeps its cadence:
+    // exactly one call per minute on the grid, with all ten series in it, never failing.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let started = Instant::now() - Duration::from_secs(300);
+    let calls = fake.calls();
+    let shared: Vec<&(Instant, MetricDataRequest)> = calls
+        .iter()
+        .filter(|(at, r)| {
+            *at > started + Duration::from_secs(1) && queues_of(r).contains(&"q3".to_string())
+        })
+        .collect();
+    assert_eq!(shared.len(), 5, "one refresh a minute for five minutes");
+    for (_, request) in &shared {
+        let queues = queues_of(request);
+        assert_eq!(queues.len(), 10, "{queues:?}");
+        assert!(!queues.contains(&"q999999".to_string()));
+    }
+    for pair in shared.windows(2) {
+        assert_eq!(pair[1].0 - pair[0].0, Duration::from_secs(60));
+    }
+    for i in 0..10 {
+        assert_eq!(value(&cache, &format!("q{i}")).await.unwrap(), f64::from(i));
+    }
+    // The offender alone is retried (backing off), in calls that carry nothing else.
+    let alone: Vec<&(Instant, MetricDataRequest)> = calls
+        .iter()
+        .filter(|(_, r)| queues_of(r).contains(&"q999999".to_string()))
+        .collect();
+    assert!(
+        alone
+            .iter()
+            .filter(|(at, _)| *at > started + Duration::from_secs(1))
+            .all(|(_, r)| queues_of(r).len() == 1)
+    );
+    assert!(alone.len() < 20, "{} calls for the offender", alone.len());
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_label_value_that_breaks_its_query_is_refused_for_that_series_alone() {
+    let text = r#"
+metrics:
+  - name: scaled
+    queries:
+      - id: m
+        returnData: false
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "q${Queue}"}]
+          period: 60
+          stat: Average
+      - id: e
+        expression: "m * ${Factor}"
+"#;
+    let fake = Arc::new(Fake::default());
+    let cache = Engine::with_wall_clock(
+        Arc::new(ArcSwap::from_pointee(parse(text).unwrap())),
+        sources(&fake, 10.0),
+        EngineConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let ask = |queue: &str, factor: &str| MetricRequest {
+        namespace: "default".into(),
+        metric: "scaled".into(),
+        selector: Selector {
+            requirements: [("Queue", queue), ("Factor", factor)]
+                .into_iter()
+                .map(|(key, value)| Requirement {
+                    key: key.into(),
+                    operator: Operator::Equals,
+                    values: vec![value.into()],
+                })
+                .collect(),
+        },
+    };
+    for (queue, factor, why) in [
+        ("1", "1.2.3", "not a plain number"),
+        ("1", "", "it is empty"),
+        ("", "2", "it is empty"),
+    ] {
+        let err = cache.get_values(ask(queue, factor)).await.unwrap_err();
+        let ProviderError::InvalidSelector(message) = &err else {
+            panic!("expected a 400, got {err:?}");
+        };
+        assert!(message.contains(why), "{message}");
+    }
+    assert!(
+        fake.calls().is_empty(),
+        "a refused value never reaches CloudWatch"
+    );
+    stop.cancel();
+}
+
+/// An engine where each of `namespaces` defines the metric as an ExternalMetric, against a fake
+/// paced at `calls_per_second`.
+fn tenants(
+    namespaces: &[&str],
+    config: EngineConfig,
+    calls_per_second: f64,
+) -> (Engine, Arc<Fake>, CancellationToken) {
+    let spec = parse(SQS).unwrap().get("depth").unwrap().spec.clone();
+    let objects = namespaces.iter().map(|namespace| {
+        let mut definition = Definition::new(spec.clone()).unwrap();
+        definition.namespace = Some(namespace.to_string());
+        Arc::new(definition)
+    });
+    let definitions = Arc::new(ArcSwap::from_pointee(
+        DefinitionSet::default().with_namespaced(objects),
+    ));
+    let fake = Arc::new(Fake::default());
+    let cache = Engine::with_wall_clock(
+        definitions,
+        sources(&fake, calls_per_second),
+        config,
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    (cache, fake, stop)
+}
+
+/// A request for queue `queue` from an HPA in `namespace`.
+fn in_namespace(namespace: &str, queue: &str) -> MetricRequest {
+    MetricRequest {
+        namespace: namespace.to_string(),
+        ..request(queue)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_asking_for_many_new_series_does_not_delay_another_tenants_refresh() {
+    // Two namespaces define the same metric; one asks for 20,000 new selector values at once.
+    let start = Instant::now();
+    let (cache, fake, stop) = tenants(&["flood", "victim"], EngineConfig::default(), 0.5);
+    // The victim's series is warm.
+    cache
+        .get_values(in_namespace("victim", "q7"))
+        .await
+        .unwrap();
+    // The flood: 20,000 first requests (40 calls at one call per 2 s: 80 s of budget).
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..20_000 {
+        let cache = cache.clone_handle();
+        let request = in_namespace("flood", &format!("q{i}"));
+        flood.spawn(async move { cache.get_values(request).await.is_ok() });
+    }
+    // The victim's new series is fetched within a second or two, not after the flood's 20 s.
+    let asked = Instant::now();
+    let value = cache
+        .get_values(in_namespace("victim", "q8"))
+        .await
+        .unwrap();
+    assert_eq!(value[0].value, 8.0);
+    assert!(
+        Instant::now() - asked < Duration::from_secs(3),
+        "waited {:?} behind another tenant",
+        Instant::now() - asked
+    );
+    // And the victim's warm series is refreshed at its grid point (a minute boundary, 30 s in),
+    // in the middle of the flood, not after it.
+    let grid = start + Duration::from_secs(30);
+    tokio::time::sleep_until(grid + Duration::from_secs(3)).await;
+    let calls = fake.calls();
+    let victim_refreshed = calls.iter().any(|(at, r)| {
+        *at >= grid
+            && *at <= grid + Duration::from_secs(3)
+            && queues_of(r).contains(&"q7".to_string())
+    });
+    assert!(
+        victim_refreshed,
+        "the victim's refresh waited behind the flood"
+    );
+    let flood_calls_after = calls
+        .iter()
+        .filter(|(at, _)| *at > grid + Duration::from_secs(3))
+        .count();
+    assert_eq!(flood_calls_after, 0, "sanity: no call is in the future");
+    assert!(
+        calls.len() < 40,
+        "the flood was still draining at the victim's grid point ({} calls so far)",
+        calls.len()
+    );
+    while flood.join_next().await.is_some() {}
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_table_refuses_at_once_and_keeps_room_for_every_tenant() {
+    let config = EngineConfig {
+        max_series: 10,
+        ..EngineConfig::default()
+    };
+    let (cache, _fake, stop) = tenants(&["greedy", "modest"], config, 10.0);
+    // One tenant fills the table.
+    for i in 0..10 {
+        cache
+            .get_values(in_namespace("greedy", &format!("q{i}")))
+            .await
+            .unwrap();
+    }
+    // Past the bound it is refused at once, without waiting for a fetch.
+    let asked = Instant::now();
+    let err = cache
+        .get_values(in_namespace("greedy", "q10"))
+        .await
+        .unwrap_err();
+    assert_eq!(Instant::now(), asked, "a refusal must not wait");
+    let ProviderError::AtCapacity(message) = &err else {
+        panic!("expected AtCapacity, got {err:?}");
+    };
+    assert!(message.contains("--max-series"), "{message}");
+    // Another tenant still gets its fair share (half), in place of the greedy one's oldest.
+    for i in 0..5 {
+        let value = cache
+            .get_values(in_namespace("modest", &format!("q{i}")))
+            .await
+            .unwrap();
+        assert_eq!(value[0].value, f64::from(i));
+    }
+    let err = cache
+        .get_values(in_namespace("modest", "q5"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::AtCapacity(m) if m.contains("fair share of 5")),
+        "{err:?}"
+    );
+    assert_eq!(cache.active_series(), 10);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_longer_than_max_age_the_value_comes_back_promptly() {
+    let config = EngineConfig {
+        max_age: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let (cache, fake, stop) = setup(config);
+    assert_eq!(value(&cache, "q4").await.unwrap(), 4.0);
+    fake.fail_with(Some(CloudWatchError::Unreachable {
+        detail: "connection refused".into(),
+    }));
+    // A ten-minute outage: past max age, requests fail (never the old number).
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(matches!(
+        value(&cache, "q4").await,
+        Err(ProviderError::Stale { .. })
+    ));
+    // The backend answers again: the next request (an HPA asks every 15 s) triggers a probe,
+    // and the value is back within seconds, not after a back-off of minutes.
+    fake.fail_with(None);
+    let back = Instant::now();
+    let _ = value(&cache, "q4").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(value(&cache, "q4").await.unwrap(), 4.0);
+    assert!(Instant::now() - back <= Duration::from_secs(3));
+    // Without requests too, the next grid point refreshes it: failures past max age never back
+    // off beyond the refresh interval.
+    fake.fail_with(Some(CloudWatchError::Unreachable {
+        detail: "connection refused".into(),
+    }));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    fake.fail_with(None);
+    let calls = fake.calls().len();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(
+        fake.calls().len() > calls,
+        "not refreshed within one interval of recovery"
+    );
+    assert_eq!(value(&cache, "q4").await.unwrap(), 4.0);
+    stop.cancel();
+}
