@@ -417,6 +417,7 @@ async fn watch_ca_secret(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::forward::ForwardFailure;
     use config::{Credentials, Rules};
