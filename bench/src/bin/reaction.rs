@@ -275,7 +275,10 @@ async fn main() -> anyhow::Result<()> {
     for (i, (name, url)) in queues.iter().cloned().enumerate() {
         let (sqs, client, results) = (sqs.clone(), client.clone(), results.clone());
         let base = adapter.base.clone();
-        let offset = Duration::from_millis(60_000 * i as u64 / args.queues as u64 + 7_300);
+        // Spread over the minute (CloudWatch's buckets) and over the 15 s refresh grid alike:
+        // a spacing of a quarter minute alone would put every change at the same grid phase.
+        let offset =
+            Duration::from_millis((60_000 + 15_000) * i as u64 / args.queues as u64 + 7_300);
         let timeout = Duration::from_secs(args.timeout);
         trials.spawn(async move {
             tokio::time::sleep(offset).await;
