@@ -341,6 +341,15 @@ impl Serialize for HumanDuration {
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Beyond any accepted range, say it the way it was most likely written (and still
+        // parseable): "7000000000000000000s", not "221816614698years 2months 13days ...".
+        if self.0 >= LONG_DURATION {
+            return write!(f, "{}s", self.0.as_secs());
+        }
         write!(f, "{}", humantime::format_duration(self.0))
     }
 }
+
+/// Durations from here on (a century) are shown in seconds: no accepted duration is anywhere
+/// near, and "221816614698years 2months 13days ..." helps nobody find what they typed.
+const LONG_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
