@@ -292,8 +292,13 @@ impl Setup {
 
 /// A GET as the aggregator sends the HPA's: identity headers, audit ID, Accept.
 async fn hpa_get(client: &reqwest::Client, front: &TestServer, path: &str) -> Answer {
+    hpa_get_url(client, format!("{}{path}", front.base())).await
+}
+
+/// [`hpa_get`] of a full URL, for requests spawned to run while the test goes on.
+async fn hpa_get_url(client: &reqwest::Client, url: String) -> Answer {
     let response = client
-        .get(format!("{}{path}", front.base()))
+        .get(url)
         .header("X-Remote-User", HPA)
         .header("X-Remote-Group", "system:serviceaccounts")
         .header("X-Remote-Group", "system:authenticated")
@@ -638,15 +643,7 @@ async fn a_delegate_that_is_down_or_slow_is_a_503_naming_it_and_never_blocks_our
     let slow = {
         let aggregator = aggregator.clone();
         let url = format!("{}{}", setup.front.base(), keda_path("orders-so"));
-        tokio::spawn(async move {
-            let response = aggregator
-                .get(url)
-                .header("X-Remote-User", HPA)
-                .send()
-                .await
-                .unwrap();
-            Answer::read(response).await
-        })
+        tokio::spawn(async move { hpa_get_url(&aggregator, url).await })
     };
     until("KEDA holding the forwarded request", async || {
         setup.keda.in_flight() == 1
@@ -847,15 +844,7 @@ async fn a_delegate_at_its_concurrency_bound_fails_fast() {
     let first = {
         let aggregator = aggregator.clone();
         let url = format!("{}{}", setup.front.base(), keda_path("orders-so"));
-        tokio::spawn(async move {
-            let response = aggregator
-                .get(url)
-                .header("X-Remote-User", HPA)
-                .send()
-                .await
-                .unwrap();
-            Answer::read(response).await
-        })
+        tokio::spawn(async move { hpa_get_url(&aggregator, url).await })
     };
     until("KEDA holding the first request", async || {
         setup.keda.in_flight() == 1
