@@ -9,7 +9,7 @@
 //!
 //! Everything listens on 127.0.0.1 and stops by itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,9 @@ use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
 use clap::Parser;
 use cloudwatch_emulator::{Datum, Emulator};
-use cwma_bench::adapter::{ANONYMOUS_FLAGS, Adapter};
+use cwma_bench::adapter::Adapter;
+use cwma_bench::aggregator::{Caller, FrontProxy, HPA_USER};
+use cwma_bench::kube::{AccessPolicy, FakeKube};
 use tokio::process::{Child, Command};
 
 /// Reaction time and cost: native SQS against CloudWatch's AWS/SQS metrics.
@@ -216,11 +218,27 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(args.publish_delay),
     ));
     let dir = std::env::temp_dir().join(format!("cwma-reaction-{}", std::process::id()));
-    let flags: Vec<String> = ANONYMOUS_FLAGS
-        .iter()
-        .map(|f| f.to_string())
-        .chain(["--sqs-endpoint-url".to_string(), moto.clone()])
-        .collect();
+    std::fs::create_dir_all(&dir)?;
+    // The path HPAs take: kube-apiserver's aggregator with its front-proxy client certificate
+    // and the HPA controller's identity headers, authorized by SubjectAccessReview (a fake API
+    // server answers them).
+    let front_proxy = FrontProxy::new()?;
+    let ca_file = dir.join("front-proxy-ca.pem");
+    std::fs::write(&ca_file, &front_proxy.ca.pem)?;
+    let kube = FakeKube::start(
+        &dir,
+        AccessPolicy::AllowUsers(HashSet::from([HPA_USER.to_string()])),
+        Vec::new(),
+    )
+    .await?;
+    let mut flags = front_proxy.adapter_flags(&ca_file);
+    flags.extend([
+        format!("--kubeconfig={}", kube.kubeconfig.display()),
+        "--authorization-mode=Delegated".to_string(),
+        "--watch-external-metrics=false".to_string(),
+        "--sqs-endpoint-url".to_string(),
+        moto.clone(),
+    ]);
     let adapter = Adapter::start_with(
         &args.adapter,
         &dir,
@@ -231,6 +249,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let client = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
+        .identity(front_proxy.client.identity()?)
+        .default_headers(Caller::hpa_controller().headers()?)
         .build()?;
     println!(
         "# reaction time and cost: native SQS vs CloudWatch AWS/SQS ({} queues)",
