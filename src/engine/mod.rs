@@ -299,12 +299,16 @@ impl Engine {
         if stale {
             core.metrics.cache_lookup("stale");
         }
-        if matches!(
-            answer,
-            Err(ProviderError::Stale { .. } | ProviderError::Backend { .. })
-        ) {
-            // Nothing to serve: probe now rather than at the end of a long back-off, so the
-            // value comes back as soon as the backend does.
+        // Nothing to serve after an outage: probe now rather than at the end of a long
+        // back-off, so the value comes back as soon as the backend does. A failure that asking
+        // again cannot fix (a rejected query, access denied) keeps its back-off: otherwise every
+        // HPA poll would make a call for it.
+        let worth_probing = match &answer {
+            Err(ProviderError::Stale { .. }) => true,
+            Err(ProviderError::Backend { failure, .. }) => failure.is_transient(),
+            _ => false,
+        };
+        if worth_probing {
             core.probe(&series);
         }
         answer.map(|value| vec![value])
