@@ -5,9 +5,7 @@
 //! aws-smithy-types' types, which every service crate re-exports; they are named here through
 //! the CloudWatch crate, and serve the SQS client just the same.
 
-use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::Mutex;
 
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::{Region, SdkConfig};
@@ -43,22 +41,40 @@ pub(crate) async fn target_config(base: &SdkConfig, target: &Target) -> SdkConfi
     builder.build()
 }
 
+/// Targets (region, role, external id) whose clients are kept at once. A target comes from a
+/// definition, which a namespace user can change at will: the bound keeps a stream of
+/// made-up regions or external ids from holding a client (and an STS provider) each, forever.
+const MAX_CLIENTS: u64 = 1024;
+
+/// A client unused this long is dropped (its definition is gone or idle).
+const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// One client per target, built on first use and reused (clients pool connections), from a
 /// base SDK configuration and an optional endpoint override for the service.
-#[derive(Debug)]
 pub(crate) struct Clients<C> {
     base: SdkConfig,
     endpoint_url: Option<String>,
-    clients: Mutex<HashMap<Target, C>>,
+    clients: moka::sync::Cache<Target, C>,
 }
 
-impl<C: Clone> Clients<C> {
+impl<C> std::fmt::Debug for Clients<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("endpoint_url", &self.endpoint_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Clients<C> {
     /// Clients built from `base` (region, credentials chain, retries, timeouts).
     pub(crate) fn new(base: SdkConfig) -> Self {
         Self {
             base,
             endpoint_url: None,
-            clients: Mutex::new(HashMap::new()),
+            clients: moka::sync::Cache::builder()
+                .max_capacity(MAX_CLIENTS)
+                .time_to_idle(CLIENT_IDLE)
+                .build(),
         }
     }
 
@@ -75,18 +91,15 @@ impl<C: Clone> Clients<C> {
         target: &Target,
         build: impl FnOnce(&SdkConfig, Option<&str>) -> C,
     ) -> C {
-        if let Some(client) = self.lock().get(target) {
-            return client.clone();
+        if let Some(client) = self.clients.get(target) {
+            return client;
         }
         let config = target_config(&self.base, target).await;
         let client = build(&config, self.endpoint_url.as_deref());
-        self.lock().entry(target.clone()).or_insert(client).clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Target, C>> {
         self.clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(target.clone())
+            .or_insert(client)
+            .into_value()
     }
 }
 
