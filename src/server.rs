@@ -733,14 +733,14 @@ impl Drop for Slot {
 /// Bounds on the admin port (plain HTTP: probes and scrapes). It has no authentication, so,
 /// like the API port, it bounds what any client can hold: connections (within the file
 /// descriptors [`RESERVED_FILE_DESCRIPTORS`] keeps out of the API port's reach), the time to
-/// send a request (hyper's header-read timeout, which also ends idle keep-alives), the request
+/// send a request (hyper's header-read timeout), one request per connection, the request
 /// header buffer, and a connection's lifetime. At the cap, new clients wait in the kernel's
 /// accept queue until a connection ends, at most the header-read timeout for a silent one.
 #[derive(Debug, Clone)]
 pub struct AdminLimits {
     /// Connections at once.
     pub max_connections: usize,
-    /// Time to send a complete request, the first or the next on a kept-alive connection.
+    /// Time to send a complete request.
     pub header_read_timeout: Duration,
     /// A connection is closed (after its request in flight) once this old.
     pub max_lifetime: Duration,
@@ -775,6 +775,9 @@ pub async fn serve_plain(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // One request per connection: a client that keeps asking cannot hold a slot for
+        // longer than one request takes (probes and scrapes reconnect anyway).
+        .keep_alive(false)
         .max_buf_size(ADMIN_MAX_BUFFER);
     tokio::pin!(shutdown);
     loop {
