@@ -300,7 +300,11 @@ async fn reload_files(
             _ = ticker.tick() => {}
         }
         if let Some(path) = &ca_file {
-            match std::fs::read(path) {
+            let file = path.clone();
+            let Some(read) = off_thread(move || std::fs::read(file)).await else {
+                continue;
+            };
+            match read {
                 Ok(pem) if delegate.verifier.ca_pem().as_deref() == Some(pem.as_slice()) => {}
                 Ok(pem) => match tls::CaRoots::from_pem(&pem) {
                     Ok(roots) => {
@@ -318,7 +322,11 @@ async fn reload_files(
         }
         if let (Some(slot), Some(path)) = (&delegate.token, &delegate.config.credentials.token_file)
         {
-            match client::read_token(path) {
+            let file = path.clone();
+            let Some(read) = off_thread(move || client::read_token(&file)).await else {
+                continue;
+            };
+            match read {
                 Ok(value) => {
                     if slot.load().as_deref() != Some(&value) {
                         slot.store(Some(Arc::new(value)));
@@ -334,7 +342,12 @@ async fn reload_files(
             &delegate.client_certificate,
             &delegate.config.credentials.client_certificate,
         ) {
-            match crate::tls::read_pair(cert, key) {
+            let (cert_file, key_file) = (cert.clone(), key.clone());
+            let Some(read) = off_thread(move || crate::tls::read_pair(&cert_file, &key_file)).await
+            else {
+                continue;
+            };
+            match read {
                 Ok(pair) if Some(&pair) == last_pair.as_ref() => {}
                 Ok(pair) => match crate::tls::parse_pair(&pair, cert, key) {
                     Ok(certified) => {
@@ -413,6 +426,13 @@ async fn watch_ca_secret(
             }
         }
     }
+}
+
+/// Run a file read on tokio's blocking pool: the delegate runtime's one thread also carries
+/// every forwarded request, and a read from a stuck mount must not stop them. `None` if the
+/// read's task did not finish (the runtime is shutting down).
+async fn off_thread<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(read).await.ok()
 }
 
 #[cfg(test)]
