@@ -91,7 +91,14 @@ impl<S: Source> SourceLane<S> {
             return next_wake;
         }
         let (admitted, deferred) = fair::share(due, self.items_per_cycle, |series| {
-            (series.tenant.clone(), self.source.size(&series.definition))
+            // A series isolated after failing shared calls takes a call of its own: it costs
+            // the tenant a whole call's worth of the budget, not its few items.
+            let size = if series.lock().isolated {
+                self.profile.max_items_per_call
+            } else {
+                self.source.size(&series.definition)
+            };
+            (series.tenant.clone(), size)
         });
         if !deferred.is_empty() {
             tracing::debug!(

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::definition::cloudwatch::{Token, tokens};
 use crate::definition::{Backend, Definition, MAX_QUERIES};
 use crate::provider::ProviderError;
 use crate::source::{Fetched, Member, PlanItem, Planned, Profile, Source, SourceError, Usage};
@@ -238,7 +239,7 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
     }
 
     fn size(&self, definition: &Definition) -> usize {
-        definition.spec.queries.len().max(1)
+        size(definition)
     }
 
     fn plan(&self, items: &[PlanItem<'_, MetricDataRequest>]) -> Vec<Planned<batch::Batch>> {
@@ -304,5 +305,69 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
             usage,
             outcome: Ok(outcome),
         }
+    }
+}
+
+/// How much of a call's 500 queries a series of `definition` takes. `METRICS()` reads every
+/// query of its call, so such a series always gets a call of its own (see `batch`): it is
+/// charged a whole call, or a tenant could spend the call budget hundreds of times over at one
+/// item each.
+fn size(definition: &Definition) -> usize {
+    let reads_whole_call = definition.spec.queries.iter().any(|query| {
+        query.expression.as_deref().is_some_and(|expression| {
+            tokens(expression).iter().any(|token| {
+                matches!(token, Token::Word { text, call: true } if text.eq_ignore_ascii_case("METRICS"))
+            })
+        })
+    });
+    if reads_whole_call {
+        MAX_QUERIES
+    } else {
+        definition.spec.queries.len().max(1)
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn first(yaml: &str) -> std::sync::Arc<Definition> {
+        crate::definition::parse(yaml)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn a_series_that_reads_its_whole_call_is_charged_a_whole_call() {
+        let shared = first(
+            r#"
+metrics:
+  - name: shared
+    queries:
+      - id: m
+        returnData: false
+        metricStat: {metric: {namespace: AWS/SQS, metricName: X}, period: 60, stat: Sum}
+      - id: e
+        expression: "m * 2"
+"#,
+        );
+        let alone = first(
+            r#"
+metrics:
+  - name: alone
+    queries:
+      - id: m
+        returnData: false
+        metricStat: {metric: {namespace: AWS/SQS, metricName: X}, period: 60, stat: Sum}
+      - id: e
+        expression: "SUM(metrics ())"
+"#,
+        );
+        assert_eq!(size(&shared), 2);
+        assert_eq!(size(&alone), MAX_QUERIES);
     }
 }
