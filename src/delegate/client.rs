@@ -296,6 +296,16 @@ impl Delegate {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        // Refused before its body is read: an error page is not worth buffering.
+        if !is_api_content_type(&content_type) {
+            return Err((
+                ForwardFailure::InvalidAnswer,
+                format!(
+                    "it answered HTTP {status} with content type {:?}, not a Kubernetes API answer",
+                    content_type
+                ),
+            ));
+        }
         let limit = usize::try_from(self.config.max_response_bytes).unwrap_or(usize::MAX);
         let body = Limited::new(response.into_body(), limit)
             .collect()
@@ -314,15 +324,6 @@ impl Delegate {
                 }
             })?
             .to_bytes();
-        if !is_api_content_type(&content_type) {
-            return Err((
-                ForwardFailure::InvalidAnswer,
-                format!(
-                    "it answered HTTP {status} with content type {:?}, not a Kubernetes API answer",
-                    content_type
-                ),
-            ));
-        }
         Ok(ForwardedAnswer {
             status,
             content_type,
