@@ -12,9 +12,6 @@ use std::time::SystemTime;
 use super::{MetricDataRequest, Query, QueryKind, QueryResult, Target};
 use crate::definition::cloudwatch::{Token, tokens};
 
-/// CloudWatch's limit of queries per `GetMetricData` call.
-pub const MAX_QUERIES_PER_CALL: usize = crate::definition::MAX_QUERIES;
-
 /// One combined call and which series it serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -51,14 +48,9 @@ fn is_sql(query: &Query) -> bool {
     matches!(&query.kind, QueryKind::Expression(e) if e.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select")))
 }
 
-/// Pack `requests` (one per series) into calls of at most `max_queries` queries each.
-pub fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
-    let items: Vec<(&MetricDataRequest, bool)> = requests.iter().map(|r| (*r, false)).collect();
-    plan_isolating(&items, max_queries)
-}
-
-/// As [`plan`], where a request flagged `true` gets a call of its own (it was found to make
-/// CloudWatch reject the calls it shares). Within a group, earlier requests go into earlier
+/// Pack `items` (one request per series) into calls of at most `max_queries` queries each,
+/// where a request flagged `true` gets a call of its own (it was found to make CloudWatch
+/// reject the calls it shares). Within a group, earlier requests go into earlier
 /// calls.
 pub fn plan_isolating(items: &[(&MetricDataRequest, bool)], max_queries: usize) -> Vec<Batch> {
     type GroupKey = (Target, SystemTime, SystemTime, &'static str);
@@ -193,6 +185,12 @@ pub fn rename_in_expression(expression: &str, ids: &HashSet<&str>, prefix: &str)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Planning with no series isolated.
+    fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
+        let items: Vec<(&MetricDataRequest, bool)> = requests.iter().map(|r| (*r, false)).collect();
+        plan_isolating(&items, max_queries)
+    }
     use crate::source::cloudwatch::{MetricStat, ResultStatus};
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -245,7 +243,7 @@ mod tests {
             .map(|_| request(vec![stat("visible", true)], None, 600))
             .collect();
         let refs: Vec<&MetricDataRequest> = requests.iter().collect();
-        let batches = plan(&refs, MAX_QUERIES_PER_CALL);
+        let batches = plan(&refs, crate::definition::MAX_QUERIES);
         assert_eq!(batches.len(), 3);
         assert_eq!(
             batches
