@@ -84,7 +84,8 @@ pub const UNITS: &[&str] = &[
 static QUERY_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(QUERY_ID_PATTERN).expect("static regex"));
 static STAT: LazyLock<Regex> = LazyLock::new(|| Regex::new(STAT_PATTERN).expect("static regex"));
-static ACCOUNT_ID: LazyLock<Regex> =
+/// A 12-digit AWS account id (CloudWatch's `accountId` and SQS's alike).
+pub(super) static ACCOUNT_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(ACCOUNT_ID_PATTERN).expect("static regex"));
 
 /// What a valid CloudWatch definition reads, derived from its queries.

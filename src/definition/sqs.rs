@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use super::cloudwatch::ACCOUNT_ID;
 use super::placeholder::{collect_placeholders, render};
 use super::spec::{MetricSpec, QueueCount, SqsSpec};
 
@@ -27,8 +28,6 @@ static QUEUE_URL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^https?://[A-Za-z0-9.:_-]+/([0-9]{12})/([A-Za-z0-9_.-]{1,80})$")
         .expect("static regex")
 });
-static ACCOUNT_ID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[0-9]{12}$").expect("static regex"));
 
 /// What a valid SQS definition reads.
 #[derive(Debug, Clone, PartialEq)]
