@@ -13,19 +13,10 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::cloudwatch::{PERIOD_RULE, PERIOD_RULE_MESSAGE, QUERY_ID_PATTERN, STAT_PATTERN, UNITS};
-
-/// An AWS region name.
-pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-\d+$";
-/// An IAM role ARN.
-pub const ROLE_ARN_PATTERN: &str = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$";
-/// A 12-digit AWS account id.
-pub const ACCOUNT_ID_PATTERN: &str = r"^\d{12}$";
-/// What `humantime` accepts, loosely: numbers with unit words (`90s`, `5m`, `1h 30m`), at most
-/// six terms of at most nine digits, so no string the apiserver accepts can hold an absurd
-/// number. The server parses it exactly and range-checks each field (CEL cannot parse
-/// humantime's units); the schema catches the obvious mistakes at apply time.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]{1,9}\s*[a-zA-Z]{1,7}\s*){1,6}$";
+use super::limits::{
+    ACCOUNT_ID_PATTERN, DURATION_PATTERN, PERIOD_RULE, PERIOD_RULE_MESSAGE, QUERY_ID_PATTERN,
+    REGION_PATTERN, ROLE_ARN_PATTERN, STAT_PATTERN, UNITS,
+};
 
 /// The definitions file: a top-level `metrics:` list.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

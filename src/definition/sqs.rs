@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::cloudwatch::ACCOUNT_ID;
+use super::limits::ACCOUNT_ID;
 use super::placeholder::{collect_placeholders, render};
 use super::spec::{MetricSpec, QueueCount, SqsSpec};
 
