@@ -13,7 +13,7 @@ use regex::Regex;
 use super::limits::{ACCOUNT_ID, MAX_END_OFFSET, MAX_WINDOW, QUERY_ID_PATTERN, STAT_PATTERN};
 pub use super::limits::{
     DEFAULT_WINDOW, MAX_BATCH_PREFIX, MAX_DIMENSION_VALUE, MAX_EXPRESSION_LENGTH, MAX_ID_LENGTH,
-    MAX_PERIOD, MAX_QUERIES, PERIOD_RULE, PERIOD_RULE_MESSAGE, UNITS, check_period,
+    MAX_PERIOD, MAX_QUERIES, PERIOD_RULE, PERIOD_RULE_MESSAGE, PeriodError, UNITS, check_period,
 };
 use super::placeholder::{
     Context, collect_placeholders, expression_contexts, longest_fill, no_placeholder,

@@ -99,20 +99,33 @@ pub const DURATION_PATTERN: &str = r"^\s*([0-9]{1,9}\s*[a-zA-Z]{1,7}\s*){1,6}$";
 pub(crate) static ACCOUNT_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(ACCOUNT_ID_PATTERN).expect("static regex"));
 
+/// Why a period is refused (see [`check_period`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PeriodError {
+    /// Longer than [`MAX_PERIOD`].
+    #[error("{period} is longer than the {MAX_PERIOD} s (one day) maximum")]
+    TooLong {
+        /// The period asked for, in seconds.
+        period: i64,
+    },
+    /// Not a period CloudWatch accepts.
+    #[error("{period} is not a period CloudWatch accepts (1, 5, 10, 20, 30 or a multiple of 60)")]
+    NotAccepted {
+        /// The period asked for, in seconds.
+        period: i64,
+    },
+}
+
 /// CloudWatch accepts 1, 5, 10, 20 and 30 s (high-resolution) or any multiple of 60; the adapter
 /// takes up to a day.
-pub fn check_period(period: i64) -> Result<(), String> {
+pub fn check_period(period: i64) -> Result<(), PeriodError> {
     if matches!(period, 1 | 5 | 10 | 20 | 30)
         || (period > 0 && period <= MAX_PERIOD && period % 60 == 0)
     {
         Ok(())
     } else if period > MAX_PERIOD {
-        Err(format!(
-            "{period} is longer than the {MAX_PERIOD} s (one day) maximum"
-        ))
+        Err(PeriodError::TooLong { period })
     } else {
-        Err(format!(
-            "{period} is not a period CloudWatch accepts (1, 5, 10, 20, 30 or a multiple of 60)"
-        ))
+        Err(PeriodError::NotAccepted { period })
     }
 }

@@ -193,6 +193,15 @@ impl DefinitionSet {
     }
 }
 
+/// Why a spec is not a usable definition: every problem found, each a sentence that names its
+/// field. Nothing branches on which problem it is; people read them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("; "))]
+pub struct InvalidDefinition {
+    /// The problems, in the order they were found.
+    pub problems: Vec<String>,
+}
+
 /// A validated metric definition with the facts derived from it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -213,7 +222,7 @@ pub struct Definition {
 
 impl Definition {
     /// Validate a spec, returning every problem found.
-    pub fn new(spec: MetricSpec) -> Result<Definition, Vec<String>> {
+    pub fn new(spec: MetricSpec) -> Result<Definition, InvalidDefinition> {
         let mut problems = Vec::new();
         let mut labels = BTreeSet::new();
         validate_metric_name(&spec.name, &mut problems);
@@ -318,7 +327,7 @@ impl Definition {
                 namespace: None,
             })
         } else {
-            Err(problems)
+            Err(InvalidDefinition { problems })
         }
     }
 

@@ -85,7 +85,7 @@ metrics:
   - name: broken
     queries: []
 "#;
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected validation problems");
     };
     let all = problems.join("\n");
@@ -105,12 +105,67 @@ metrics:
     }
 }
 
+/// An error and its causes, as `{err:#}` prints them at startup.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+const ONE_QUERY: &str = "metrics:\n  - name: x\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          stat: Sum\n";
+
+#[test]
+fn load_errors_name_the_file_and_print_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let err = load_file(&missing).unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }));
+    let message = chain(&err);
+    assert!(
+        message.starts_with(&format!(
+            "cannot read definitions file {}: ",
+            missing.display()
+        )),
+        "{message}"
+    );
+
+    let misspelt = dir.path().join("misspelt.yaml");
+    std::fs::write(&misspelt, format!("{ONE_QUERY}          priod: 60\n")).unwrap();
+    let err = load_file(&misspelt).unwrap_err();
+    assert!(matches!(err, LoadError::Parse { .. }));
+    let message = chain(&err);
+    assert!(
+        message.starts_with(&format!(
+            "definitions file {} is not valid: at metrics[0].queries[0].metricStat.priod: unknown field `priod`",
+            misspelt.display()
+        )),
+        "{message}"
+    );
+    assert!(message.ends_with("at line 8, column 11"), "{message}");
+    assert_eq!(message.matches("unknown field").count(), 1);
+
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(&invalid, format!("{ONE_QUERY}          period: 45\n")).unwrap();
+    let err = load_file(&invalid).unwrap_err();
+    let LoadError::Invalid { problems, .. } = &err else {
+        panic!("expected problems: {err:?}");
+    };
+    assert_eq!(problems.len(), 1);
+    assert!(err.to_string().contains("has 1 problem(s):\n  - metrics[0] (x): queries[0] (a): metricStat.period: 45 is not a period"));
+    assert!(std::error::Error::source(&err).is_none());
+}
+
 #[test]
 fn rejects_unknown_fields_naming_them() {
     let text = "metrics:\n  - name: x\n    widnow: 5m\n    queries: []\n";
-    let Err(ParseError::Yaml(message)) = parse(text) else {
-        panic!("expected a schema error");
-    };
+    let err = parse(text).unwrap_err();
+    assert!(matches!(err, ParseError::Yaml { .. }), "{err:?}");
+    let message = chain(&err);
     assert!(message.contains("widnow"), "{message}");
 }
 
@@ -137,7 +192,7 @@ fn window_defaults_to_three_periods_for_long_periods() {
 #[test]
 fn window_shorter_than_period_is_refused() {
     let text = "metrics:\n  - name: x\n    window: 30s\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          period: 60\n          stat: Sum\n";
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected a problem");
     };
     assert!(
@@ -244,7 +299,7 @@ metrics:
   - name: bad-placeholder
     sqs: {queue: "${Queue"}
 "#;
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected validation problems");
     };
     let all = problems.join("\n");
@@ -293,7 +348,7 @@ metrics:
 "#,
         "x".repeat(970)
     );
-    let Err(ParseError::Invalid(problems)) = parse(&text) else {
+    let Err(ParseError::Invalid { problems }) = parse(&text) else {
         panic!("expected problems");
     };
     let all = problems.join("\n");
@@ -325,7 +380,7 @@ metrics:
     refreshInterval: 100000h
     sqs: {queue: orders}
 "#;
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected problems");
     };
     let all = problems.join("\n");
@@ -572,8 +627,11 @@ mod properties {
                         prop_assert!(definition.refresh_interval <= MAX_REFRESH_INTERVAL);
                     }
                 }
-                Err(ParseError::Yaml(message)) => prop_assert!(names_a_field(&message), "{message}"),
-                Err(ParseError::Invalid(problems)) => {
+                Err(err @ ParseError::Yaml { .. }) => {
+                    let message = chain(&err);
+                    prop_assert!(names_a_field(&message), "{message}");
+                }
+                Err(ParseError::Invalid { problems }) => {
                     for problem in problems {
                         let (_, what) = problem.split_once("): ").unwrap_or(("", &problem));
                         prop_assert!(names_a_field(what), "{problem}");
@@ -585,8 +643,8 @@ mod properties {
         #[test]
         fn the_object_loader_never_panics_and_names_the_field(spec in spec()) {
             let converted = crate::crd::to_definition("team-a", "metric", Some(&spec), &["*".to_string()]);
-            if let Err(problems) = converted.definition {
-                for problem in problems {
+            if let Err(invalid) = converted.definition {
+                for problem in invalid.problems {
                     prop_assert!(names_a_field(&problem), "{problem}");
                 }
             }
