@@ -347,6 +347,21 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
             json!({"roleArn": "my-role", "queries": [query(json!({}))]}),
             "spec.roleArn: should match",
         ),
+        (
+            "period as a string",
+            json!({"queries": [stat("period", json!("60"))]}),
+            "period: must be an integer",
+        ),
+        (
+            "returnData as a string",
+            json!({"queries": [query(json!({"returnData": "no"}))]}),
+            "returnData: must be a boolean",
+        ),
+        (
+            "noDataValue as a string",
+            json!({"noDataValue": "0", "queries": [query(json!({}))]}),
+            "noDataValue: must be a number",
+        ),
     ];
     for (what, spec, expected) in cases {
         let (errors, adapter) = verdicts(spec);

@@ -120,6 +120,125 @@ fn chain(err: &dyn std::error::Error) -> String {
 const ONE_QUERY: &str = "metrics:\n  - name: x\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          stat: Sum\n";
 
 #[test]
+fn strings_where_numbers_or_booleans_belong_are_refused_naming_the_field_line_and_column() {
+    let with = |line: &str| format!("{ONE_QUERY}{line}\n");
+    let cases = [
+        (
+            with("          period: \"60\""),
+            "at metrics[0].queries[0].metricStat.period: invalid type: string \"60\", expected an integer (not a quoted string) at line 8, column 11",
+        ),
+        (
+            with("          period: 60\n        returnData: \"no\""),
+            "at metrics[0].queries[0].returnData: invalid type: string \"no\", expected true or false (not a quoted string) at line 9, column 9",
+        ),
+        (
+            with("          period: 60\n        returnData: \"true\""),
+            "at metrics[0].queries[0].returnData: invalid type: string \"true\", expected true or false",
+        ),
+        (
+            // YAML 1.1's `no` is text in YAML 1.2, and text is no boolean.
+            with("          period: 60\n        returnData: no"),
+            "at metrics[0].queries[0].returnData: invalid type: string \"no\", expected true or false",
+        ),
+        (
+            with("          period: 60\n        period: \"300\""),
+            "at metrics[0].queries[0].period: invalid type: string \"300\", expected an integer",
+        ),
+        (
+            format!("{}    noDataValue: \"0\"\n", with("          period: 60")),
+            "at metrics[0].noDataValue: invalid type: string \"0\", expected a number (not a quoted string) at line 9, column 5",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(matches!(err, ParseError::Yaml { .. }), "{err:?}");
+        let message = chain(&err);
+        assert!(message.starts_with(expected), "{message}\nin:\n{text}");
+    }
+    // As written, they are what they say.
+    let set = parse(&format!(
+        "{}        returnData: true\n    noDataValue: 0\n",
+        with("          period: 60.0")
+    ))
+    .unwrap();
+    let definition = set.get("x").unwrap();
+    assert_eq!(definition.cloudwatch().unwrap().period, 60);
+    assert_eq!(definition.spec.no_data_value, Some(0.0));
+}
+
+#[test]
+fn a_file_over_the_node_budget_names_the_limit_and_what_to_do() {
+    let mut text = String::from("metrics:\n");
+    let mut index = 0;
+    while text.len() < 4_000_000 {
+        text.push_str(&format!(
+            "  - name: m{index}\n    queries:\n      - id: a\n        metricStat:\n          metric: {{namespace: N, metricName: M}}\n          period: 60\n          stat: Sum\n"
+        ));
+        index += 1;
+    }
+    let err = parse(&text).unwrap_err();
+    let ParseError::TooLarge { limit } = &err else {
+        panic!("expected the budget to refuse it: {err:?}");
+    };
+    assert_eq!(
+        limit,
+        "more than 250000 YAML nodes (values, lists and maps)"
+    );
+    let message = err.to_string();
+    assert!(
+        !message.contains("budget breached"),
+        "not the parser's own text: {message}"
+    );
+    assert!(message.contains("ExternalMetric objects"), "{message}");
+    assert!(message.contains("placeholders"), "{message}");
+}
+
+#[test]
+fn an_empty_file_is_no_metrics_and_a_warning() {
+    for text in ["", "# nothing yet\n", "metrics: []\n", "metrics:\n"] {
+        assert!(parse(text).unwrap().is_empty(), "{text:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "metrics: []\n").unwrap();
+    let full = dir.path().join("full.yaml");
+    std::fs::write(&full, SQS).unwrap();
+    let logs = captured_logs(|| {
+        assert!(load_file(&empty).unwrap().is_empty());
+        assert_eq!(load_file(&full).unwrap().len(), 1);
+    });
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0].contains("defines no metrics") && warnings[0].contains("empty.yaml"),
+        "{logs}"
+    );
+}
+
+/// What `f` logs, as text.
+fn captured_logs(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
 fn load_errors_name_the_file_and_print_each_cause_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.yaml");
@@ -134,20 +253,19 @@ fn load_errors_name_the_file_and_print_each_cause_once() {
         "{message}"
     );
 
-    let misspelt = dir.path().join("misspelt.yaml");
-    std::fs::write(&misspelt, format!("{ONE_QUERY}          priod: 60\n")).unwrap();
-    let err = load_file(&misspelt).unwrap_err();
+    let quoted = dir.path().join("quoted.yaml");
+    std::fs::write(&quoted, format!("{ONE_QUERY}          period: \"60\"\n")).unwrap();
+    let err = load_file(&quoted).unwrap_err();
     assert!(matches!(err, LoadError::Parse { .. }));
     let message = chain(&err);
-    assert!(
-        message.starts_with(&format!(
-            "definitions file {} is not valid: at metrics[0].queries[0].metricStat.priod: unknown field `priod`",
-            misspelt.display()
-        )),
-        "{message}"
+    assert_eq!(
+        message,
+        format!(
+            "definitions file {} is not valid: at metrics[0].queries[0].metricStat.period: invalid type: string \"60\", expected an integer (not a quoted string) at line 8, column 11",
+            quoted.display()
+        )
     );
-    assert!(message.ends_with("at line 8, column 11"), "{message}");
-    assert_eq!(message.matches("unknown field").count(), 1);
+    assert_eq!(message.matches("invalid type").count(), 1);
 
     let invalid = dir.path().join("invalid.yaml");
     std::fs::write(&invalid, format!("{ONE_QUERY}          period: 45\n")).unwrap();
@@ -631,6 +749,7 @@ mod properties {
                     let message = chain(&err);
                     prop_assert!(names_a_field(&message), "{message}");
                 }
+                Err(ParseError::TooLarge { limit }) => prop_assert!(false, "a small file is too large: {limit}"),
                 Err(ParseError::Invalid { problems }) => {
                     for problem in problems {
                         let (_, what) = problem.split_once("): ").unwrap_or(("", &problem));
