@@ -5,7 +5,8 @@
 //!   dropped (and counted) when it is full; the next refresh brings another.
 //! - Writes are coalesced and rate-limited: at most one status patch per object per
 //!   `min_interval` (the newest state wins), and at most `writes_per_second` patches and Events
-//!   overall, oldest-written objects first, so thousands of objects cannot flood the apiserver.
+//!   overall (paced by the crate's one [`Pacer`]), oldest-written objects first, so thousands of
+//!   objects cannot flood the apiserver.
 //! - A patch is only sent when the status differs from the last one written (or found on the
 //!   object at start), and Events only on transitions: became invalid or conflicting, accepted
 //!   again, started failing, recovered. An adapter restart re-reads the status already on the
@@ -30,6 +31,7 @@ use super::ObjectKey;
 use crate::crd::{self, CONDITION_READY, CONDITION_VALID, ExternalMetricStatus};
 use crate::definition::{Definition, HumanDuration};
 use crate::engine::OutcomeObserver;
+use crate::pacer::Pacer;
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
 
 /// How many outcomes may wait for the status writer before new ones are dropped.
@@ -563,7 +565,8 @@ pub struct StatusWriter {
     recorder: Recorder,
     receiver: StatusReceiver,
     tracked: BTreeMap<ObjectKey, Tracked>,
-    next_write: Instant,
+    /// Status patches and Events together stay under `writes_per_second`.
+    pacer: Pacer,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -579,13 +582,14 @@ impl StatusWriter {
     /// A writer patching status and publishing Events through `client`.
     pub fn new(client: Client, config: StatusConfig, receiver: StatusReceiver) -> Self {
         let recorder = Recorder::new(client.clone(), config.reporter.clone());
+        let pacer = Pacer::new(config.writes_per_second);
         Self {
             config,
             client,
             recorder,
             receiver,
             tracked: BTreeMap::new(),
-            next_write: Instant::now(),
+            pacer,
         }
     }
 
@@ -745,7 +749,7 @@ impl StatusWriter {
             let patch = status_patch(&desired, tracked.uid.as_deref());
             let uid = tracked.uid.clone();
             budget -= 1;
-            self.pace().await;
+            self.pacer.acquire().await;
             // The interval runs from the write itself, not from when it was planned.
             if let Some(tracked) = self.tracked.get_mut(&key) {
                 tracked.last_write = Some(Instant::now());
@@ -765,26 +769,11 @@ impl StatusWriter {
                 }
             }
             for (type_, reason, action, note) in events {
-                self.pace().await;
+                self.pacer.acquire().await;
                 self.publish(&key, uid.as_deref(), type_, reason, action, note)
                     .await;
             }
         }
-    }
-
-    /// Space writes `1 / writes_per_second` apart.
-    async fn pace(&mut self) {
-        let rate =
-            if self.config.writes_per_second.is_finite() && self.config.writes_per_second > 0.0 {
-                self.config.writes_per_second
-            } else {
-                1.0
-            };
-        let now = Instant::now();
-        if self.next_write > now {
-            tokio::time::sleep_until(self.next_write).await;
-        }
-        self.next_write = Instant::now().max(self.next_write) + Duration::from_secs_f64(1.0 / rate);
     }
 
     async fn patch(&self, key: &ObjectKey, patch: &Value) -> Result<(), kube::Error> {
