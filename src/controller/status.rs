@@ -3,6 +3,9 @@
 //!
 //! - The observer never blocks the refresher: outcomes go through a bounded channel and are
 //!   dropped (and counted) when it is full; the next refresh brings another.
+//! - The watcher never blocks either, and its updates are bounded without dropping any that
+//!   matters: they wait in a queue that keeps only the newest update per object ([`queue`]), so
+//!   it holds at most one entry per object however fast objects change.
 //! - Writes are coalesced and rate-limited: at most one status patch per object per
 //!   `min_interval` (the newest state wins), and at most `writes_per_second` patches and Events
 //!   overall (paced by the crate's one [`Pacer`]), oldest-written objects first, so thousands of
@@ -27,12 +30,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod queue;
+
 use super::ObjectKey;
 use crate::crd::{self, CONDITION_READY, CONDITION_VALID, ExternalMetricStatus};
 use crate::definition::{Definition, HumanDuration};
 use crate::engine::OutcomeObserver;
 use crate::pacer::Pacer;
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use queue::ObjectQueue;
 
 /// How many outcomes may wait for the status writer before new ones are dropped.
 const OUTCOME_QUEUE: usize = 4096;
@@ -106,6 +112,15 @@ pub enum ObjectUpdate {
     },
 }
 
+impl ObjectUpdate {
+    /// The object it is about.
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            ObjectUpdate::Object { key, .. } | ObjectUpdate::Deleted { key } => key,
+        }
+    }
+}
+
 /// One refresh outcome of a namespaced definition.
 #[derive(Debug)]
 struct Observation {
@@ -131,16 +146,16 @@ enum Observed {
 /// The sending side: the watcher's updates and the cache's outcomes.
 #[derive(Debug, Clone)]
 pub struct StatusSender {
-    objects: mpsc::UnboundedSender<ObjectUpdate>,
+    objects: Arc<ObjectQueue>,
     outcomes: mpsc::Sender<Observation>,
     dropped: Arc<AtomicU64>,
 }
 
 impl StatusSender {
-    /// Report an object's verdict or its deletion.
+    /// Report an object's verdict or its deletion. Never blocks: an update still waiting for
+    /// the writer is replaced by a newer one for the same object.
     pub fn object(&self, update: ObjectUpdate) {
-        // Fails only after the writer stopped, at shutdown.
-        let _ = self.objects.send(update);
+        self.objects.push(update);
     }
 
     /// How many outcomes were dropped because the writer was behind.
@@ -185,7 +200,7 @@ impl OutcomeObserver for StatusSender {
 /// The receiving side, turned into a task by [`StatusWriter::run`].
 #[derive(Debug)]
 pub struct StatusReceiver {
-    objects: mpsc::UnboundedReceiver<ObjectUpdate>,
+    objects: Arc<ObjectQueue>,
     outcomes: mpsc::Receiver<Observation>,
 }
 
@@ -193,17 +208,17 @@ pub struct StatusReceiver {
 impl StatusReceiver {
     /// The next queued object update, if any.
     pub(crate) fn try_recv_object(&mut self) -> Option<ObjectUpdate> {
-        self.objects.try_recv().ok()
+        self.objects.try_take()
     }
 }
 
 /// A connected sender and receiver.
 pub fn channel() -> (StatusSender, StatusReceiver) {
-    let (objects_tx, objects) = mpsc::unbounded_channel();
+    let objects = Arc::new(ObjectQueue::default());
     let (outcomes_tx, outcomes) = mpsc::channel(OUTCOME_QUEUE);
     (
         StatusSender {
-            objects: objects_tx,
+            objects: objects.clone(),
             outcomes: outcomes_tx,
             dropped: Arc::new(AtomicU64::new(0)),
         },
@@ -612,7 +627,11 @@ impl StatusWriter {
                     self.flush().await;
                     next_flush = Instant::now() + tick;
                 }
-                Some(update) = self.receiver.objects.recv() => self.apply_object(update),
+                updates = self.receiver.objects.next_batch() => {
+                    for update in updates {
+                        self.apply_object(update);
+                    }
+                }
                 Some(observation) = self.receiver.outcomes.recv() => self.apply_outcome(observation),
             }
         }
