@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::definition::{Definition, MetricSpec};
+use crate::definition::{Definition, InvalidDefinition, MetricSpec};
 
 /// Where the generated CRD is committed (the Helm chart installs it from there).
 pub const CRD_PATH: &str =
@@ -154,7 +154,7 @@ pub fn api_resource() -> ApiResource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Converted {
     /// The definition (with its namespace set), or every reason why not.
-    pub definition: Result<Arc<Definition>, Vec<String>>,
+    pub definition: Result<Arc<Definition>, InvalidDefinition>,
     /// A note for the `Valid` condition when the object is valid but has something to say
     /// (a `spec.name` that differs from `metadata.name`).
     pub note: Option<String>,
@@ -184,9 +184,10 @@ pub fn to_definition(
     spec: Option<&Value>,
     allowed_roles: &[String],
 ) -> Converted {
+    let refuse = |problems: Vec<String>| Err(InvalidDefinition { problems });
     let Some(spec) = spec else {
         return Converted {
-            definition: Err(vec!["spec is missing".to_string()]),
+            definition: refuse(vec!["spec is missing".to_string()]),
             note: None,
         };
     };
@@ -200,7 +201,7 @@ pub fn to_definition(
                 format!("spec.{path}")
             };
             return Converted {
-                definition: Err(vec![format!("{at}: {}", err.into_inner())]),
+                definition: refuse(vec![format!("{at}: {}", err.into_inner())]),
                 note: None,
             };
         }
@@ -221,33 +222,23 @@ pub fn to_definition(
                 "roleArn {role:?} is not allowed in ExternalMetric objects: the adapter's administrator must list it in --external-metric-allowed-role-arns"
             )
         });
-    match Definition::new(metric).map_err(|mut problems| {
-        problems.extend(refused_role.clone());
-        problems
-    }) {
-        Ok(_) if refused_role.is_some() => Converted {
-            definition: Err(refused_role.into_iter().collect()),
-            note,
-        },
+    let definition = match Definition::new(metric) {
+        Ok(_) if refused_role.is_some() => refuse(refused_role.into_iter().collect()),
         Ok(mut definition) => {
             definition.namespace = Some(namespace.to_string());
-            Converted {
-                definition: Ok(Arc::new(definition)),
-                note,
-            }
+            Ok(Arc::new(definition))
         }
-        Err(mut problems) => {
+        Err(InvalidDefinition { mut problems }) => {
+            problems.extend(refused_role);
             if problems.len() > MAX_PROBLEMS {
                 let more = problems.len() - MAX_PROBLEMS;
                 problems.truncate(MAX_PROBLEMS);
                 problems.push(format!("... and {more} more problem(s)"));
             }
-            Converted {
-                definition: Err(problems),
-                note,
-            }
+            refuse(problems)
         }
-    }
+    };
+    Converted { definition, note }
 }
 
 #[cfg(test)]
@@ -262,7 +253,9 @@ mod tests {
             "queries": [{"id": "m", "metricStat": {
                 "metric": {"namespace": "AWS/SQS", "metricName": "X"}, "period": 60, "stat": "Sum"}}]
         });
-        let Err(problems) = to_definition("team-a", "x", Some(&spec), &[]).definition else {
+        let Err(InvalidDefinition { problems }) =
+            to_definition("team-a", "x", Some(&spec), &[]).definition
+        else {
             panic!("a role no administrator allowed must be refused");
         };
         assert!(
@@ -330,7 +323,9 @@ mod tests {
     #[test]
     fn hostile_specs_are_rejected_with_reasons() {
         let not_an_object = serde_json::json!("oops");
-        let Err(problems) = to_definition("ns", "x", Some(&not_an_object), &[]).definition else {
+        let Err(InvalidDefinition { problems }) =
+            to_definition("ns", "x", Some(&not_an_object), &[]).definition
+        else {
             panic!("expected a rejection");
         };
         assert!(problems[0].starts_with("spec: "), "{problems:?}");
@@ -339,7 +334,9 @@ mod tests {
             .map(|i| serde_json::json!({"id": format!("Q{i}"), "expression": "1"}))
             .collect();
         let many = serde_json::json!({"queries": queries});
-        let Err(problems) = to_definition("ns", "x", Some(&many), &[]).definition else {
+        let Err(InvalidDefinition { problems }) =
+            to_definition("ns", "x", Some(&many), &[]).definition
+        else {
             panic!("expected a rejection");
         };
         assert_eq!(problems.len(), MAX_PROBLEMS + 1);
@@ -349,7 +346,8 @@ mod tests {
         );
         assert!(problems.last().unwrap().contains("more problem(s)"));
 
-        let Err(problems) = to_definition("ns", "x", None, &[]).definition else {
+        let Err(InvalidDefinition { problems }) = to_definition("ns", "x", None, &[]).definition
+        else {
             panic!("expected a rejection");
         };
         assert_eq!(problems, vec!["spec is missing".to_string()]);

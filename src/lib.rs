@@ -21,6 +21,7 @@ pub mod delegate;
 pub mod engine;
 pub mod forward;
 pub mod metrics;
+pub(crate) mod pacer;
 pub mod provider;
 pub mod series;
 pub mod server;

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use cloudwatch_metrics_adapter::crd::{self, ExternalMetric};
+use cloudwatch_metrics_adapter::definition::InvalidDefinition;
 use kube::core::CustomResourceExt;
 use kube::core::cel::{ScopeContext, Validator, analyze_rule, compile_schema};
 use regex::Regex;
@@ -176,7 +177,7 @@ fn stat(field: &str, value: Value) -> Value {
 }
 
 /// Apply-time verdict and the adapter's own verdict for one spec.
-fn verdicts(spec: Value) -> (Vec<String>, Result<(), Vec<String>>) {
+fn verdicts(spec: Value) -> (Vec<String>, Result<(), InvalidDefinition>) {
     let errors = apply_errors(&object(spec.clone()));
     // Every role allowed: this compares schema rules, not the role policy.
     let adapter = crd::to_definition("default", "sample", Some(&spec), &["*".to_string()])
@@ -345,6 +346,21 @@ fn what_cloudwatch_would_reject_is_rejected_at_apply_time() {
             "bad role",
             json!({"roleArn": "my-role", "queries": [query(json!({}))]}),
             "spec.roleArn: should match",
+        ),
+        (
+            "period as a string",
+            json!({"queries": [stat("period", json!("60"))]}),
+            "period: must be an integer",
+        ),
+        (
+            "returnData as a string",
+            json!({"queries": [query(json!({"returnData": "no"}))]}),
+            "returnData: must be a boolean",
+        ),
+        (
+            "noDataValue as a string",
+            json!({"noDataValue": "0", "queries": [query(json!({}))]}),
+            "noDataValue: must be a number",
         ),
     ];
     for (what, spec, expected) in cases {

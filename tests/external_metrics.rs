@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -57,12 +57,18 @@ struct Controller {
     definitions: Arc<ArcSwap<DefinitionSet>>,
     sender: Option<status::StatusSender>,
     synced: Arc<AtomicBool>,
+    /// How many list requests the API server had answered when the first list completed.
+    lists_at_sync: Arc<AtomicUsize>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Controller {
-    fn start(client: kube::Client, with_status: Option<Duration>) -> Controller {
+    fn start(
+        client: kube::Client,
+        api: &MockApiServer,
+        with_status: Option<Duration>,
+    ) -> Controller {
         let file = Arc::new(definition::parse(FILE).unwrap());
         let definitions = Arc::new(ArcSwap::new(file.clone()));
         let stop = CancellationToken::new();
@@ -81,17 +87,22 @@ impl Controller {
         });
         let reconciler = Reconciler::new(file, definitions.clone(), sender.clone());
         let synced = Arc::new(AtomicBool::new(false));
-        let flag = synced.clone();
+        let lists_at_sync = Arc::new(AtomicUsize::new(0));
+        let (flag, lists, api) = (synced.clone(), lists_at_sync.clone(), api.clone());
         tasks.push(tokio::spawn(controller::run(
             client,
             reconciler,
-            move || flag.store(true, Ordering::SeqCst),
+            move || {
+                lists.store(api.lists(), Ordering::SeqCst);
+                flag.store(true, Ordering::SeqCst);
+            },
             stop.clone(),
         )));
         Controller {
             definitions,
             sender,
             synced,
+            lists_at_sync,
             stop,
             tasks,
         }
@@ -119,15 +130,15 @@ async fn the_watch_lists_follows_changes_and_relists_after_a_watch_error() {
     api.fail_lists(1);
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     api.apply(external_metric("team-c", "stable", sqs_spec(60)));
-    let controller = Controller::start(client, None);
+    let controller = Controller::start(client, &api, None);
 
-    // The first list fails: not synced until the watcher's back-off retries it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!controller.synced.load(Ordering::SeqCst));
+    // The first list fails: synced only by the watcher's retried list, never by the failed one
+    // (read when the sync happened, so a sync after the first list would show as 1).
     eventually("the retried list", WAIT, || {
         controller.synced.load(Ordering::SeqCst)
     })
     .await;
+    assert_eq!(controller.lists_at_sync.load(Ordering::SeqCst), 2);
     assert_eq!(api.lists(), 2);
     assert!(controller.lookup("team-a", "orders").is_some());
     assert!(
@@ -188,7 +199,10 @@ async fn the_watch_lists_follows_changes_and_relists_after_a_watch_error() {
     controller.stop().await;
 }
 
-#[tokio::test]
+// On paused time: the mocked API server is in-process, so tokio's clock only moves when every
+// task is idle, and "nothing was written in 800 ms" means nothing was, not that a slow machine
+// had not got to it yet.
+#[tokio::test(start_paused = true)]
 async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
     let (client, api) = MockApiServer::start();
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
@@ -208,7 +222,7 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
     let mut renamed = sqs_spec(60);
     renamed["name"] = json!("old-name");
     api.apply(external_metric("team-a", "renamed", renamed));
-    let controller = Controller::start(client, Some(Duration::from_millis(200)));
+    let controller = Controller::start(client, &api, Some(Duration::from_millis(200)));
     eventually("synced", WAIT, || controller.synced.load(Ordering::SeqCst)).await;
 
     assert!(controller.lookup("team-a", "orders").is_some());
@@ -315,6 +329,7 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
     assert_eq!(event["reportingController"], "cloudwatch-metrics-adapter");
 
     // Each status write comes back as a MODIFIED watch event: that must not cause another write.
+    // Four of the writer's 200 ms flushes, each after every echo before it was handled.
     tokio::time::sleep(Duration::from_millis(800)).await;
     for name in names {
         assert_eq!(
@@ -363,7 +378,7 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
     let (client, api) = MockApiServer::start();
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     let interval = Duration::from_millis(300);
-    let controller = Controller::start(client, Some(interval));
+    let controller = Controller::start(client, &api, Some(interval));
     eventually("the first status", WAIT, || {
         api.status_patches("team-a", "orders").len() == 1
     })
@@ -464,12 +479,34 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
     })
     .await;
     eventually("Pending again", WAIT, || status()["state"] == "Pending").await;
-    observer.observe(&definition, &labels, &outcome_value(7.0, at));
-    tokio::time::sleep(interval * 3).await;
-    assert_eq!(status()["state"], "Pending");
     assert!(
         status().get("value").is_none(),
         "the old spec's value is gone"
+    );
+    // Outcomes of the old definition (a value, and a failure of another queue), then a value of
+    // the new one. They reach the writer in that order, so once the new value is written, the
+    // old ones would show in the same status had they been applied: a second, failing series.
+    let payments = BTreeMap::from([("QueueName".to_string(), "payments".to_string())]);
+    observer.observe(&definition, &labels, &outcome_value(7.0, at));
+    observer.observe(
+        &definition,
+        &payments,
+        &Err(ProviderError::Backend {
+            failure: BackendFailure::AccessDenied,
+            message: "access denied".into(),
+        }),
+    );
+    let edited = controller.lookup("team-a", "orders").unwrap();
+    observer.observe(&edited, &labels, &outcome_value(8.0, at));
+    eventually("the new definition's value", WAIT, || {
+        status()["value"] == "8"
+    })
+    .await;
+    assert_eq!(status()["state"], "Ready");
+    assert_eq!(status()["activeSeries"], 1);
+    assert!(
+        status().get("lastError").is_none(),
+        "the old definition's failure was ignored"
     );
     assert_eq!(observer.dropped(), 0);
     controller.stop().await;

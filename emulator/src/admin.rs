@@ -9,7 +9,11 @@
 //! | `GET /_emulator/data`        |                                                          | stored metrics with datapoint counts |
 //! | `DELETE /_emulator/data`     |                                                          | forget data only |
 //! | `POST /_emulator/faults`     | `{"kind":"Throttling","count":3,"operation":"GetMetricData"}` | fail the next calls (`operation` optional) |
-//! | `DELETE /_emulator/faults`   |                                                          | clear faults and latency |
+//! | `POST /_emulator/faults`     | `{"kind":"RequestExpired","seconds":20,"operation":"GetMetricData"}` | fail every call for that long (`operation` optional) |
+//! | `GET /_emulator/faults`      |                                                          | pending counts, windows, poison markers, latency |
+//! | `DELETE /_emulator/faults`   |                                                          | clear faults, windows, poison markers and latency |
+//! | `POST /_emulator/poison`     | `{"marker":"bad-queue","code":"InvalidParameterValue"}`  | refuse every GetMetricData call mentioning the marker (`code` optional) |
+//! | `DELETE /_emulator/poison`   |                                                          | remove every poison marker |
 //! | `POST /_emulator/latency`    | `{"millis":250}`                                         | delay every CloudWatch call |
 //! | `POST /_emulator/down`       | `{"seconds":5}`                                          | refuse connections for that long, then listen again |
 //!
@@ -27,7 +31,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::faults::FaultKind;
+use crate::faults::{FaultKind, PoisonCode};
 use crate::metering::Operation;
 use crate::server::{AppState, down_for};
 use crate::store::StorageResolution;
@@ -35,6 +39,8 @@ use crate::{Datum, units};
 
 /// Longest outage the admin API schedules (the in-process handle has no limit).
 const MAX_DOWN_SECONDS: f64 = 3600.0;
+/// Longest fault window the admin API sets (a day: anything longer is a unit mistake).
+const MAX_WINDOW_SECONDS: f64 = 86_400.0;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -45,7 +51,11 @@ pub(crate) fn routes() -> Router<AppState> {
             "/_emulator/data",
             post(seed).get(list_data).delete(clear_data),
         )
-        .route("/_emulator/faults", post(inject).delete(clear_faults))
+        .route(
+            "/_emulator/faults",
+            post(inject).get(list_faults).delete(clear_faults),
+        )
+        .route("/_emulator/poison", post(poison).delete(clear_poison))
         .route("/_emulator/latency", post(latency))
         .route("/_emulator/down", post(down))
 }
@@ -207,11 +217,15 @@ async fn clear_data(State(state): State<AppState>) -> Response {
     axum::Json(json!({ "cleared": true })).into_response()
 }
 
+/// A counted fault (`count`) or a window (`seconds`), exactly one of the two.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultRequest {
     kind: FaultKind,
-    count: u32,
+    #[serde(default)]
+    count: Option<u32>,
+    #[serde(default)]
+    seconds: Option<f64>,
     #[serde(default)]
     operation: Option<Operation>,
 }
@@ -222,16 +236,74 @@ async fn inject(State(state): State<AppState>, body: Bytes) -> Response {
         Err(message) => return bad_request(message),
     };
     let faults = &state.shared.faults;
-    match request.operation {
-        Some(op) => faults.inject_for(op, request.kind, request.count),
-        None => faults.inject(request.kind, request.count),
+    match (request.count, request.seconds) {
+        (Some(count), None) => {
+            match request.operation {
+                Some(op) => faults.inject_for(op, request.kind, count),
+                None => faults.inject(request.kind, count),
+            }
+            axum::Json(json!({ "pending": faults.pending() })).into_response()
+        }
+        (None, Some(seconds)) => {
+            if !(seconds > 0.0 && seconds <= MAX_WINDOW_SECONDS) {
+                return bad_request(format!(
+                    "seconds must be more than 0 and at most {MAX_WINDOW_SECONDS}"
+                ));
+            }
+            let duration = Duration::from_secs_f64(seconds);
+            match request.operation {
+                Some(op) => faults.inject_window_for(op, request.kind, duration),
+                None => faults.inject_window(request.kind, duration),
+            }
+            axum::Json(json!({ "pending": faults.pending(), "windows": faults.windows() }))
+                .into_response()
+        }
+        _ => bad_request(
+            "give either count (fail the next N calls) or seconds (fail every call for that long)",
+        ),
     }
-    axum::Json(json!({ "pending": faults.pending() })).into_response()
+}
+
+async fn list_faults(State(state): State<AppState>) -> Response {
+    let faults = &state.shared.faults;
+    axum::Json(json!({
+        "pending": faults.pending(),
+        "windows": faults.windows(),
+        "poison": faults.markers(),
+        "latencyMillis": u64::try_from(faults.latency().as_millis()).unwrap_or(u64::MAX),
+    }))
+    .into_response()
 }
 
 async fn clear_faults(State(state): State<AppState>) -> Response {
     state.shared.faults.clear();
     axum::Json(json!({ "pending": 0 })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoisonRequest {
+    marker: String,
+    #[serde(default)]
+    code: PoisonCode,
+}
+
+async fn poison(State(state): State<AppState>, body: Bytes) -> Response {
+    let request: PoisonRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    if request.marker.is_empty() {
+        return bad_request("marker must not be empty (it would match every call)");
+    }
+    let faults = &state.shared.faults;
+    faults.reject_marker(&request.marker, request.code);
+    axum::Json(json!({ "poison": faults.markers() })).into_response()
+}
+
+async fn clear_poison(State(state): State<AppState>) -> Response {
+    state.shared.faults.poison(None);
+    axum::Json(json!({ "poison": [] })).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,8 @@ pub(crate) mod code {
     pub const SERVICE_UNAVAILABLE: &str = "ServiceUnavailable";
     /// Injected fault: IAM denies the call.
     pub const ACCESS_DENIED: &str = "AccessDenied";
+    /// Injected fault: the request's signing time is too far from the server's clock.
+    pub const REQUEST_EXPIRED: &str = "RequestExpired";
 }
 
 /// An error answer to a CloudWatch operation.

@@ -41,7 +41,7 @@ mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use faults::{FaultKind, Faults};
+pub use faults::{ActiveWindow, FaultKind, Faults, PoisonCode, PoisonMarker};
 pub use metering::{OpStats, Operation, Stats};
 pub use server::Emulator;
 pub use store::StorageResolution;

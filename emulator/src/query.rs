@@ -560,22 +560,35 @@ struct ResultSeries {
     messages: Vec<(String, String)>,
 }
 
-/// Whether any text in the request's `MetricDataQueries` contains `text` (for the poison fault).
-pub(crate) fn mentions(input: &Value, text: &str) -> bool {
-    fn walk(value: &Value, text: &str) -> bool {
+/// The first string in the request's `MetricDataQueries` that contains `text` (for the poison
+/// fault): its parameter path in CloudWatch's notation
+/// (`MetricDataQueries.member.2.MetricStat.Metric.Dimensions.member.1.Value`) and the string.
+/// Map keys are searched too, and are named by their parent's path.
+pub(crate) fn find_mention(input: &Value, text: &str) -> Option<(String, String)> {
+    fn walk(value: &Value, path: &str, text: &str) -> Option<(String, String)> {
         match value {
-            Value::Text(s) => s.contains(text),
-            Value::Array(items) => items.iter().any(|v| walk(v, text)),
-            Value::Map(entries) => entries.iter().any(|(k, v)| walk(k, text) || walk(v, text)),
-            Value::Tag(_, inner) => walk(inner, text),
-            _ => false,
+            Value::Text(s) if s.contains(text) => Some((path.to_string(), s.clone())),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, &format!("{path}.member.{}", i + 1), text)),
+            Value::Map(entries) => entries.iter().find_map(|(k, v)| {
+                let member = match k {
+                    Value::Text(key) => format!("{path}.{key}"),
+                    _ => path.to_string(),
+                };
+                walk(k, path, text).or_else(|| walk(v, &member, text))
+            }),
+            Value::Tag(_, inner) => walk(inner, path, text),
+            _ => None,
         }
     }
     match input {
-        Value::Map(entries) => entries.iter().any(|(key, value)| {
-            matches!(key, Value::Text(k) if k == "MetricDataQueries") && walk(value, text)
+        Value::Map(entries) => entries.iter().find_map(|(key, value)| match key {
+            Value::Text(k) if k == "MetricDataQueries" => walk(value, k, text),
+            _ => None,
         }),
-        _ => false,
+        _ => None,
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{ApiError, code};
-use crate::faults::Faults;
+use crate::faults::{FaultAnswer, Faults};
 use crate::metering::{Meter, Operation, Stats};
 use crate::store::{Aggregate, MetricKey, StorageResolution, Store};
 use crate::{Datum, admin, epoch_ms, list, put, query, wire};
@@ -232,11 +232,20 @@ async fn cloudwatch(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let result = match shared.faults.take(operation) {
-        Some(kind) => Err(kind.to_error(operation)),
-        None => handle(shared, operation, &headers, body).await,
-    };
-    match result {
+    if let Some(kind) = shared.faults.take(operation) {
+        let answer = kind.answer(operation);
+        tracing::debug!(
+            operation = operation.name(),
+            ?kind,
+            "answering with an injected fault"
+        );
+        shared.meter.error(operation, answer.code());
+        return match answer {
+            FaultAnswer::Aws(err) => wire::error_response(&err, &request_id),
+            FaultAnswer::Html { status, body } => wire::html_response(status, body),
+        };
+    }
+    match handle(shared, operation, &headers, body).await {
         Ok(value) => wire::ok_response(&value, &request_id),
         Err(err) => {
             tracing::debug!(operation = operation.name(), %err, "answering with an error");
@@ -279,12 +288,8 @@ async fn handle(
     let now = SystemTime::now();
     match operation {
         Operation::GetMetricData => {
-            if let Some(text) = shared.faults.poisoned()
-                && query::mentions(&input, &text)
-            {
-                return Err(ApiError::validation(format!(
-                    "The value {text} in parameter MetricDataQueries is not valid."
-                )));
+            if let Some(rejected) = shared.faults.poisoned_call(&input) {
+                return Err(rejected);
             }
             let outcome = query::get_metric_data(&input, &shared.read_store(), epoch_ms(now))?;
             shared.meter.get_metric_data(

@@ -73,6 +73,17 @@ pub(crate) fn error_response(err: &ApiError, request_id: &str) -> Response {
     cbor_response(status, encode(&body), request_id, Some(query_error))
 }
 
+/// A page that did not come from AWS (a proxy's error page): no `smithy-protocol`, no request
+/// id, no `x-amzn-query-error`.
+pub(crate) fn html_response(status: u16, body: &'static str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
+}
+
 fn cbor_response(
     status: StatusCode,
     body: Vec<u8>,

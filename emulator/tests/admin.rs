@@ -184,6 +184,135 @@ async fn faults_latency_stats_and_reset_over_http() {
     assert_eq!(health, json!({"status": "ok"}));
 }
 
+#[tokio::test]
+async fn fault_windows_and_poison_markers_over_http() {
+    let emu = Emulator::start().await.unwrap();
+    let client = client(&emu.endpoint_url(), 1).await;
+    let t0 = aligned_hour_ago();
+    let get = || {
+        client
+            .get_metric_data()
+            .metric_data_queries(sqs_visible_query())
+            .start_time(dt(t0))
+            .end_time(dt(t0 + 600))
+            .send()
+    };
+
+    // A window: every GetMetricData call fails until it ends by itself.
+    let (status, body) = admin(
+        &emu,
+        reqwest::Method::POST,
+        "faults",
+        Some(json!({"kind": "RequestExpired", "seconds": 1.5, "operation": "GetMetricData"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"], 0);
+    assert_eq!(body["windows"][0]["kind"], "RequestExpired");
+    assert_eq!(body["windows"][0]["operation"], "GetMetricData");
+    assert!(body["windows"][0]["remainingSeconds"].as_f64().unwrap() > 1.0);
+    assert_eq!(get().await.unwrap_err().code(), Some("RequestExpired"));
+    client.list_metrics().send().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || get().await.is_ok()).await,
+        "the window ends by itself"
+    );
+    let (_, body) = admin(&emu, reqwest::Method::GET, "faults", None).await;
+    assert_eq!(body["windows"], json!([]));
+
+    // A marker: calls mentioning it are refused; listed, then removed.
+    let (status, body) = admin(
+        &emu,
+        reqwest::Method::POST,
+        "poison",
+        Some(json!({"marker": "orders"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["poison"],
+        json!([{"marker": "orders", "code": "InvalidParameterValue"}])
+    );
+    admin(
+        &emu,
+        reqwest::Method::POST,
+        "poison",
+        Some(json!({"marker": "other", "code": "ValidationError"})),
+    )
+    .await;
+    let err = get().await.unwrap_err();
+    assert_eq!(err.code(), Some("InvalidParameterValue"));
+    let (_, body) = admin(&emu, reqwest::Method::GET, "faults", None).await;
+    assert_eq!(body["poison"].as_array().unwrap().len(), 2);
+    assert_eq!(body["latencyMillis"], 0);
+    let (status, _) = admin(&emu, reqwest::Method::DELETE, "poison", None).await;
+    assert_eq!(status, 200);
+    get().await.unwrap();
+
+    // DELETE /faults ends windows and removes markers too.
+    for body in [
+        json!({"kind": "HtmlBadRequest", "seconds": 3600}),
+        json!({"kind": "Throttling", "count": 2}),
+    ] {
+        assert_eq!(
+            admin(&emu, reqwest::Method::POST, "faults", Some(body))
+                .await
+                .0,
+            200
+        );
+    }
+    admin(
+        &emu,
+        reqwest::Method::POST,
+        "poison",
+        Some(json!({"marker": "orders"})),
+    )
+    .await;
+    let err = get().await.unwrap_err();
+    assert_eq!(err.code(), None, "the HTML page carries no code");
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 400);
+    admin(&emu, reqwest::Method::DELETE, "faults", None).await;
+    get().await.unwrap();
+
+    // Refused requests say why and change nothing.
+    for (path, body, needle) in [
+        (
+            "faults",
+            json!({"kind": "RequestExpired", "count": 1, "seconds": 5}),
+            "either count",
+        ),
+        ("faults", json!({"kind": "RequestExpired"}), "either count"),
+        (
+            "faults",
+            json!({"kind": "RequestExpired", "seconds": 0}),
+            "more than 0",
+        ),
+        (
+            "faults",
+            json!({"kind": "RequestExpired", "seconds": 100000}),
+            "at most 86400",
+        ),
+        ("poison", json!({"marker": ""}), "must not be empty"),
+        (
+            "poison",
+            json!({"marker": "x", "code": "Throttling"}),
+            "invalid JSON body",
+        ),
+    ] {
+        let (status, answer) = admin(&emu, reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+    let (_, body) = admin(&emu, reqwest::Method::GET, "faults", None).await;
+    assert_eq!(
+        body,
+        json!({"pending": 0, "windows": [], "poison": [], "latencyMillis": 0})
+    );
+}
+
 /// Polls `condition` every 20 ms for up to `limit`.
 async fn eventually(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -200,7 +200,9 @@ impl Reconciler {
                 definition,
                 note: converted.note,
             },
-            Err(problems) => Verdict::Invalid { problems },
+            Err(invalid) => Verdict::Invalid {
+                problems: invalid.problems,
+            },
         };
         let entry = Entry {
             uid: uid.clone(),

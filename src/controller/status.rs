@@ -3,9 +3,13 @@
 //!
 //! - The observer never blocks the refresher: outcomes go through a bounded channel and are
 //!   dropped (and counted) when it is full; the next refresh brings another.
+//! - The watcher never blocks either, and its updates are bounded without dropping any that
+//!   matters: they wait in a queue that keeps only the newest update per object ([`queue`]), so
+//!   it holds at most one entry per object however fast objects change.
 //! - Writes are coalesced and rate-limited: at most one status patch per object per
 //!   `min_interval` (the newest state wins), and at most `writes_per_second` patches and Events
-//!   overall, oldest-written objects first, so thousands of objects cannot flood the apiserver.
+//!   overall (paced by the crate's one [`Pacer`]), oldest-written objects first, so thousands of
+//!   objects cannot flood the apiserver.
 //! - A patch is only sent when the status differs from the last one written (or found on the
 //!   object at start), and Events only on transitions: became invalid or conflicting, accepted
 //!   again, started failing, recovered. An adapter restart re-reads the status already on the
@@ -26,11 +30,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod queue;
+
 use super::ObjectKey;
 use crate::crd::{self, CONDITION_READY, CONDITION_VALID, ExternalMetricStatus};
 use crate::definition::{Definition, HumanDuration};
 use crate::engine::OutcomeObserver;
+use crate::pacer::Pacer;
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use queue::ObjectQueue;
 
 /// How many outcomes may wait for the status writer before new ones are dropped.
 const OUTCOME_QUEUE: usize = 4096;
@@ -104,6 +112,15 @@ pub enum ObjectUpdate {
     },
 }
 
+impl ObjectUpdate {
+    /// The object it is about.
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            ObjectUpdate::Object { key, .. } | ObjectUpdate::Deleted { key } => key,
+        }
+    }
+}
+
 /// One refresh outcome of a namespaced definition.
 #[derive(Debug)]
 struct Observation {
@@ -129,16 +146,16 @@ enum Observed {
 /// The sending side: the watcher's updates and the cache's outcomes.
 #[derive(Debug, Clone)]
 pub struct StatusSender {
-    objects: mpsc::UnboundedSender<ObjectUpdate>,
+    objects: Arc<ObjectQueue>,
     outcomes: mpsc::Sender<Observation>,
     dropped: Arc<AtomicU64>,
 }
 
 impl StatusSender {
-    /// Report an object's verdict or its deletion.
+    /// Report an object's verdict or its deletion. Never blocks: an update still waiting for
+    /// the writer is replaced by a newer one for the same object.
     pub fn object(&self, update: ObjectUpdate) {
-        // Fails only after the writer stopped, at shutdown.
-        let _ = self.objects.send(update);
+        self.objects.push(update);
     }
 
     /// How many outcomes were dropped because the writer was behind.
@@ -183,7 +200,7 @@ impl OutcomeObserver for StatusSender {
 /// The receiving side, turned into a task by [`StatusWriter::run`].
 #[derive(Debug)]
 pub struct StatusReceiver {
-    objects: mpsc::UnboundedReceiver<ObjectUpdate>,
+    objects: Arc<ObjectQueue>,
     outcomes: mpsc::Receiver<Observation>,
 }
 
@@ -191,17 +208,17 @@ pub struct StatusReceiver {
 impl StatusReceiver {
     /// The next queued object update, if any.
     pub(crate) fn try_recv_object(&mut self) -> Option<ObjectUpdate> {
-        self.objects.try_recv().ok()
+        self.objects.try_take()
     }
 }
 
 /// A connected sender and receiver.
 pub fn channel() -> (StatusSender, StatusReceiver) {
-    let (objects_tx, objects) = mpsc::unbounded_channel();
+    let objects = Arc::new(ObjectQueue::default());
     let (outcomes_tx, outcomes) = mpsc::channel(OUTCOME_QUEUE);
     (
         StatusSender {
-            objects: objects_tx,
+            objects: objects.clone(),
             outcomes: outcomes_tx,
             dropped: Arc::new(AtomicU64::new(0)),
         },
@@ -563,7 +580,8 @@ pub struct StatusWriter {
     recorder: Recorder,
     receiver: StatusReceiver,
     tracked: BTreeMap<ObjectKey, Tracked>,
-    next_write: Instant,
+    /// Status patches and Events together stay under `writes_per_second`.
+    pacer: Pacer,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -579,13 +597,14 @@ impl StatusWriter {
     /// A writer patching status and publishing Events through `client`.
     pub fn new(client: Client, config: StatusConfig, receiver: StatusReceiver) -> Self {
         let recorder = Recorder::new(client.clone(), config.reporter.clone());
+        let pacer = Pacer::new(config.writes_per_second);
         Self {
             config,
             client,
             recorder,
             receiver,
             tracked: BTreeMap::new(),
-            next_write: Instant::now(),
+            pacer,
         }
     }
 
@@ -608,7 +627,11 @@ impl StatusWriter {
                     self.flush().await;
                     next_flush = Instant::now() + tick;
                 }
-                Some(update) = self.receiver.objects.recv() => self.apply_object(update),
+                updates = self.receiver.objects.next_batch() => {
+                    for update in updates {
+                        self.apply_object(update);
+                    }
+                }
                 Some(observation) = self.receiver.outcomes.recv() => self.apply_outcome(observation),
             }
         }
@@ -745,7 +768,7 @@ impl StatusWriter {
             let patch = status_patch(&desired, tracked.uid.as_deref());
             let uid = tracked.uid.clone();
             budget -= 1;
-            self.pace().await;
+            self.pacer.acquire().await;
             // The interval runs from the write itself, not from when it was planned.
             if let Some(tracked) = self.tracked.get_mut(&key) {
                 tracked.last_write = Some(Instant::now());
@@ -765,26 +788,11 @@ impl StatusWriter {
                 }
             }
             for (type_, reason, action, note) in events {
-                self.pace().await;
+                self.pacer.acquire().await;
                 self.publish(&key, uid.as_deref(), type_, reason, action, note)
                     .await;
             }
         }
-    }
-
-    /// Space writes `1 / writes_per_second` apart.
-    async fn pace(&mut self) {
-        let rate =
-            if self.config.writes_per_second.is_finite() && self.config.writes_per_second > 0.0 {
-                self.config.writes_per_second
-            } else {
-                1.0
-            };
-        let now = Instant::now();
-        if self.next_write > now {
-            tokio::time::sleep_until(self.next_write).await;
-        }
-        self.next_write = Instant::now().max(self.next_write) + Duration::from_secs_f64(1.0 / rate);
     }
 
     async fn patch(&self, key: &ObjectKey, patch: &Value) -> Result<(), kube::Error> {

@@ -1,8 +1,8 @@
 //! CloudWatch's rules for a definition's `queries`: what `GetMetricData` would reject, checked
 //! when the definition is loaded (and, where a schema can say it, at `kubectl apply`).
 //!
-//! The limits live here, with the validation; the batcher in [`crate::source::cloudwatch`] uses
-//! the same constants, so the two cannot disagree.
+//! The limits are in [`super::limits`], which the batcher in [`crate::source::cloudwatch`] uses
+//! too (they are re-exported here for it), so the two cannot disagree.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
@@ -10,83 +10,19 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use super::limits::{ACCOUNT_ID, MAX_END_OFFSET, MAX_WINDOW, QUERY_ID_PATTERN, STAT_PATTERN};
+pub use super::limits::{
+    DEFAULT_WINDOW, MAX_BATCH_PREFIX, MAX_DIMENSION_VALUE, MAX_EXPRESSION_LENGTH, MAX_ID_LENGTH,
+    MAX_PERIOD, MAX_QUERIES, PERIOD_RULE, PERIOD_RULE_MESSAGE, PeriodError, UNITS, check_period,
+};
 use super::placeholder::{
     Context, collect_placeholders, expression_contexts, longest_fill, no_placeholder,
 };
-use super::spec::{ACCOUNT_ID_PATTERN, HumanDuration, MetricSpec};
-
-/// CloudWatch's limit of queries in one `GetMetricData` call.
-pub const MAX_QUERIES: usize = 500;
-/// CloudWatch's limit on a query id's length.
-pub const MAX_ID_LENGTH: usize = 255;
-/// CloudWatch's limit on an expression's length.
-pub const MAX_EXPRESSION_LENGTH: usize = 2048;
-/// CloudWatch's limit on a dimension value's length.
-pub const MAX_DIMENSION_VALUE: usize = 1024;
-/// The longest prefix the batcher puts before a query id (`s499_`: the series' slot in a call of
-/// at most [`MAX_QUERIES`] queries), in ids and in the expressions that refer to them. Every
-/// length limit is checked with it counted, so a query that fits alone fits in any batch.
-pub const MAX_BATCH_PREFIX: usize = 5;
-/// The longest period accepted: a day (a slower signal is no use for autoscaling).
-pub const MAX_PERIOD: i64 = 86_400;
-/// Default look-back window when a definition does not set one.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
-/// The longest end offset accepted: beyond an hour the value is no use for autoscaling.
-const MAX_END_OFFSET: Duration = Duration::from_secs(3600);
-/// The longest look-back window accepted (CloudWatch keeps 1-minute data for 15 days, but an
-/// autoscaling signal older than a day is a configuration mistake).
-const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// CloudWatch's rule for `MetricDataQuery.Id` (also the CRD schema's pattern).
-pub const QUERY_ID_PATTERN: &str = r"^[a-z][a-zA-Z0-9_]*$";
-/// The statistics CloudWatch accepts: the basic ones, percentiles and the trimmed/windsorized
-/// family (also the CRD schema's pattern, so it is RE2-compatible).
-pub const STAT_PATTERN: &str = r"^(SampleCount|Average|Sum|Minimum|Maximum|IQM|[pP]\d{1,2}(\.\d{1,10})?|[pP]100|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)(\d{1,2}(\.\d{1,10})?|100)|(tm|wm|tc|ts|pr|TM|WM|TC|TS|PR)\(\s*[-\d.%]*\s*:\s*[-\d.%]*\s*\))$";
-/// The CEL rule for a period: 1, 5, 10, 20, 30 or a positive multiple of 60 up to a day (what
-/// [`check_period`] checks), enforced by the apiserver at apply time.
-pub const PERIOD_RULE: &str =
-    "self in [1, 5, 10, 20, 30] || (self > 0 && self <= 86400 && self % 60 == 0)";
-/// What the apiserver says when [`PERIOD_RULE`] fails.
-pub const PERIOD_RULE_MESSAGE: &str =
-    "period must be 1, 5, 10, 20, 30 or a multiple of 60 seconds, at most 86400";
-
-/// The units CloudWatch accepts in `MetricStat.Unit`.
-pub const UNITS: &[&str] = &[
-    "Seconds",
-    "Microseconds",
-    "Milliseconds",
-    "Bytes",
-    "Kilobytes",
-    "Megabytes",
-    "Gigabytes",
-    "Terabytes",
-    "Bits",
-    "Kilobits",
-    "Megabits",
-    "Gigabits",
-    "Terabits",
-    "Percent",
-    "Count",
-    "Bytes/Second",
-    "Kilobytes/Second",
-    "Megabytes/Second",
-    "Gigabytes/Second",
-    "Terabytes/Second",
-    "Bits/Second",
-    "Kilobits/Second",
-    "Megabits/Second",
-    "Gigabits/Second",
-    "Terabits/Second",
-    "Count/Second",
-    "None",
-];
+use super::spec::{HumanDuration, MetricSpec};
 
 static QUERY_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(QUERY_ID_PATTERN).expect("static regex"));
 static STAT: LazyLock<Regex> = LazyLock::new(|| Regex::new(STAT_PATTERN).expect("static regex"));
-/// A 12-digit AWS account id (CloudWatch's `accountId` and SQS's alike).
-pub(super) static ACCOUNT_ID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(ACCOUNT_ID_PATTERN).expect("static regex"));
 
 /// What a valid CloudWatch definition reads, derived from its queries.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,24 +43,6 @@ impl CloudWatchRead {
     /// The period as a duration.
     pub fn period_duration(&self) -> Duration {
         Duration::from_secs(u64::try_from(self.period.max(1)).unwrap_or(1))
-    }
-}
-
-/// CloudWatch accepts 1, 5, 10, 20 and 30 s (high-resolution) or any multiple of 60; the adapter
-/// takes up to a day.
-pub fn check_period(period: i64) -> Result<(), String> {
-    if matches!(period, 1 | 5 | 10 | 20 | 30)
-        || (period > 0 && period <= MAX_PERIOD && period % 60 == 0)
-    {
-        Ok(())
-    } else if period > MAX_PERIOD {
-        Err(format!(
-            "{period} is longer than the {MAX_PERIOD} s (one day) maximum"
-        ))
-    } else {
-        Err(format!(
-            "{period} is not a period CloudWatch accepts (1, 5, 10, 20, 30 or a multiple of 60)"
-        ))
     }
 }
 

@@ -8,9 +8,12 @@
 //! - [`DefinitionSet`]: the definitions in force and their precedence (the file wins over an
 //!   `ExternalMetric` of the same name).
 //! - [`file`]: loading the definitions file.
+//! - [`limits`]: the schema's limits, patterns and period rule, a leaf every module above
+//!   imports (so `spec` and `cloudwatch` never import each other).
 
 pub mod cloudwatch;
 pub mod file;
+pub mod limits;
 pub mod placeholder;
 pub mod spec;
 pub mod sqs;
@@ -21,8 +24,11 @@ use std::time::Duration;
 
 use regex::Regex;
 
-pub use cloudwatch::{CloudWatchRead, DEFAULT_WINDOW, MAX_QUERIES, check_period};
+pub use cloudwatch::CloudWatchRead;
 pub use file::{LoadError, ParseError, load_file, parse};
+pub use limits::{
+    DEFAULT_WINDOW, MAX_HPA_VALUE, MAX_MAX_AGE, MAX_QUERIES, MAX_REFRESH_INTERVAL, check_period,
+};
 pub use placeholder::{render, selector_labels};
 pub use spec::{
     DefinitionsFile, DimensionSpec, HumanDuration, MetricRef, MetricSpec, MetricStatSpec,
@@ -30,18 +36,10 @@ pub use spec::{
 };
 pub use sqs::{QueueRef, SqsRead};
 
-/// The HPA reads values as int64 milli-units, so anything at or above this cannot be represented.
-pub const MAX_HPA_VALUE: f64 = 9.2e15;
-/// The longest refresh interval accepted: a value refreshed less than daily is no autoscaling
-/// signal (and every duration the engine computes from it stays far from overflow).
-pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-/// The longest max age accepted.
-pub const MAX_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-
 static REGION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(spec::REGION_PATTERN).expect("static regex"));
+    LazyLock::new(|| Regex::new(limits::REGION_PATTERN).expect("static regex"));
 static ROLE_ARN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(spec::ROLE_ARN_PATTERN).expect("static regex"));
+    LazyLock::new(|| Regex::new(limits::ROLE_ARN_PATTERN).expect("static regex"));
 
 /// Which backend a definition's values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -195,6 +193,15 @@ impl DefinitionSet {
     }
 }
 
+/// Why a spec is not a usable definition: every problem found, each a sentence that names its
+/// field. Nothing branches on which problem it is; people read them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("; "))]
+pub struct InvalidDefinition {
+    /// The problems, in the order they were found.
+    pub problems: Vec<String>,
+}
+
 /// A validated metric definition with the facts derived from it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -215,7 +222,7 @@ pub struct Definition {
 
 impl Definition {
     /// Validate a spec, returning every problem found.
-    pub fn new(spec: MetricSpec) -> Result<Definition, Vec<String>> {
+    pub fn new(spec: MetricSpec) -> Result<Definition, InvalidDefinition> {
         let mut problems = Vec::new();
         let mut labels = BTreeSet::new();
         validate_metric_name(&spec.name, &mut problems);
@@ -320,7 +327,7 @@ impl Definition {
                 namespace: None,
             })
         } else {
-            Err(problems)
+            Err(InvalidDefinition { problems })
         }
     }
 

@@ -50,32 +50,79 @@ impl Context {
     }
 }
 
+/// Why a label value cannot fill a placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueProblem {
+    /// Empty or only blanks.
+    Empty,
+    /// Longer than a label value may be.
+    TooLong,
+    /// Not printable ASCII, in a dimension value.
+    NotPrintableAscii,
+    /// A quote, backslash or control character, inside a quoted string.
+    QuoteOrControl,
+    /// Not a plain number, outside quotes.
+    NotANumber,
+}
+
+impl ValueProblem {
+    fn describe(self) -> &'static str {
+        match self {
+            ValueProblem::Empty => "it is empty",
+            ValueProblem::TooLong => "it is longer than a label value may be (63 characters)",
+            ValueProblem::NotPrintableAscii => "CloudWatch takes printable ASCII only",
+            ValueProblem::QuoteOrControl => "it holds a quote, a backslash or a control character",
+            ValueProblem::NotANumber => "it is not a plain number",
+        }
+    }
+}
+
+/// A label value that cannot fill its placeholder (see [`check_value`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the value {value:?} of label {label:?} cannot be used: it fills {}, and {}",
+    context.describe(),
+    problem.describe()
+)]
+pub struct LabelValueError {
+    /// The label.
+    pub label: String,
+    /// Its value in the selector.
+    pub value: String,
+    /// Where the placeholder is.
+    pub context: Context,
+    /// What is wrong with the value there.
+    pub problem: ValueProblem,
+}
+
 /// Whether `value` may fill placeholder `${label}` placed in `context`; the reason if not.
-pub fn check_value(label: &str, value: &str, context: Context) -> Result<(), String> {
-    let refuse = |why: &str| {
-        Err(format!(
-            "the value {value:?} of label {label:?} cannot be used: it fills {}, and {why}",
-            context.describe()
-        ))
+pub fn check_value(label: &str, value: &str, context: Context) -> Result<(), LabelValueError> {
+    let refuse = |problem| {
+        Err(LabelValueError {
+            label: label.to_string(),
+            value: value.to_string(),
+            context,
+            problem,
+        })
     };
     if value.trim().is_empty() {
-        return refuse("it is empty");
+        return refuse(ValueProblem::Empty);
     }
     if value.len() > MAX_LABEL_VALUE {
-        return refuse("it is longer than a label value may be (63 characters)");
+        return refuse(ValueProblem::TooLong);
     }
     match context {
         Context::DimensionValue if !value.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
-            refuse("CloudWatch takes printable ASCII only")
+            refuse(ValueProblem::NotPrintableAscii)
         }
         Context::Quoted
             if value
                 .chars()
                 .any(|c| matches!(c, '"' | '\'' | '\\') || c.is_control()) =>
         {
-            refuse("it holds a quote, a backslash or a control character")
+            refuse(ValueProblem::QuoteOrControl)
         }
-        Context::Bare if !is_plain_number(value) => refuse("it is not a plain number"),
+        Context::Bare if !is_plain_number(value) => refuse(ValueProblem::NotANumber),
         _ => Ok(()),
     }
 }
@@ -176,9 +223,17 @@ pub(crate) fn collect_placeholders(
     }
 }
 
+/// A placeholder whose label the selector does not give (see [`render`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("needs label {label:?} in the HPA's metric selector")]
+pub struct MissingLabel {
+    /// The label the placeholder names.
+    pub label: String,
+}
+
 /// Fill `${label}` placeholders from `labels`. Validation guarantees every placeholder is
 /// well-formed; the caller guarantees every needed label is present.
-pub fn render(template: &str, labels: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn render(template: &str, labels: &BTreeMap<String, String>) -> Result<String, MissingLabel> {
     let mut missing = None;
     let rendered = PLACEHOLDER.replace_all(template, |capture: &regex::Captures<'_>| match labels
         .get(&capture[1])
@@ -190,7 +245,7 @@ pub fn render(template: &str, labels: &BTreeMap<String, String>) -> Result<Strin
         }
     });
     match missing {
-        Some(label) => Err(label),
+        Some(label) => Err(MissingLabel { label }),
         None => Ok(rendered.into_owned()),
     }
 }
@@ -274,7 +329,12 @@ mod tests {
         let labels = BTreeMap::from([("QueueName".to_string(), "orders".to_string())]);
         assert_eq!(render("q-${QueueName}", &labels).unwrap(), "q-orders");
         assert_eq!(render("plain", &labels).unwrap(), "plain");
-        assert_eq!(render("${Other}", &labels).unwrap_err(), "Other");
+        let missing = render("${Other}", &labels).unwrap_err();
+        assert_eq!(missing.label, "Other");
+        assert_eq!(
+            missing.to_string(),
+            "needs label \"Other\" in the HPA's metric selector"
+        );
     }
 
     #[test]
@@ -327,10 +387,15 @@ mod tests {
         assert!(check_value("Factor", "2.5", Context::Bare).is_ok());
         for bad in ["1.2.3", "", "1e3", ".5", "x", "12."] {
             let err = check_value("Factor", bad, Context::Bare).unwrap_err();
-            assert!(err.contains("label \"Factor\""), "{err}");
+            assert!(err.to_string().contains("label \"Factor\""), "{err}");
         }
         assert!(check_value("Queue", "orders-1.fifo", Context::Quoted).is_ok());
-        assert!(check_value("Queue", "a'b", Context::Quoted).is_err());
+        assert_eq!(
+            check_value("Queue", "a'b", Context::Quoted)
+                .unwrap_err()
+                .to_string(),
+            "the value \"a'b\" of label \"Queue\" cannot be used: it fills a quoted string in an expression, and it holds a quote, a backslash or a control character"
+        );
         assert!(check_value("Queue", "", Context::DimensionValue).is_err());
         assert!(check_value("Queue", "orders", Context::DimensionValue).is_ok());
         assert!(check_value("Queue", "é", Context::DimensionValue).is_err());

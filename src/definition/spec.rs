@@ -13,26 +13,17 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::cloudwatch::{PERIOD_RULE, PERIOD_RULE_MESSAGE, QUERY_ID_PATTERN, STAT_PATTERN, UNITS};
-
-/// An AWS region name.
-pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-\d+$";
-/// An IAM role ARN.
-pub const ROLE_ARN_PATTERN: &str = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$";
-/// A 12-digit AWS account id.
-pub const ACCOUNT_ID_PATTERN: &str = r"^\d{12}$";
-/// What `humantime` accepts, loosely: numbers with unit words (`90s`, `5m`, `1h 30m`), at most
-/// six terms of at most nine digits, so no string the apiserver accepts can hold an absurd
-/// number. The server parses it exactly and range-checks each field (CEL cannot parse
-/// humantime's units); the schema catches the obvious mistakes at apply time.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]{1,9}\s*[a-zA-Z]{1,7}\s*){1,6}$";
+use super::limits::{
+    ACCOUNT_ID_PATTERN, DURATION_PATTERN, PERIOD_RULE, PERIOD_RULE_MESSAGE, QUERY_ID_PATTERN,
+    REGION_PATTERN, ROLE_ARN_PATTERN, STAT_PATTERN, UNITS,
+};
 
 /// The definitions file: a top-level `metrics:` list.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DefinitionsFile {
-    /// One entry per metric name served to HPAs.
-    #[serde(default)]
+    /// One entry per metric name served to HPAs (`metrics:` with nothing after it is none).
+    #[serde(default, deserialize_with = "strict::list_or_null")]
     pub metrics: Vec<MetricSpec>,
 }
 
@@ -86,7 +77,11 @@ pub struct MetricSpec {
     pub max_age: Option<HumanDuration>,
     /// The value to serve when CloudWatch has no datapoints in the window (an idle SQS queue
     /// publishes nothing). Absent means "answer with an error".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::number",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = -9.2e15, max = 9.2e15))]
     pub no_data_value: Option<f64>,
     /// The `GetMetricData` queries; exactly one must return data. Set this or `sqs`.
@@ -120,7 +115,11 @@ pub struct QuerySpec {
     #[schemars(length(max = 1024))]
     pub label: Option<String>,
     /// Whether this query's result is the metric's value (CloudWatch's default is true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::boolean",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub return_data: Option<bool>,
     /// A metric math expression over other query ids; `${label}` placeholders are filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,7 +129,11 @@ pub struct QuerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_stat: Option<MetricStatSpec>,
     /// Period of an expression's result, in seconds (optional).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": PERIOD_RULE,
         "message": PERIOD_RULE_MESSAGE,
@@ -154,7 +157,11 @@ pub struct MetricStatSpec {
     /// The metric identity.
     pub metric: MetricRef,
     /// Seconds: 1, 5, 10, 30 or a multiple of 60.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "strict::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": PERIOD_RULE,
         "message": PERIOD_RULE_MESSAGE,
@@ -252,6 +259,128 @@ impl QueueCount {
             QueueCount::InFlight => "ApproximateNumberOfMessagesNotVisible",
             QueueCount::Delayed => "ApproximateNumberOfMessagesDelayed",
         }
+    }
+}
+
+/// Deserializers that take a number or a boolean only as written, never from a string: the CRD's
+/// schema refuses `period: "60"` and `returnData: "no"`, and the definitions file must not accept
+/// what an `ExternalMetric` may not say. They ask the format what the value is
+/// (`deserialize_any`), so a quoted YAML scalar or a JSON string arrives as a string and is
+/// refused with the field's path, line and column, where a typed read would have parsed it.
+mod strict {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+    use super::{Deserialize, MetricSpec};
+
+    /// `Option<T>` from a value that is a `T` as written, or null.
+    struct Strict<T>(PhantomData<T>);
+
+    impl<'de> Visitor<'de> for Strict<i64> {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer (not a quoted string)")
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+            Ok(Some(value))
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+            i64::try_from(value)
+                .map(Some)
+                .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+            // A whole number written with a fraction (`60.0`) is still that number.
+            if value.fract() == 0.0 && value.abs() < 9.0e15 {
+                Ok(Some(value as i64))
+            } else {
+                Err(E::invalid_type(Unexpected::Float(value), &self))
+            }
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict<f64> {
+        type Value = Option<f64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number (not a quoted string)")
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+            Ok(Some(value as f64))
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+            Ok(Some(value as f64))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+            Ok(Some(value))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict<bool> {
+        type Value = Option<bool>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("true or false (not a quoted string)")
+        }
+
+        fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+            Ok(Some(value))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    /// An integer as written (`60`, not `"60"`), or null.
+    pub(super) fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_any(Strict::<i64>(PhantomData))
+    }
+
+    /// A number as written (`0`, `1.5`, not `"0"`), or null.
+    pub(super) fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        d.deserialize_any(Strict::<f64>(PhantomData))
+    }
+
+    /// `true` or `false` as written (not `"true"`, nor YAML 1.1's `no`), or null.
+    pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        d.deserialize_any(Strict::<bool>(PhantomData))
+    }
+
+    /// The metrics list; null (`metrics:` with nothing after it) is no metrics.
+    pub(super) fn list_or_null<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<MetricSpec>, D::Error> {
+        Ok(Option::<Vec<MetricSpec>>::deserialize(d)?.unwrap_or_default())
     }
 }
 

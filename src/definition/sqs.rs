@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::cloudwatch::ACCOUNT_ID;
-use super::placeholder::{collect_placeholders, render};
+use super::limits::ACCOUNT_ID;
+use super::placeholder::{MissingLabel, collect_placeholders, render};
 use super::spec::{MetricSpec, QueueCount, SqsSpec};
 
 /// Refresh interval of an SQS definition that sets none: near real time at a cost of about
@@ -149,37 +149,60 @@ fn fill_sample(template: &str) -> String {
     render(template, &labels).unwrap_or_default()
 }
 
+/// Why a series' label values make no queue to read (see [`render_queue`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// A placeholder's label is not in the selector.
+    #[error(transparent)]
+    MissingLabel(#[from] MissingLabel),
+    /// The filled-in URL is not a queue URL.
+    #[error("the selector's labels make queue URL {queue:?}, which is not an SQS queue URL")]
+    NotAQueueUrl {
+        /// The URL as filled in.
+        queue: String,
+    },
+    /// The filled-in name is not a queue name.
+    #[error(
+        "the selector's labels make queue name {queue:?}, which is not an SQS queue name (up to 80 letters, digits, '-' and '_', or ending in .fifo)"
+    )]
+    NotAQueueName {
+        /// The name as filled in.
+        queue: String,
+    },
+    /// The filled-in owner is not an account id.
+    #[error(
+        "the selector's labels make accountId {account:?}, which is not a 12-digit AWS account id"
+    )]
+    NotAnAccountId {
+        /// The account id as filled in.
+        account: String,
+    },
+}
+
 /// The queue a series reads: `sqs` with the series' label values filled in, checked again,
 /// because a label value can make an invalid name (`orders.v2`) or account id. The error names
 /// the field and is meant for the HPA's selector.
 pub fn render_queue(
     sqs: &SqsSpec,
     labels: &std::collections::BTreeMap<String, String>,
-) -> Result<QueueRef, String> {
-    let missing = |label: String| format!("needs label {label:?} in the HPA's metric selector");
-    let queue = render(&sqs.queue, labels).map_err(missing)?;
+) -> Result<QueueRef, QueueError> {
+    let queue = render(&sqs.queue, labels)?;
     if is_url(&sqs.queue) {
         return if QUEUE_URL.is_match(&queue) {
             Ok(QueueRef::Url(queue))
         } else {
-            Err(format!(
-                "the selector's labels make queue URL {queue:?}, which is not an SQS queue URL"
-            ))
+            Err(QueueError::NotAQueueUrl { queue })
         };
     }
     if !QUEUE_NAME.is_match(&queue) {
-        return Err(format!(
-            "the selector's labels make queue name {queue:?}, which is not an SQS queue name (up to 80 letters, digits, '-' and '_', or ending in .fifo)"
-        ));
+        return Err(QueueError::NotAQueueName { queue });
     }
     let owner = match &sqs.account_id {
         None => None,
         Some(template) => {
-            let account = render(template, labels).map_err(missing)?;
+            let account = render(template, labels)?;
             if !ACCOUNT_ID.is_match(&account) {
-                return Err(format!(
-                    "the selector's labels make accountId {account:?}, which is not a 12-digit AWS account id"
-                ));
+                return Err(QueueError::NotAnAccountId { account });
             }
             Some(account)
         }

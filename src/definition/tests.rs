@@ -85,7 +85,7 @@ metrics:
   - name: broken
     queries: []
 "#;
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected validation problems");
     };
     let all = problems.join("\n");
@@ -105,12 +105,185 @@ metrics:
     }
 }
 
+/// An error and its causes, as `{err:#}` prints them at startup.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+const ONE_QUERY: &str = "metrics:\n  - name: x\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          stat: Sum\n";
+
+#[test]
+fn strings_where_numbers_or_booleans_belong_are_refused_naming_the_field_line_and_column() {
+    let with = |line: &str| format!("{ONE_QUERY}{line}\n");
+    let cases = [
+        (
+            with("          period: \"60\""),
+            "at metrics[0].queries[0].metricStat.period: invalid type: string \"60\", expected an integer (not a quoted string) at line 8, column 11",
+        ),
+        (
+            with("          period: 60\n        returnData: \"no\""),
+            "at metrics[0].queries[0].returnData: invalid type: string \"no\", expected true or false (not a quoted string) at line 9, column 9",
+        ),
+        (
+            with("          period: 60\n        returnData: \"true\""),
+            "at metrics[0].queries[0].returnData: invalid type: string \"true\", expected true or false",
+        ),
+        (
+            // YAML 1.1's `no` is text in YAML 1.2, and text is no boolean.
+            with("          period: 60\n        returnData: no"),
+            "at metrics[0].queries[0].returnData: invalid type: string \"no\", expected true or false",
+        ),
+        (
+            with("          period: 60\n        period: \"300\""),
+            "at metrics[0].queries[0].period: invalid type: string \"300\", expected an integer",
+        ),
+        (
+            format!("{}    noDataValue: \"0\"\n", with("          period: 60")),
+            "at metrics[0].noDataValue: invalid type: string \"0\", expected a number (not a quoted string) at line 9, column 5",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(matches!(err, ParseError::Yaml { .. }), "{err:?}");
+        let message = chain(&err);
+        assert!(message.starts_with(expected), "{message}\nin:\n{text}");
+    }
+    // As written, they are what they say.
+    let set = parse(&format!(
+        "{}        returnData: true\n    noDataValue: 0\n",
+        with("          period: 60.0")
+    ))
+    .unwrap();
+    let definition = set.get("x").unwrap();
+    assert_eq!(definition.cloudwatch().unwrap().period, 60);
+    assert_eq!(definition.spec.no_data_value, Some(0.0));
+}
+
+#[test]
+fn a_file_over_the_node_budget_names_the_limit_and_what_to_do() {
+    let mut text = String::from("metrics:\n");
+    let mut index = 0;
+    while text.len() < 4_000_000 {
+        text.push_str(&format!(
+            "  - name: m{index}\n    queries:\n      - id: a\n        metricStat:\n          metric: {{namespace: N, metricName: M}}\n          period: 60\n          stat: Sum\n"
+        ));
+        index += 1;
+    }
+    let err = parse(&text).unwrap_err();
+    let ParseError::TooLarge { limit } = &err else {
+        panic!("expected the budget to refuse it: {err:?}");
+    };
+    assert_eq!(
+        limit,
+        "more than 250000 YAML nodes (values, lists and maps)"
+    );
+    let message = err.to_string();
+    assert!(
+        !message.contains("budget breached"),
+        "not the parser's own text: {message}"
+    );
+    assert!(message.contains("ExternalMetric objects"), "{message}");
+    assert!(message.contains("placeholders"), "{message}");
+}
+
+#[test]
+fn an_empty_file_is_no_metrics_and_a_warning() {
+    for text in ["", "# nothing yet\n", "metrics: []\n", "metrics:\n"] {
+        assert!(parse(text).unwrap().is_empty(), "{text:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "metrics: []\n").unwrap();
+    let full = dir.path().join("full.yaml");
+    std::fs::write(&full, SQS).unwrap();
+    let logs = captured_logs(|| {
+        assert!(load_file(&empty).unwrap().is_empty());
+        assert_eq!(load_file(&full).unwrap().len(), 1);
+    });
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0].contains("defines no metrics") && warnings[0].contains("empty.yaml"),
+        "{logs}"
+    );
+}
+
+/// What `f` logs, as text.
+fn captured_logs(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn load_errors_name_the_file_and_print_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let err = load_file(&missing).unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }));
+    let message = chain(&err);
+    assert!(
+        message.starts_with(&format!(
+            "cannot read definitions file {}: ",
+            missing.display()
+        )),
+        "{message}"
+    );
+
+    let quoted = dir.path().join("quoted.yaml");
+    std::fs::write(&quoted, format!("{ONE_QUERY}          period: \"60\"\n")).unwrap();
+    let err = load_file(&quoted).unwrap_err();
+    assert!(matches!(err, LoadError::Parse { .. }));
+    let message = chain(&err);
+    assert_eq!(
+        message,
+        format!(
+            "definitions file {} is not valid: at metrics[0].queries[0].metricStat.period: invalid type: string \"60\", expected an integer (not a quoted string) at line 8, column 11",
+            quoted.display()
+        )
+    );
+    assert_eq!(message.matches("invalid type").count(), 1);
+
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(&invalid, format!("{ONE_QUERY}          period: 45\n")).unwrap();
+    let err = load_file(&invalid).unwrap_err();
+    let LoadError::Invalid { problems, .. } = &err else {
+        panic!("expected problems: {err:?}");
+    };
+    assert_eq!(problems.len(), 1);
+    assert!(err.to_string().contains("has 1 problem(s):\n  - metrics[0] (x): queries[0] (a): metricStat.period: 45 is not a period"));
+    assert!(std::error::Error::source(&err).is_none());
+}
+
 #[test]
 fn rejects_unknown_fields_naming_them() {
     let text = "metrics:\n  - name: x\n    widnow: 5m\n    queries: []\n";
-    let Err(ParseError::Yaml(message)) = parse(text) else {
-        panic!("expected a schema error");
-    };
+    let err = parse(text).unwrap_err();
+    assert!(matches!(err, ParseError::Yaml { .. }), "{err:?}");
+    let message = chain(&err);
     assert!(message.contains("widnow"), "{message}");
 }
 
@@ -137,7 +310,7 @@ fn window_defaults_to_three_periods_for_long_periods() {
 #[test]
 fn window_shorter_than_period_is_refused() {
     let text = "metrics:\n  - name: x\n    window: 30s\n    queries:\n      - id: a\n        metricStat:\n          metric: {namespace: N, metricName: M}\n          period: 60\n          stat: Sum\n";
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected a problem");
     };
     assert!(
@@ -244,7 +417,7 @@ metrics:
   - name: bad-placeholder
     sqs: {queue: "${Queue"}
 "#;
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected validation problems");
     };
     let all = problems.join("\n");
@@ -293,7 +466,7 @@ metrics:
 "#,
         "x".repeat(970)
     );
-    let Err(ParseError::Invalid(problems)) = parse(&text) else {
+    let Err(ParseError::Invalid { problems }) = parse(&text) else {
         panic!("expected problems");
     };
     let all = problems.join("\n");
@@ -325,7 +498,7 @@ metrics:
     refreshInterval: 100000h
     sqs: {queue: orders}
 "#;
-    let Err(ParseError::Invalid(problems)) = parse(text) else {
+    let Err(ParseError::Invalid { problems }) = parse(text) else {
         panic!("expected problems");
     };
     let all = problems.join("\n");
@@ -572,8 +745,12 @@ mod properties {
                         prop_assert!(definition.refresh_interval <= MAX_REFRESH_INTERVAL);
                     }
                 }
-                Err(ParseError::Yaml(message)) => prop_assert!(names_a_field(&message), "{message}"),
-                Err(ParseError::Invalid(problems)) => {
+                Err(err @ ParseError::Yaml { .. }) => {
+                    let message = chain(&err);
+                    prop_assert!(names_a_field(&message), "{message}");
+                }
+                Err(ParseError::TooLarge { limit }) => prop_assert!(false, "a small file is too large: {limit}"),
+                Err(ParseError::Invalid { problems }) => {
                     for problem in problems {
                         let (_, what) = problem.split_once("): ").unwrap_or(("", &problem));
                         prop_assert!(names_a_field(what), "{problem}");
@@ -585,8 +762,8 @@ mod properties {
         #[test]
         fn the_object_loader_never_panics_and_names_the_field(spec in spec()) {
             let converted = crate::crd::to_definition("team-a", "metric", Some(&spec), &["*".to_string()]);
-            if let Err(problems) = converted.definition {
-                for problem in problems {
+            if let Err(invalid) = converted.definition {
+                for problem in invalid.problems {
                     prop_assert!(names_a_field(&problem), "{problem}");
                 }
             }

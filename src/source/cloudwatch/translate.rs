@@ -47,11 +47,8 @@ pub fn build_request(
         }
     }
     let fill = |template: &str| {
-        render(template, labels).map_err(|label| {
-            ProviderError::InvalidSelector(format!(
-                "metric {} needs label {label:?} in the HPA's metric selector",
-                spec.name
-            ))
+        render(template, labels).map_err(|missing| {
+            ProviderError::InvalidSelector(format!("metric {} {missing}", spec.name))
         })
     };
     let mut queries = Vec::with_capacity(spec.queries.len());
