@@ -146,12 +146,19 @@ impl Served {
     /// A kubeconfig that reaches the fake presenting `token` (accepted from now on): one per
     /// replica, so a fault can cut off one of them.
     pub fn kubeconfig_for(&self, token: &str) -> Result<PathBuf, Error> {
-        self.fake.add_caller(token);
         let n = self.kubeconfigs.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.path().join(format!("kubeconfig-{n}"));
-        let ca_path = self.dir.path().join("kube-ca.pem");
-        write(&path, &kubeconfig_text(self.addr, &ca_path, token))?;
+        self.write_kubeconfig(&path, token)?;
         Ok(path)
+    }
+
+    /// Write a kubeconfig that reaches the fake presenting `token` (accepted from now on) to
+    /// `path`. It names the CA file in the fake's own directory, so it works while the fake
+    /// lives.
+    pub fn write_kubeconfig(&self, path: &Path, token: &str) -> Result<(), Error> {
+        self.fake.add_caller(token);
+        let ca_path = self.dir.path().join("kube-ca.pem");
+        write(path, &kubeconfig_text(self.addr, &ca_path, token))
     }
 
     /// Drop the listener and every open connection: the API server is gone.
