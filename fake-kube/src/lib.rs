@@ -167,6 +167,7 @@ impl FakeKube {
 
     /// A `kube::Client` whose transport is this fake, in process, presenting `token` (accepted
     /// from now on). Faults apply to it as to a connection. Its default namespace is `default`.
+    /// Call it inside a tokio runtime (the client spawns its request buffer there).
     pub fn client(&self, token: &str) -> kube::Client {
         self.add_caller(token);
         kube::Client::new(
