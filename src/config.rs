@@ -151,6 +151,9 @@ pub struct ServeConfig {
     /// Delegates: the cluster's other external-metrics providers (see `delegate::config`).
     #[command(flatten)]
     pub delegate: crate::delegate::config::DelegateFlags,
+    /// Leader election: which replica calls AWS and writes status.
+    #[command(flatten)]
+    pub leader_election: LeaderElectionFlags,
 }
 
 /// `ExternalMetric` objects: the watch, and how their status is written.
@@ -548,6 +551,7 @@ impl ServeConfig {
         self.auth.problems(&mut problems);
         self.aws.problems(&mut problems);
         self.delegate.problems(&mut problems);
+        self.leader_election.problems(&mut problems);
         ConfigError::from_problems(problems)
     }
 }
@@ -608,6 +612,222 @@ impl ConfigError {
             Err(ConfigError { problems })
         }
     }
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease (see `leader`), with the flags
+/// Kubernetes components use.
+#[derive(Debug, Clone, Args)]
+pub struct LeaderElectionFlags {
+    /// Elect one leader among the replicas on a Lease: only the leader calls AWS and writes
+    /// ExternalMetric status. Off: this replica always leads (one replica).
+    #[arg(long, env = "LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// How long candidates wait, after the Lease last changed, before taking it over (whole
+    /// seconds: it is written into the Lease).
+    #[arg(long, env = "LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = whole_seconds_in(SECOND, HOUR))]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps leading after its last successful renewal was sent; must be
+    /// shorter than the lease duration.
+    #[arg(long, env = "LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = duration_in(MILLISECOND * 100, HOUR))]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often the leader renews; candidates retry every 1 to 2.2 times this. 1.2 times it
+    /// must be shorter than the renew deadline.
+    #[arg(long, env = "LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = duration_in(MILLISECOND * 100, MINUTE * 10))]
+    pub leader_elect_retry_period: Duration,
+    /// The Lease's name.
+    #[arg(long, env = "LEADER_ELECT_RESOURCE_NAME", default_value = "cloudwatch-metrics-adapter", value_parser = dns_subdomain)]
+    pub leader_elect_resource_name: String,
+    /// The Lease's namespace. Default: the pod's (POD_NAMESPACE, else the service account's
+    /// namespace file).
+    #[arg(long, env = "LEADER_ELECT_RESOURCE_NAMESPACE", value_parser = dns_label)]
+    pub leader_elect_resource_namespace: Option<String>,
+    /// Where the other replicas reach this one when it leads (HOST:PORT: the pod IP and the
+    /// secure port), advertised in the Lease.
+    #[arg(long, env = "PEER_ADVERTISE_ADDRESS", value_parser = host_port)]
+    pub peer_advertise_address: Option<String>,
+}
+
+/// Where a pod finds its own namespace when POD_NAMESPACE is not set.
+const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+impl LeaderElectionFlags {
+    /// The election's configuration, with a new unique identity (the pod's name and a random
+    /// suffix); `None` with `--leader-elect=false`.
+    pub fn to_config(&self) -> Result<Option<crate::leader::ElectionConfig>, ConfigError> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let mut problems = Vec::new();
+        self.problems(&mut problems);
+        ConfigError::from_problems(problems)?;
+        let (Some(namespace), Some(pod)) = (self.namespace(), pod_name()) else {
+            // `problems` said so already; kept for the types.
+            return Err(ConfigError {
+                problems: vec!["--leader-elect: no namespace or no pod name".to_string()],
+            });
+        };
+        Ok(Some(
+            self.election(namespace, crate::leader::unique_identity(&pod)),
+        ))
+    }
+
+    fn election(&self, namespace: String, identity: String) -> crate::leader::ElectionConfig {
+        crate::leader::ElectionConfig {
+            namespace,
+            name: self.leader_elect_resource_name.clone(),
+            identity,
+            peer_address: self.peer_advertise_address.clone(),
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        }
+    }
+
+    /// The Lease's namespace: the flag, else the pod's.
+    fn namespace(&self) -> Option<String> {
+        first_non_empty([
+            self.leader_elect_resource_namespace.clone(),
+            std::env::var("POD_NAMESPACE").ok(),
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok(),
+        ])
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        use crate::leader::ElectionConfigError;
+        if !self.leader_elect {
+            return;
+        }
+        let format = |d: Duration| humantime::format_duration(d).to_string();
+        let election = self.election("namespace".into(), "identity".into());
+        match election.validate() {
+            Ok(()) => {}
+            Err(ElectionConfigError::LeaseNotAboveRenewDeadline { .. }) => problems.push(format!(
+                "--leader-elect-lease-duration ({}) must be greater than --leader-elect-renew-deadline ({})",
+                format(self.leader_elect_lease_duration),
+                format(self.leader_elect_renew_deadline)
+            )),
+            Err(ElectionConfigError::RenewDeadlineNotAboveRetry { .. }) => problems.push(format!(
+                "--leader-elect-renew-deadline ({}) must be greater than {} x --leader-elect-retry-period ({})",
+                format(self.leader_elect_renew_deadline),
+                crate::leader::JITTER_FACTOR,
+                format(self.leader_elect_retry_period)
+            )),
+            Err(other) => problems.push(format!("--leader-elect: {other}")),
+        }
+        if self.namespace().is_none() {
+            problems.push(format!(
+                "--leader-elect-resource-namespace: not given, and the pod's namespace is unknown (no POD_NAMESPACE, no {SERVICE_ACCOUNT_NAMESPACE_FILE})"
+            ));
+        }
+        if pod_name().is_none() {
+            problems.push(
+                "--leader-elect: this replica has no name to be known by in the Lease: set POD_NAME (the chart passes it from the downward API) or HOSTNAME".to_string(),
+            );
+        }
+    }
+}
+
+/// This pod's name: POD_NAME, else the host name.
+fn pod_name() -> Option<String> {
+    first_non_empty([
+        std::env::var("POD_NAME").ok(),
+        std::env::var("HOSTNAME").ok(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
+    ])
+}
+
+/// The first candidate that is not blank, trimmed.
+fn first_non_empty<const N: usize>(candidates: [Option<String>; N]) -> Option<String> {
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|text| text.trim().to_string())
+        .find(|text| !text.is_empty())
+}
+
+/// A clap value parser for a duration of whole seconds within `min..=max`.
+fn whole_seconds_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let within = duration_in(min, max);
+    move |text: &str| {
+        let value = within(text)?;
+        if value.subsec_nanos() != 0 {
+            return Err(format!(
+                "{} is not a whole number of seconds (the Lease holds whole seconds)",
+                humantime::format_duration(value)
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// Whether `label` is an RFC 1123 label: lower case letters, digits and '-', starting and
+/// ending with a letter or digit, at most 63 characters.
+fn is_dns_label(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A clap value parser for a namespace (an RFC 1123 label).
+fn dns_label(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if is_dns_label(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a namespace name (lower case letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+/// A clap value parser for an object name (an RFC 1123 subdomain).
+fn dns_subdomain(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.len() <= 253 && text.split('.').all(is_dns_label) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not an object name (lower case letters, digits, '-' and '.', at most 253)"
+        ))
+    }
+}
+
+/// A clap value parser for `HOST:PORT`: a DNS name, an IPv4 address or a bracketed IPv6
+/// address, and a port from 1 to 65535.
+fn host_port(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} is not HOST:PORT"));
+    };
+    if !port.parse::<u16>().is_ok_and(|port| port != 0) {
+        return Err(format!(
+            "{text:?}: the port must be a number from 1 to 65535"
+        ));
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+    };
+    if !host_ok {
+        return Err(format!(
+            "{text:?}: the host must be a DNS name, an IPv4 address or a bracketed IPv6 address"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 #[cfg(test)]
@@ -812,5 +1032,122 @@ mod tests {
         ]);
         assert_eq!(config.cache.max_value_age, Duration::from_secs(7 * 86_400));
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default_with_client_go_timing() {
+        let config = serve(&["--aws-region", "eu-west-1"]);
+        let flags = &config.leader_election;
+        assert!(!flags.leader_elect);
+        assert_eq!(flags.leader_elect_lease_duration, Duration::from_secs(15));
+        assert_eq!(flags.leader_elect_renew_deadline, Duration::from_secs(10));
+        assert_eq!(flags.leader_elect_retry_period, Duration::from_secs(2));
+        assert_eq!(
+            flags.leader_elect_resource_name,
+            "cloudwatch-metrics-adapter"
+        );
+        assert!(flags.to_config().unwrap().is_none());
+    }
+
+    #[test]
+    fn leader_election_flags_are_checked_and_make_an_election() {
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--leader-elect",
+            "--leader-elect-resource-namespace",
+            "adapter",
+            "--peer-advertise-address",
+            "10.1.2.3:6443",
+        ]);
+        let election = config.leader_election.to_config().unwrap().unwrap();
+        assert_eq!(election.namespace, "adapter");
+        assert_eq!(election.name, "cloudwatch-metrics-adapter");
+        assert_eq!(election.peer_address.as_deref(), Some("10.1.2.3:6443"));
+        assert!(election.identity.contains('_'), "{}", election.identity);
+        election.validate().unwrap();
+
+        // Each timing is fine alone; together they break client-go's rules.
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--leader-elect=true",
+            "--leader-elect-resource-namespace=adapter",
+            "--leader-elect-lease-duration=10s",
+            "--leader-elect-renew-deadline=10s",
+        ]);
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("--leader-elect-lease-duration (10s) must be greater than --leader-elect-renew-deadline (10s)"),
+            "{text}"
+        );
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--leader-elect",
+            "--leader-elect-resource-namespace=adapter",
+            "--leader-elect-retry-period=9s",
+        ]);
+        let text = config.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("--leader-elect-renew-deadline (10s) must be greater than 1.2 x --leader-elect-retry-period (9s)"),
+            "{text}"
+        );
+        // Off, the same timings are not checked: they are not used.
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--leader-elect-retry-period=9s",
+        ]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn leader_election_values_are_refused_where_parsed() {
+        let refused = [
+            (
+                "--leader-elect-lease-duration",
+                "15500ms",
+                "whole number of seconds",
+            ),
+            ("--leader-elect-lease-duration", "2h", "accepted range"),
+            ("--leader-elect-renew-deadline", "50ms", "accepted range"),
+            ("--leader-elect-retry-period", "1h", "accepted range"),
+            (
+                "--leader-elect-resource-name",
+                "Not_A_Name",
+                "not an object name",
+            ),
+            (
+                "--leader-elect-resource-namespace",
+                "a.b",
+                "not a namespace name",
+            ),
+            ("--peer-advertise-address", "10.1.2.3", "not HOST:PORT"),
+            ("--peer-advertise-address", "10.1.2.3:0", "the port must be"),
+            ("--peer-advertise-address", "fe80::1:6443", "bracketed IPv6"),
+            ("--peer-advertise-address", ":6443", "the host must be"),
+        ];
+        for (flag, value, needle) in refused {
+            let argv = ["cloudwatch-metrics-adapter", "serve", flag, value];
+            let err = Cli::try_parse_from(argv).expect_err(&format!("{flag} {value} was accepted"));
+            let text = err.to_string();
+            assert!(
+                text.contains(flag) && text.contains(needle),
+                "{flag} {value}: {text}"
+            );
+        }
+        let config = serve(&[
+            "--peer-advertise-address=[fe80::1]:6443",
+            "--leader-elect-resource-name=adapter.lock",
+        ]);
+        assert_eq!(
+            config.leader_election.peer_advertise_address.as_deref(),
+            Some("[fe80::1]:6443")
+        );
+        assert_eq!(
+            first_non_empty([None, Some("  ".into()), Some(" pod-1\n".into())]),
+            Some("pod-1".to_string())
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod definition;
 pub mod delegate;
 pub mod engine;
 pub mod forward;
+pub mod leader;
 pub mod metrics;
 pub(crate) mod pacer;
 pub mod provider;

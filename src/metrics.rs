@@ -151,6 +151,7 @@ pub struct AdapterMetrics {
     api_rejections: Family<ReasonLabels, Counter>,
     collector: OnceLock<Collector>,
     auth: AuthMetrics,
+    leader: crate::leader::LeaderMetrics,
 }
 
 /// Authentication and authorization counters. Every label value is a fixed word (how a caller
@@ -413,6 +414,7 @@ impl Default for AdapterMetrics {
             value_age.clone(),
         );
         let auth = AuthMetrics::register(&mut registry);
+        let leader = crate::leader::register(&mut registry);
         registry.register(
             "refresh_lag_seconds",
             "How late the last refresh of a metric's series started, past its due time",
@@ -503,6 +505,7 @@ impl Default for AdapterMetrics {
             api_rejections,
             collector: OnceLock::new(),
             auth,
+            leader,
         }
     }
 }
@@ -511,6 +514,11 @@ impl AdapterMetrics {
     /// The authentication and authorization counters.
     pub fn auth(&self) -> &AuthMetrics {
         &self.auth
+    }
+
+    /// The leader election's gauge and counter (registered by `leader::register`).
+    pub fn leader(&self) -> &crate::leader::LeaderMetrics {
+        &self.leader
     }
 
     /// Record one value request. `metric` must be a defined metric name or a fixed word, never

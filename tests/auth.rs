@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use cloudwatch_emulator::Emulator;
-use common::fake_kube::FakeKube;
 use common::{Cas, DEFINITIONS, TestCa, TestServer, minute, put};
+use fake_kube::FakeKube;
 use serde_json::{Value, json};
 
 const VALUE: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-visible?labelSelector=QueueName%3Dorders";
@@ -90,7 +90,7 @@ fn value_attributes() -> Value {
 async fn identity_headers_are_believed_only_from_the_front_proxy() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let cas = Cas::new();
     let server = start(&emulator, &cas.flags(&fake, true)).await;
     fake.allow(HPA, "sqs-visible");
@@ -188,14 +188,14 @@ async fn identity_headers_are_believed_only_from_the_front_proxy() {
             .all(|review| review["spec"]["user"] != "system:admin")
     );
     assert!(fake.token_reviews().is_empty());
-    assert_eq!(*fake.state.unauthenticated_calls.lock().unwrap(), 0);
+    assert_eq!(fake.unauthenticated_calls(), 0);
     server.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn without_anonymous_access_forged_headers_get_401() {
     let emulator = Emulator::start().await.unwrap();
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let cas = Cas::new();
     let server = start(&emulator, &cas.flags(&fake, false)).await;
     for path in [VALUE, DISCOVERY, "/apis", "/no/such/path"] {
@@ -218,7 +218,7 @@ async fn without_anonymous_access_forged_headers_get_401() {
 async fn bearer_tokens_go_through_token_review_and_discovery_is_a_non_resource_get() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let cas = Cas::new();
     let server = start(&emulator, &cas.flags(&fake, true)).await;
     fake.add_token("bob-token", "bob", "uid-bob", &["devs"]);
@@ -270,7 +270,7 @@ async fn bearer_tokens_go_through_token_review_and_discovery_is_a_non_resource_g
     .unwrap();
     assert_eq!(status, 401, "{body}");
     assert_eq!(fake.token_reviews().len(), 2);
-    assert_eq!(*fake.state.unauthenticated_calls.lock().unwrap(), 0);
+    assert_eq!(fake.unauthenticated_calls(), 0);
     server.stop().await.unwrap();
 }
 
@@ -278,7 +278,7 @@ async fn bearer_tokens_go_through_token_review_and_discovery_is_a_non_resource_g
 async fn fails_closed_while_the_api_server_is_down_and_recovers_by_itself() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let cas = Cas::new();
     let mut flags = cas.flags(&fake, false);
     // Long enough that the cached answers cannot expire during the test.
@@ -317,7 +317,7 @@ async fn fails_closed_while_the_api_server_is_down_and_recovers_by_itself() {
     );
 
     // Back up: no restart of the adapter needed.
-    fake.restart().await;
+    fake.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _) = with_token(&server, "carol-token").await;
@@ -336,7 +336,7 @@ async fn fails_closed_while_the_api_server_is_down_and_recovers_by_itself() {
 async fn the_configmap_is_read_at_start_and_followed_through_ca_rotation() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let first = TestCa::new("front-proxy-ca");
     let rotated = TestCa::new("front-proxy-ca");
     let client_ca = TestCa::new("kubernetes");
@@ -463,7 +463,7 @@ async fn the_configmap_is_read_at_start_and_followed_through_ca_rotation() {
     )
     .await;
     assert!(!matches!(outcome, Ok((200, _))), "{outcome:?}");
-    let watches = fake.state.watches.lock().unwrap().clone();
+    let watches = fake.configmap_watches();
     assert!(!watches.is_empty());
     assert!(
         watches[0].contains("fieldSelector=metadata.name%3Dextension-apiserver-authentication"),
@@ -523,7 +523,7 @@ async fn certificates_are_verified_once_per_connection_and_a_ca_rotation_reaches
 {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let first = TestCa::new("front-proxy-ca");
     let rotated = TestCa::new("front-proxy-ca");
     let client_ca = TestCa::new("kubernetes");
@@ -596,7 +596,7 @@ async fn certificates_are_verified_once_per_connection_and_a_ca_rotation_reaches
 async fn expired_and_not_yet_valid_certificates_are_refused_even_mid_connection() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let cas = Cas::new();
     // Anonymous access on: a certificate that no longer proves anyone must still be a refusal.
     let server = start(&emulator, &cas.flags(&fake, true)).await;
@@ -642,12 +642,12 @@ async fn expired_and_not_yet_valid_certificates_are_refused_even_mid_connection(
 async fn identical_concurrent_reviews_reach_the_cluster_once() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let cas = Cas::new();
     let server = start(&emulator, &cas.flags(&fake, false)).await;
     fake.allow(HPA, "sqs-visible");
     // Long enough that every request below arrives while the first review is under way.
-    *fake.state.review_delay.lock().unwrap() = Duration::from_millis(500);
+    fake.set_review_delay(Duration::from_millis(500));
     let (cert, key) = cas.front_proxy.client("front-proxy-client", &[]);
     let aggregator = server.client_with_certificate(&cert, &key);
     let mut requests = tokio::task::JoinSet::new();
@@ -688,14 +688,14 @@ async fn identical_concurrent_reviews_reach_the_cluster_once() {
 async fn the_configmap_watch_resumes_from_bookmarks_and_relists_after_410() {
     let emulator = Emulator::start().await.unwrap();
     seeded_emulator_data(&emulator);
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let client_ca = TestCa::new("kubernetes");
     let cas: Vec<TestCa> = (0..3).map(|_| TestCa::new("front-proxy-ca")).collect();
     publish(&fake, &cas[0], &client_ca);
     let server = start(&emulator, &[fake.kubeconfig_arg()]).await;
     fake.allow(HPA, "sqs-visible");
-    let lists = || fake.state.lists.lock().unwrap().clone();
-    let watches = || fake.state.watches.lock().unwrap().clone();
+    let lists = || fake.configmap_lists();
+    let watches = || fake.configmap_watches();
     let trusted = |ca: &TestCa| {
         let (cert, key) = ca.client("front-proxy-client", &[]);
         let client = server.client_with_certificate(&cert, &key);

@@ -12,8 +12,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use cloudwatch_emulator::Emulator;
-use common::fake_kube::FakeKube;
 use common::{Cas, DEFINITIONS, TestServer, minute, put};
+use fake_kube::FakeKube;
 
 const VALUE: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-visible?labelSelector=QueueName%3Dorders";
 
@@ -70,7 +70,7 @@ fn nothing_logs_identity_header_values_or_credentials() {
             minute(2),
             42.0,
         );
-        (emulator, FakeKube::start().await, Cas::new())
+        (emulator, FakeKube::start().await.unwrap(), Cas::new())
     });
     let user = format!("{MARKER}-user");
     let token_user = format!("{MARKER}-token-user");

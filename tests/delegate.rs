@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use cloudwatch_emulator::Emulator;
 use common::fake_keda::{FakeKeda, SCALED_OBJECT_KEY};
-use common::fake_kube::FakeKube;
 use common::{DEFINITIONS, TestCa, TestServer, minute, path_str, put};
+use fake_kube::{FakeKube, Served};
 use serde_json::Value;
 
 const HPA: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
@@ -93,7 +93,7 @@ impl Default for Options {
 /// A cluster: the fake API server, the two delegates, and this adapter in front of them.
 struct Setup {
     _emulator: Emulator,
-    kube: FakeKube,
+    kube: Served,
     keda: FakeKeda,
     other: TestServer,
     front: TestServer,
@@ -122,7 +122,7 @@ impl Setup {
             minute(2),
             5.0,
         );
-        let kube = FakeKube::start().await;
+        let kube = FakeKube::start().await.unwrap();
         kube.add_token(
             FRONT_TOKEN,
             FRONT_SA,
@@ -933,7 +933,7 @@ async fn kedas_ca_is_read_from_its_secret_and_follows_its_rotation() {
     })
     .await;
     // Only that one Secret was asked for, by name (what RBAC resourceNames can allow).
-    let queries = setup.kube.state.secret_requests.lock().unwrap().clone();
+    let queries = setup.kube.secret_requests();
     assert!(!queries.is_empty());
     assert!(
         queries

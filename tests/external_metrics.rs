@@ -1,7 +1,12 @@
-//! ExternalMetric objects against a mocked Kubernetes API server (kube's tower-test pattern):
-//! the watch (list, watch events, relist after a watch error, retry of a failed list), status
-//! and Events for good, bad and hostile objects, status driven by refresh outcomes, and the
-//! archived adapter's sample manifest served end to end. Every wait is bounded.
+//! ExternalMetric objects against the fake Kubernetes API server (`fake-kube`, in process): the
+//! watch (list, watch events, relist after a watch error, retry of a failed list), status and
+//! Events for good, bad and hostile objects, status driven by refresh outcomes, and the archived
+//! adapter's sample manifest served end to end. Every wait is bounded.
+//!
+//! The tests that check that something does NOT happen (no second write, no write for an old
+//! definition, no sync before the retried list) run on paused time: the clock only moves when
+//! every task is idle, so whatever the adapter would do within the waited time has been done
+//! before the assertion, on any machine.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,8 +23,8 @@ use cloudwatch_metrics_adapter::controller::{self, Reconciler};
 use cloudwatch_metrics_adapter::definition::{self, Definition, DefinitionSet};
 use cloudwatch_metrics_adapter::engine::OutcomeObserver;
 use cloudwatch_metrics_adapter::provider::{BackendFailure, MetricValue, ProviderError};
-use common::apiserver::{MockApiServer, eventually, external_metric};
-use common::{DEFINITIONS, TestServer, minute, put, rfc3339};
+use common::{DEFINITIONS, TestServer, eventually, minute, put, rfc3339};
+use fake_kube::{ADAPTER_TOKEN, FakeKube, external_metric};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -124,9 +129,10 @@ fn period_of(definition: &Definition) -> i64 {
     definition.cloudwatch().unwrap().period
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_watch_lists_follows_changes_and_relists_after_a_watch_error() {
-    let (client, api) = MockApiServer::start();
+    let fake = FakeKube::new();
+    let (client, api) = (fake.client(ADAPTER_TOKEN), fake.external_metrics());
     api.fail_lists(1);
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     api.apply(external_metric("team-c", "stable", sqs_spec(60)));
@@ -204,7 +210,8 @@ async fn the_watch_lists_follows_changes_and_relists_after_a_watch_error() {
 // had not got to it yet.
 #[tokio::test(start_paused = true)]
 async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
-    let (client, api) = MockApiServer::start();
+    let fake = FakeKube::new();
+    let (client, api) = (fake.client(ADAPTER_TOKEN), fake.external_metrics());
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     // Objects stored before the CRD had a schema (the archived adapter's had none) can hold
     // anything: the watch must decode them one by one.
@@ -329,8 +336,9 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
     assert_eq!(event["reportingController"], "cloudwatch-metrics-adapter");
 
     // Each status write comes back as a MODIFIED watch event: that must not cause another write.
-    // Four of the writer's 200 ms flushes, each after every echo before it was handled.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Paused time runs 25 status intervals, and only once every task is idle: a write the
+    // echo caused would have been made by then.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     for name in names {
         assert_eq!(
             api.status_patches("team-a", name).len(),
@@ -373,9 +381,10 @@ fn outcome_value(value: f64, timestamp: SystemTime) -> Result<MetricValue, Provi
     })
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes() {
-    let (client, api) = MockApiServer::start();
+    let fake = FakeKube::new();
+    let (client, api) = (fake.client(ADAPTER_TOKEN), fake.external_metrics());
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     let interval = Duration::from_millis(300);
     let controller = Controller::start(client, &api, Some(interval));
@@ -525,7 +534,8 @@ async fn the_archived_sample_manifest_is_served_in_its_namespace_with_live_statu
         at,
         7.0,
     );
-    let (client, api) = MockApiServer::start();
+    let fake = FakeKube::new();
+    let (client, api) = (fake.client(ADAPTER_TOKEN), fake.external_metrics());
     let mut sample: Value =
         serde_saphyr::from_str(include_str!("fixtures/awslabs-sqs-externalmetric.yaml")).unwrap();
     sample["metadata"]["namespace"] = json!("default");

@@ -7,8 +7,8 @@ mod common;
 use std::process::Stdio;
 
 use cloudwatch_emulator::Emulator;
-use common::fake_kube::FakeKube;
 use common::{DEFINITIONS, TestCa, TestServer, minute, path_str, put, rfc3339, tool};
+use fake_kube::FakeKube;
 use tokio::process::Command;
 
 async fn kubectl(server: &TestServer, path: &str) -> (i32, String, String) {
@@ -110,7 +110,7 @@ async fn kubectl_with_a_client_certificate_and_with_a_token_is_authorized_by_the
         minute(2),
         7.0,
     );
-    let fake = FakeKube::start().await;
+    let fake = FakeKube::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let client_ca = TestCa::new("kubernetes");
     let client_ca_file = path_str(&client_ca.write(dir.path(), "client-ca.pem"));

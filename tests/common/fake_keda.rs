@@ -45,7 +45,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt;
 
 use super::TestCa;
-use super::fake_kube::{ADAPTER_TOKEN, FakeKube};
+use fake_kube::{ADAPTER_TOKEN, Served};
 
 /// The label KEDA puts on the HPAs it creates, naming the ScaledObject.
 pub const SCALED_OBJECT_KEY: &str = "scaledobject.keda.sh/name";
@@ -93,7 +93,7 @@ pub struct FakeKeda {
 
 impl FakeKeda {
     /// Start on 127.0.0.1:0 with its own CA, reviewing through `kube`.
-    pub async fn start(kube: &FakeKube) -> FakeKeda {
+    pub async fn start(kube: &Served) -> FakeKeda {
         super::install_crypto();
         let ca = TestCa::new("keda-ca");
         let client_ca = TestCa::new("kubernetes-client-ca");
@@ -105,7 +105,7 @@ impl FakeKeda {
             ca: Mutex::new(ca),
             client_ca,
             kube_addr: kube.addr,
-            kube_ca: kube.ca.pem.clone(),
+            kube_ca: kube.ca_pem.clone(),
             state: Arc::new(KedaState::default()),
             tls,
             held,

@@ -1,11 +1,9 @@
-//! Shared helpers for real-socket tests: generated certificates, the emulator, a running server,
-//! a fake Kubernetes API server.
+//! Shared helpers for real-socket tests: generated certificates, the emulator, a running server.
+//! The fake Kubernetes API server is the workspace's `fake-kube` crate.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-pub mod apiserver;
 pub mod edge;
 pub mod fake_keda;
-pub mod fake_kube;
 pub mod sqs;
 
 use std::net::SocketAddr;
@@ -120,7 +118,7 @@ impl Cas {
     }
 
     /// Flags giving both CAs as files (no ConfigMap lookup).
-    pub fn flags(&self, fake: &fake_kube::FakeKube, anonymous: bool) -> Vec<String> {
+    pub fn flags(&self, fake: &fake_kube::Served, anonymous: bool) -> Vec<String> {
         vec![
             fake.kubeconfig_arg(),
             "--authentication-skip-lookup".to_string(),
@@ -411,6 +409,18 @@ impl TestServer {
             let _ = stop.send(());
         }
         self.task.take().unwrap().await.unwrap()
+    }
+}
+
+/// Wait (bounded) until `condition` holds, polling every 10 ms of tokio's clock (so it also
+/// works on paused time).
+pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
