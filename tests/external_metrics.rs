@@ -69,11 +69,7 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(
-        client: kube::Client,
-        api: &MockApiServer,
-        with_status: Option<Duration>,
-    ) -> Controller {
+    fn start(client: kube::Client, fake: &FakeKube, with_status: Option<Duration>) -> Controller {
         let file = Arc::new(definition::parse(FILE).unwrap());
         let definitions = Arc::new(ArcSwap::new(file.clone()));
         let stop = CancellationToken::new();
@@ -93,12 +89,12 @@ impl Controller {
         let reconciler = Reconciler::new(file, definitions.clone(), sender.clone());
         let synced = Arc::new(AtomicBool::new(false));
         let lists_at_sync = Arc::new(AtomicUsize::new(0));
-        let (flag, lists, api) = (synced.clone(), lists_at_sync.clone(), api.clone());
+        let (flag, lists, fake) = (synced.clone(), lists_at_sync.clone(), fake.clone());
         tasks.push(tokio::spawn(controller::run(
             client,
             reconciler,
             move || {
-                lists.store(api.lists(), Ordering::SeqCst);
+                lists.store(fake.external_metrics().lists(), Ordering::SeqCst);
                 flag.store(true, Ordering::SeqCst);
             },
             stop.clone(),
@@ -136,7 +132,7 @@ async fn the_watch_lists_follows_changes_and_relists_after_a_watch_error() {
     api.fail_lists(1);
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     api.apply(external_metric("team-c", "stable", sqs_spec(60)));
-    let controller = Controller::start(client, &api, None);
+    let controller = Controller::start(client, &fake, None);
 
     // The first list fails: synced only by the watcher's retried list, never by the failed one
     // (read when the sync happened, so a sync after the first list would show as 1).
@@ -229,7 +225,7 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
     let mut renamed = sqs_spec(60);
     renamed["name"] = json!("old-name");
     api.apply(external_metric("team-a", "renamed", renamed));
-    let controller = Controller::start(client, &api, Some(Duration::from_millis(200)));
+    let controller = Controller::start(client, &fake, Some(Duration::from_millis(200)));
     eventually("synced", WAIT, || controller.synced.load(Ordering::SeqCst)).await;
 
     assert!(controller.lookup("team-a", "orders").is_some());
@@ -387,7 +383,7 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
     let (client, api) = (fake.client(ADAPTER_TOKEN), fake.external_metrics());
     api.apply(external_metric("team-a", "orders", sqs_spec(60)));
     let interval = Duration::from_millis(300);
-    let controller = Controller::start(client, &api, Some(interval));
+    let controller = Controller::start(client, &fake, Some(interval));
     eventually("the first status", WAIT, || {
         api.status_patches("team-a", "orders").len() == 1
     })
