@@ -300,11 +300,7 @@ async fn the_writer_waits_for_updates_and_takes_them_all_at_once() {
 
 /// A writer whose client is never called (these tests only apply updates and outcomes).
 fn writer() -> StatusWriter {
-    let (service, _handle) = tower_test::mock::pair::<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >();
-    let client = Client::new(service, "default");
+    let client: Client = fake_kube::FakeKube::new().client(fake_kube::ADAPTER_TOKEN);
     let config = StatusConfig {
         min_interval: Duration::from_secs(1),
         writes_per_second: 10.0,
