@@ -1,5 +1,6 @@
 //! The adapter's own Prometheus metrics, served on the admin port at `/metrics`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -33,6 +34,12 @@ struct SourceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MetricLabels {
     metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IsolationLabels {
+    source: String,
+    scope: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,7 +145,12 @@ pub struct AdapterMetrics {
     cache_lookups: Family<ResultLabels, Counter>,
     active_series: Gauge,
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
-    refresh_lag: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    refresh_lag: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    queued_series: Family<SourceLabels, Gauge>,
+    isolated_definitions: Family<IsolationLabels, Gauge>,
+    /// The (metric, code) label sets of `requests` and `request_duration`, so the names of
+    /// metrics no longer defined can be dropped at scrape time.
+    request_label_sets: std::sync::RwLock<HashMap<String, HashSet<u16>>>,
     delegate_requests: Family<DelegateLabels, Counter>,
     delegate_request_duration: Family<DelegateLabels, Histogram>,
     delegate_discovery_refreshes: Family<DelegateLabels, Counter>,
@@ -335,7 +347,9 @@ impl Default for AdapterMetrics {
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         let active_series = Gauge::default();
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
-        let refresh_lag = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
+        let refresh_lag = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        let queued_series = Family::<SourceLabels, Gauge>::default();
+        let isolated_definitions = Family::<IsolationLabels, Gauge>::default();
         let delegate_requests = Family::<DelegateLabels, Counter>::default();
         let delegate_request_duration =
             Family::<DelegateLabels, Histogram>::new_with_constructor(|| {
@@ -389,8 +403,8 @@ impl Default for AdapterMetrics {
             estimated_cost.clone(),
         );
         registry.register(
-            "rejected_calls_bisected",
-            "Batched calls the backend rejected as a bad request, retried in halves to isolate the series causing it",
+            "rejected_calls_searched",
+            "Calls the backend rejected as a bad request of their members, whose members were then searched for the series causing it",
             bisected_calls.clone(),
         );
         registry.register(
@@ -417,8 +431,18 @@ impl Default for AdapterMetrics {
         let leader = crate::leader::register(&mut registry);
         registry.register(
             "refresh_lag_seconds",
-            "How late the last refresh of a metric's series started, past its due time",
+            "How late the oldest due series of a source is (waiting for the budget, or in a call not yet answered): near 0 when refreshes keep up; growing when a lane is stalled or over budget",
             refresh_lag.clone(),
+        );
+        registry.register(
+            "queued_series",
+            "Series waiting in a source's timer queue (every active series not being refreshed right now)",
+            queued_series.clone(),
+        );
+        registry.register(
+            "isolated_definitions",
+            "Definitions with series that get calls of their own because the backend rejects the calls they share (scope=series), or rejected whatever the selector (scope=definition)",
+            isolated_definitions.clone(),
         );
         registry.register(
             "delegate_requests",
@@ -493,6 +517,9 @@ impl Default for AdapterMetrics {
             active_series,
             value_age,
             refresh_lag,
+            queued_series,
+            isolated_definitions,
+            request_label_sets: std::sync::RwLock::default(),
             delegate_requests,
             delegate_request_duration,
             delegate_discovery_refreshes,
@@ -524,6 +551,20 @@ impl AdapterMetrics {
     /// Record one value request. `metric` must be a defined metric name or a fixed word, never
     /// raw user input, to keep label cardinality bounded.
     pub fn observe_request(&self, metric: &str, code: u16, elapsed: Duration) {
+        let known = self
+            .request_label_sets
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(metric)
+            .is_some_and(|codes| codes.contains(&code));
+        if !known {
+            self.request_label_sets
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(metric.to_string())
+                .or_default()
+                .insert(code);
+        }
         let labels = RequestLabels {
             metric: metric.to_string(),
             code,
@@ -572,7 +613,7 @@ impl AdapterMetrics {
         }
     }
 
-    /// Count one call of `backend` rejected as a bad request and retried in halves.
+    /// Count one call of `backend` rejected as a bad request of its members.
     pub fn call_bisected(&self, backend: Backend) {
         self.bisected_calls
             .get_or_create(&SourceLabels {
@@ -608,13 +649,60 @@ impl AdapterMetrics {
         }
     }
 
-    /// Record how late a metric's refresh started.
-    pub fn set_refresh_lag(&self, metric: &str, lag: Duration) {
+    /// Set a source lane's gauges: how late its oldest due series is, how many series wait in
+    /// its queue, and how many definitions it isolates (`learned` with anything learned, `whole`
+    /// of them rejected whatever the selector).
+    pub fn set_lane(
+        &self,
+        backend: Backend,
+        lag: Duration,
+        queued: usize,
+        learned: usize,
+        whole: usize,
+    ) {
+        let source = || SourceLabels {
+            source: backend.label().to_string(),
+        };
         self.refresh_lag
-            .get_or_create(&MetricLabels {
-                metric: metric.to_string(),
-            })
+            .get_or_create(&source())
             .set(lag.as_secs_f64());
+        self.queued_series
+            .get_or_create(&source())
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        for (scope, count) in [
+            ("series", learned.saturating_sub(whole)),
+            ("definition", whole),
+        ] {
+            self.isolated_definitions
+                .get_or_create(&IsolationLabels {
+                    source: backend.label().to_string(),
+                    scope,
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Drop the request label sets of metric names for which `keep` is false (names no longer
+    /// defined), so `/metrics` does not keep every name that ever existed.
+    pub fn retain_request_metrics(&self, keep: impl Fn(&str) -> bool) {
+        let mut sets = self
+            .request_label_sets
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        sets.retain(|metric, codes| {
+            if keep(metric) {
+                return true;
+            }
+            for code in codes.iter() {
+                let labels = RequestLabels {
+                    metric: metric.clone(),
+                    code: *code,
+                };
+                self.requests.remove(&labels);
+                self.request_duration.remove(&labels);
+            }
+            false
+        });
     }
 
     /// Record one forwarded request: `delegate` is a configured name, `outcome` a fixed word.

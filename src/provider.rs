@@ -106,6 +106,11 @@ pub enum BackendFailure {
     InvalidQuery,
     /// No usable AWS credentials were found.
     NoCredentials,
+    /// The backend refused the request as a whole before reading what it asked for (a signature
+    /// or clock error such as `RequestExpired`, a proxy's error page): no query is to blame.
+    RequestRefused,
+    /// The refresh did not complete inside the adapter (a task that panicked or timed out).
+    Internal,
 }
 
 impl BackendFailure {
@@ -113,7 +118,11 @@ impl BackendFailure {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            BackendFailure::Throttled | BackendFailure::Unreachable | BackendFailure::ServiceError
+            BackendFailure::Throttled
+                | BackendFailure::Unreachable
+                | BackendFailure::ServiceError
+                | BackendFailure::RequestRefused
+                | BackendFailure::Internal
         )
     }
 }
@@ -128,6 +137,8 @@ impl BackendFailure {
             BackendFailure::ServiceError => "service error",
             BackendFailure::InvalidQuery => "query rejected",
             BackendFailure::NoCredentials => "no credentials",
+            BackendFailure::RequestRefused => "request refused",
+            BackendFailure::Internal => "internal error",
         }
     }
 }

@@ -493,7 +493,7 @@ async fn a_query_cloudwatch_rejects_fails_alone_while_the_series_it_was_batched_
         poisoned.1["message"]
             .as_str()
             .unwrap()
-            .contains("the request was rejected"),
+            .contains("rejects the query this selector makes"),
         "{}",
         poisoned.1
     );
@@ -507,7 +507,7 @@ async fn a_query_cloudwatch_rejects_fails_alone_while_the_series_it_was_batched_
         .unwrap();
     assert!(
         metrics
-            .contains(r#"cloudwatch_adapter_rejected_calls_bisected_total{source="cloudwatch"}"#),
+            .contains(r#"cloudwatch_adapter_rejected_calls_searched_total{source="cloudwatch"}"#),
         "{metrics}"
     );
     server.stop().await.unwrap();

@@ -864,6 +864,8 @@ fn reason_of(error: &ProviderError) -> &'static str {
             BackendFailure::ServiceError => "ServiceError",
             BackendFailure::InvalidQuery => "QueryRejected",
             BackendFailure::NoCredentials => "NoCredentials",
+            BackendFailure::RequestRefused => "RequestRefused",
+            BackendFailure::Internal => "InternalError",
         },
     }
 }

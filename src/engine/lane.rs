@@ -1,28 +1,51 @@
-//! A lane: one source's refresh loop, with its own budget. Lanes run side by side, so a slow or
-//! throttled backend never delays another's series.
+//! A lane: one source's refresh loop, with its own timer queue, budget and isolation memory.
+//! Lanes run side by side, so a slow or throttled backend never delays another's series.
+//!
+//! No series is ever lost: every series a cycle takes from the queue is, by the end, recorded
+//! with an outcome, put back in the queue, or handed to a call task whose guard records an
+//! outcome however the task ends (answered, timed out, panicked, cancelled). A source that
+//! panics while preparing or planning fails only the series concerned, and a source that leaves
+//! an item out of its plan gets that item answered with an internal error.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::isolation::{Isolation, Route, Verdict};
 use super::pacer::Pacer;
-use super::{Core, Pacing, fair};
+use super::queue::DueQueue;
+use super::{Core, Next, Pacing, fair};
 use crate::definition::Backend;
-use crate::provider::ProviderError;
+use crate::provider::{BackendFailure, ProviderError};
 use crate::series::Series;
-use crate::source::{Member, PlanItem, Profile, Source, backend_error};
+use crate::source::{Blame, Fetched, Member, Profile, Source, SourceError, Usage, backend_error};
+use crate::telemetry::Chain;
+
+/// How long a lane waits before restarting after its loop panicked.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// The longest a lane sleeps between looks at its queue.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// What the engine needs of a lane, whatever its source.
 pub(crate) trait Lane: Send + Sync + std::fmt::Debug {
     /// The backend it reads.
     fn backend(&self) -> Backend;
-    /// A new series wants its first fetch.
+    /// A series is due now: look at the queue soon.
     fn wake(&self);
-    /// Refresh this backend's series until `stop`.
+    /// Its timer queue.
+    fn queue(&self) -> &DueQueue;
+    /// How late the oldest due series is (waiting in the queue, or in a call not yet answered).
+    fn lag(&self, now: Instant) -> Duration;
+    /// Definitions with something learned from rejected calls, and those rejected as a whole.
+    fn isolation_counts(&self) -> (usize, usize);
+    /// Refresh this backend's series until `stop`, restarting after a panic.
     fn run(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) -> BoxFuture<'static, ()>;
 }
 
@@ -35,6 +58,11 @@ pub(crate) struct SourceLane<S> {
     items_per_cycle: usize,
     calls: Arc<Semaphore>,
     wake: Notify,
+    queue: DueQueue,
+    isolation: Isolation,
+    /// Calls under way, by id, with the due time of their oldest member (for the lag).
+    in_flight: Mutex<HashMap<u64, Instant>>,
+    call_ids: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for SourceLane<S> {
@@ -45,11 +73,34 @@ impl<S> std::fmt::Debug for SourceLane<S> {
     }
 }
 
-/// A planned call with its members and their prepared requests.
-type CallPlan<S> = (
-    <S as Source>::Call,
-    Vec<(Arc<Series>, <S as Source>::Request)>,
-);
+/// A due series taken for this cycle, and how it is read.
+struct Due {
+    at: Instant,
+    series: Arc<Series>,
+    route: Route,
+}
+
+/// A prepared series: its labels as the source takes them, and its request.
+struct Prepared<R> {
+    due: Due,
+    labels: BTreeMap<String, String>,
+    request: R,
+}
+
+/// Series of one route, planned together.
+type Class<R> = (Route, Vec<Prepared<R>>);
+
+/// A call ready to go: how its members were routed, the call, its members.
+struct Dispatch<S: Source> {
+    route: Route,
+    call: S::Call,
+    members: Vec<Prepared<S::Request>>,
+}
+
+/// A call that did not finish: no answer within the engine's call timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+struct CallTimedOut(Duration);
 
 impl<S: Source> SourceLane<S> {
     pub(crate) fn new(source: S, pacing: Pacing) -> Self {
@@ -66,12 +117,42 @@ impl<S: Source> SourceLane<S> {
             pacer: Pacer::new(pacing.calls_per_second),
             calls: Arc::new(Semaphore::new(pacing.max_concurrent_calls.max(1))),
             wake: Notify::new(),
+            queue: DueQueue::default(),
+            isolation: Isolation::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            call_ids: AtomicU64::new(0),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn supervise(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) {
+        loop {
+            let task = tokio::spawn(self.clone().run_loop(core.clone(), stop.clone()));
+            match task.await {
+                Ok(()) => return,
+                Err(error) if error.is_panic() => {
+                    tracing::error!(
+                        backend = %self.profile.backend,
+                        "the refresh loop panicked; restarting it (its series were put back)"
+                    );
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(RESTART_DELAY) => {}
+                    }
+                }
+                Err(_) => return,
+            }
         }
     }
 
     async fn run_loop(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) {
         loop {
-            let next_wake = self.cycle(&core).await;
+            let next_wake = self.cycle(&core, &stop).await;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(next_wake) => {}
@@ -83,22 +164,77 @@ impl<S: Source> SourceLane<S> {
         }
     }
 
-    /// One cycle: fetch the due series of this backend that fit about a second of the budget
-    /// (shared fairly between tenants), and return when the next falls due.
-    async fn cycle(self: &Arc<Self>, core: &Arc<Core>) -> Instant {
-        let (due, mut next_wake) = core.collect_due(self.profile.backend);
-        if due.is_empty() {
-            return next_wake;
+    /// One cycle: take the due series of this backend, route them (shared, searched, alone,
+    /// answered without a call), keep what fits about a second of the budget (shared fairly
+    /// between tenants), plan and start the calls. Returns when to look again.
+    async fn cycle(self: &Arc<Self>, core: &Arc<Core>, stop: &CancellationToken) -> Instant {
+        let now = Instant::now();
+        let mut next_wake = self.queue.first_due().unwrap_or(now + MAX_SLEEP);
+        if !core.may_call() {
+            return next_wake.min(now + MAX_SLEEP);
         }
-        let (admitted, deferred) = fair::share(due, self.items_per_cycle, |series| {
-            // A series isolated after failing shared calls takes a call of its own: it costs
-            // the tenant a whole call's worth of the budget, not its few items.
-            let size = if series.lock().isolated {
-                self.profile.max_items_per_call
+        self.isolation.tidy(now);
+        core.sweep_orphans();
+        let mut taken = Taken::new(core.clone());
+        let definitions = core.definitions.load();
+        for (at, series) in self.queue.pop_due(now) {
+            let mut state = series.lock();
+            if !state.queued || state.next_refresh != at {
+                // Rescheduled since it was popped: its new entry is in the queue.
+                continue;
+            }
+            state.queued = false;
+            let idle =
+                now.saturating_duration_since(state.last_requested) > core.config.idle_timeout;
+            let definition = &series.definition;
+            let current = definitions.lookup(
+                definition.namespace.as_deref().unwrap_or_default(),
+                &definition.spec.name,
+            );
+            let orphaned = !current.is_some_and(|d| Arc::ptr_eq(d, definition));
+            if idle || orphaned || state.removed {
+                drop(state);
+                core.table.remove(&series);
+                continue;
+            }
+            let route = self.isolation.route(&series, &mut state.suspect, now);
+            state.in_flight = true;
+            drop(state);
+            taken.take(Due { at, series, route });
+        }
+        let due = taken.pending();
+        if due.is_empty() {
+            return next_wake.min(now + MAX_SLEEP);
+        }
+        // Series of a definition rejected whatever the selector are answered without a call.
+        let mut to_plan = Vec::with_capacity(due.len());
+        for due in due {
+            if due.route == Route::Rejected {
+                let result = Err(rejection(&self.profile, &due.series, true));
+                core.record(&due.series, result, now, Next::Tick);
+                taken.done(&due.series);
             } else {
-                self.source.size(&series.definition)
+                to_plan.push(due);
+            }
+        }
+        // A search group's call is charged to its members' tenants, a whole call among them;
+        // a series alone costs its tenant a whole call.
+        let mut group_sizes: HashMap<u64, usize> = HashMap::new();
+        for due in &to_plan {
+            if let Route::Group(suspect) = due.route {
+                *group_sizes.entry(suspect.group).or_default() += 1;
+            }
+        }
+        let whole_call = self.profile.max_items_per_call;
+        let (admitted, deferred) = fair::share(to_plan, self.items_per_cycle, |due| {
+            let size = match due.route {
+                Route::Group(suspect) => {
+                    whole_call.div_ceil(group_sizes.get(&suspect.group).copied().unwrap_or(1))
+                }
+                route if route.alone() => whole_call,
+                _ => self.source.size(&due.series.definition),
             };
-            (series.tenant.clone(), size)
+            (due.series.tenant(), size)
         });
         if !deferred.is_empty() {
             tracing::debug!(
@@ -106,93 +242,213 @@ impl<S: Source> SourceLane<S> {
                 deferred = deferred.len(),
                 "refresh budget spent for this cycle; the rest waits for the next"
             );
-            // Still due: picked up by the next cycle, as soon as the budget allows.
-            for series in deferred {
-                series.lock().in_flight = false;
+            // Still due, under the same due time (so the lag shows it): the next cycle, as soon
+            // as the budget allows.
+            for due in deferred {
+                core.requeue(&due.series, due.at);
+                taken.done(&due.series);
             }
-            next_wake = Instant::now();
+            next_wake = now;
         }
         let wall = core.clock.wall_now();
         let mut prepared = Vec::with_capacity(admitted.len());
-        for series in admitted {
-            match self
-                .source
-                .prepare(&series.definition, &series.labels, wall)
-            {
-                Ok(request) => prepared.push((series, request)),
+        for due in admitted {
+            let labels = due.series.labels.to_map();
+            let definition = &due.series.definition;
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                self.source.prepare(definition, &labels, wall)
+            }));
+            match outcome {
+                Ok(Ok(request)) => prepared.push(Prepared {
+                    due,
+                    labels,
+                    request,
+                }),
                 // This series alone cannot be read (e.g. a label value its query cannot take).
-                Err(error) => core.record(&series, Err(error), Instant::now(), false),
+                Ok(Err(error)) => {
+                    core.record(&due.series, Err(error), Instant::now(), Next::Tick);
+                    taken.done(&due.series);
+                }
+                Err(_) => {
+                    tracing::error!(metric = %definition.spec.name, backend = %self.profile.backend, "the source panicked preparing a series");
+                    self.internal_error(core, &due.series);
+                    taken.done(&due.series);
+                }
             }
         }
-        for (call, members) in self.plan(prepared) {
+        for dispatch in self.plan(core, prepared, &mut taken) {
+            if stop.is_cancelled() || !core.may_call() {
+                // Leadership lost (or stopping) mid-cycle: what was not called waits.
+                break;
+            }
             self.pacer.acquire().await;
             let Ok(permit) = self.calls.clone().acquire_owned().await else {
                 break;
             };
+            if !core.may_call() {
+                break;
+            }
+            let guard = CallGuard::new(self.clone(), core.clone(), &dispatch.members);
+            for member in &dispatch.members {
+                taken.done(&member.due.series);
+            }
             let lane = self.clone();
-            let core = core.clone();
             tokio::spawn(async move {
-                lane.execute(&core, call, members).await;
+                lane.execute(guard, dispatch).await;
                 drop(permit);
             });
         }
-        next_wake
+        // Whatever was taken and not handed on goes back to the queue when `taken` drops.
+        next_wake.min(now + MAX_SLEEP)
     }
 
-    /// Plan the prepared series into calls, each with its members.
-    fn plan(&self, prepared: Vec<(Arc<Series>, S::Request)>) -> Vec<CallPlan<S>> {
-        let items: Vec<PlanItem<'_, S::Request>> = prepared
-            .iter()
-            .map(|(series, request)| PlanItem {
-                request,
-                alone: series.lock().isolated,
-            })
-            .collect();
-        let planned = self.source.plan(&items);
-        drop(items);
-        let mut slots: Vec<Option<(Arc<Series>, S::Request)>> =
-            prepared.into_iter().map(Some).collect();
-        planned
-            .into_iter()
-            .map(|planned| {
-                let members = planned
-                    .members
-                    .iter()
-                    .filter_map(|&index| slots.get_mut(index).and_then(Option::take))
-                    .collect();
-                (planned.call, members)
-            })
-            .collect()
-    }
-
-    /// Make one call and record its outcome for every member. A call the backend rejects as a
-    /// bad request is retried in halves until the member that causes it is found; that member
-    /// gets a call of its own from then on, and the others are served as if nothing happened.
-    fn execute<'a>(
-        &'a self,
-        core: &'a Core,
-        call: S::Call,
-        members: Vec<(Arc<Series>, S::Request)>,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(self.execute_once(core, call, members))
-    }
-
-    async fn execute_once(
+    /// Group the prepared series by route and plan each group into calls: shared series
+    /// together, each search group apart, each series that must be alone by itself. Every
+    /// series ends up in exactly one call or is answered with an internal error.
+    fn plan(
         &self,
         core: &Core,
-        call: S::Call,
-        members: Vec<(Arc<Series>, S::Request)>,
+        prepared: Vec<Prepared<S::Request>>,
+        taken: &mut Taken,
+    ) -> Vec<Dispatch<S>> {
+        let mut shared = Vec::new();
+        let mut groups: BTreeMap<u64, Class<S::Request>> = BTreeMap::new();
+        let mut alone = Vec::new();
+        for item in prepared {
+            match item.due.route {
+                Route::Group(suspect) => {
+                    groups
+                        .entry(suspect.group)
+                        .or_insert_with(|| (item.due.route, Vec::new()))
+                        .1
+                        .push(item);
+                }
+                route if route.alone() => alone.push((route, vec![item])),
+                _ => shared.push(item),
+            }
+        }
+        let mut classes = vec![(Route::Shared, shared)];
+        classes.extend(groups.into_values());
+        classes.extend(alone);
+        let mut dispatches = Vec::new();
+        for (route, items) in classes {
+            if items.is_empty() {
+                continue;
+            }
+            self.plan_class(core, route, items, taken, &mut dispatches);
+        }
+        dispatches
+    }
+
+    fn plan_class(
+        &self,
+        core: &Core,
+        route: Route,
+        items: Vec<Prepared<S::Request>>,
+        taken: &mut Taken,
+        dispatches: &mut Vec<Dispatch<S>>,
     ) {
+        let requests: Vec<&S::Request> = items.iter().map(|item| &item.request).collect();
+        let planned = catch_unwind(AssertUnwindSafe(|| self.source.plan(&requests)));
+        drop(requests);
+        let Ok(planned) = planned else {
+            tracing::error!(backend = %self.profile.backend, series = items.len(), "the source panicked planning calls");
+            if items.len() > 1 {
+                // Plan each alone, so one series that makes planning panic fails alone.
+                for item in items {
+                    self.plan_class(core, route, vec![item], taken, dispatches);
+                }
+            } else {
+                for item in items {
+                    self.internal_error(core, &item.due.series);
+                    taken.done(&item.due.series);
+                }
+            }
+            return;
+        };
+        let mut slots: Vec<Option<Prepared<S::Request>>> = items.into_iter().map(Some).collect();
+        let mut claimed = vec![false; slots.len()];
+        for planned in planned {
+            // A call whose members are out of range or already claimed is a source bug: drop
+            // the call; its members are answered below if no other call carries them.
+            let valid = planned
+                .members
+                .iter()
+                .all(|&index| index < claimed.len() && !claimed[index])
+                && {
+                    let mut seen = planned.members.clone();
+                    seen.sort_unstable();
+                    seen.windows(2).all(|pair| pair[0] != pair[1])
+                };
+            if !valid || planned.members.is_empty() {
+                tracing::error!(backend = %self.profile.backend, members = ?planned.members, "the source planned a call with members it could not serve; dropped");
+                continue;
+            }
+            let mut members = Vec::with_capacity(planned.members.len());
+            for &index in &planned.members {
+                claimed[index] = true;
+                if let Some(item) = slots[index].take() {
+                    members.push(item);
+                }
+            }
+            dispatches.push(Dispatch {
+                route,
+                call: planned.call,
+                members,
+            });
+        }
+        let unplanned: Vec<Prepared<S::Request>> = slots.into_iter().flatten().collect();
+        if !unplanned.is_empty() {
+            tracing::error!(backend = %self.profile.backend, series = unplanned.len(), "the source left series out of every call; they are answered with an internal error");
+            for item in unplanned {
+                self.internal_error(core, &item.due.series);
+                taken.done(&item.due.series);
+            }
+        }
+    }
+
+    /// Answer `series` with an internal error, retried with back-off.
+    fn internal_error(&self, core: &Core, series: &Arc<Series>) {
+        let result = Err(backend_error(
+            &self.profile,
+            BackendFailure::Internal,
+            &series.definition.spec.name,
+        ));
+        core.record(series, result, Instant::now(), Next::backoff());
+    }
+
+    /// Make one call and record its outcome for every member (see the module docs of
+    /// `isolation` for what a rejected call leads to).
+    async fn execute(self: Arc<Self>, mut guard: CallGuard, dispatch: Dispatch<S>) {
+        let Dispatch {
+            route,
+            call,
+            members,
+        } = dispatch;
+        let core = guard.core.clone();
         let refs: Vec<Member<'_, S::Request>> = members
             .iter()
-            .map(|(series, request)| Member {
-                definition: &series.definition,
-                labels: &series.labels,
-                request,
+            .map(|item| Member {
+                definition: &item.due.series.definition,
+                labels: &item.labels,
+                request: &item.request,
             })
             .collect();
+        let timeout = core.config.call_timeout;
         // The time of the call itself (a value read now is timestamped now).
-        let fetched = self.source.fetch(&call, &refs, core.clock.wall_now()).await;
+        let fetched = tokio::time::timeout(
+            timeout,
+            self.source.fetch(&call, &refs, core.clock.wall_now()),
+        )
+        .await
+        .unwrap_or_else(|_| Fetched {
+            usage: Usage::default(),
+            outcome: Err(SourceError::new(
+                BackendFailure::Unreachable,
+                Blame::Request,
+                CallTimedOut(timeout),
+            )),
+        });
         drop(refs);
         let at = Instant::now();
         let outcome = match &fetched.outcome {
@@ -205,77 +461,225 @@ impl<S: Source> SourceLane<S> {
             &fetched.usage,
             fetched.usage.billed as f64 * self.profile.dollars_per_unit,
         );
+        let series: Vec<Arc<Series>> = members.iter().map(|m| m.due.series.clone()).collect();
+        // One jitter for the whole call: series that failed together retry together, in one
+        // call, instead of each at its own moment in calls of their own.
+        let backoff = Next::backoff();
         match fetched.outcome {
             Ok(outcomes) => {
+                let answered = outcomes.len();
                 let mut outcomes = outcomes.into_iter();
-                for (series, _) in &members {
+                for member in &series {
                     let result = outcomes.next().unwrap_or_else(|| {
                         Err(backend_error(
                             &self.profile,
-                            crate::provider::BackendFailure::ServiceError,
-                            &series.definition.spec.name,
+                            BackendFailure::Internal,
+                            &member.definition.spec.name,
                         ))
                     });
-                    let failed = matches!(result, Err(ProviderError::Backend { .. }));
-                    core.record(series, result, at, failed);
+                    member.lock().suspect = None;
+                    core.record(member, result, at, backoff);
                 }
+                if answered != series.len() {
+                    tracing::error!(backend = %self.profile.backend, answered, members = series.len(), "the source answered a call with the wrong number of outcomes");
+                }
+                self.isolation.passed(route, &series);
             }
-            Err(error) if error.rejected && members.len() > 1 => {
+            Err(error) if error.blames_members() => {
+                core.metrics.call_bisected(self.profile.backend);
+                let metrics = metric_names(&series);
                 tracing::warn!(
                     backend = %self.profile.backend,
-                    series = members.len(),
-                    %error,
-                    "{} call rejected as a bad request; retrying its series in halves to find the one that causes it",
+                    series = series.len(),
+                    metrics = ?metrics,
+                    error = %Chain(&error),
+                    "{} call rejected as a bad request",
                     self.profile.operation
                 );
-                core.metrics.call_bisected(self.profile.backend);
-                let mut members = members;
-                let right = members.split_off(members.len() / 2);
-                for half in [members, right] {
-                    for (call, part) in self.plan(half) {
-                        self.pacer.acquire().await;
-                        self.execute(core, call, part).await;
+                let verdicts = self.isolation.rejected(route, &series, at);
+                let mut retry = false;
+                for (member, verdict) in series.iter().zip(verdicts) {
+                    match verdict {
+                        Verdict::Retry(suspect) => {
+                            core.retry_as_suspect(member, suspect, at);
+                            retry = true;
+                        }
+                        Verdict::Reject { whole } => {
+                            member.lock().suspect = None;
+                            let result = Err(rejection(&self.profile, member, whole));
+                            let next = if whole { Next::Tick } else { backoff };
+                            core.record(member, result, at, next);
+                        }
                     }
+                }
+                if retry {
+                    self.wake.notify_one();
                 }
             }
             Err(error) => {
-                if error.rejected
-                    && let [(series, _)] = members.as_slice()
-                {
-                    let mut state = series.lock();
-                    if !state.isolated {
-                        state.isolated = true;
-                        tracing::warn!(
-                            metric = %series.definition.spec.name,
-                            labels = ?series.labels,
-                            %error,
-                            "this series makes {} reject the calls it is in: it gets a call of its own from now on",
-                            self.profile.backend
-                        );
-                    }
-                }
-                let metrics: BTreeMap<&str, usize> =
-                    members.iter().fold(BTreeMap::new(), |mut names, (s, _)| {
-                        *names.entry(s.definition.spec.name.as_str()).or_default() += 1;
-                        names
-                    });
+                let metrics = metric_names(&series);
                 tracing::warn!(
                     backend = %self.profile.backend,
-                    series = members.len(),
+                    series = series.len(),
                     metrics = ?metrics,
-                    %error,
+                    error = %Chain(&error),
                     "{} call failed",
                     self.profile.operation
                 );
-                for (series, _) in &members {
+                for member in &series {
                     let result = Err(backend_error(
                         &self.profile,
                         error.failure,
-                        &series.definition.spec.name,
+                        &member.definition.spec.name,
                     ));
-                    core.record(series, result, at, true);
+                    core.record(member, result, at, backoff);
                 }
             }
+        }
+        guard.answered();
+    }
+}
+
+/// Metric names in a call and how many series each has there, for logs.
+fn metric_names(series: &[Arc<Series>]) -> BTreeMap<&str, usize> {
+    let mut names = BTreeMap::new();
+    for member in series {
+        *names
+            .entry(member.definition.spec.name.as_str())
+            .or_default() += 1;
+    }
+    names
+}
+
+/// The error a rejected series gets: for one label set, or (`whole`) for its whole definition.
+fn rejection(profile: &Profile, series: &Series, whole: bool) -> ProviderError {
+    let metric = &series.definition.spec.name;
+    let backend = profile.backend;
+    let message = if whole {
+        format!(
+            "unable to fetch metric {metric} from {backend}: {backend} rejects this metric's queries whatever the selector; it is tried again once per refresh interval; check the definition with `cloudwatch-metrics-adapter query`"
+        )
+    } else {
+        format!(
+            "unable to fetch metric {metric} from {backend}: {backend} rejects the query this selector makes (other selectors of the metric are served); check the definition and the selector's values with `cloudwatch-metrics-adapter query`"
+        )
+    };
+    ProviderError::Backend {
+        failure: BackendFailure::InvalidQuery,
+        message,
+    }
+}
+
+/// Series a cycle took from the queue and has not yet handed on: if the cycle ends early (a
+/// panic, leadership lost, stop), they go back to the queue.
+struct Taken {
+    core: Arc<Core>,
+    pending: HashMap<u64, Due>,
+}
+
+impl Taken {
+    fn new(core: Arc<Core>) -> Self {
+        Self {
+            core,
+            pending: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, due: Due) {
+        self.pending.insert(due.series.id, due);
+    }
+
+    /// The taken series, oldest due first (they stay pending until [`Taken::done`]).
+    fn pending(&self) -> Vec<Due> {
+        let mut due: Vec<Due> = self
+            .pending
+            .values()
+            .map(|due| Due {
+                at: due.at,
+                series: due.series.clone(),
+                route: due.route,
+            })
+            .collect();
+        due.sort_by_key(|due| (due.at, due.series.id));
+        due
+    }
+
+    fn done(&mut self, series: &Series) {
+        self.pending.remove(&series.id);
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        for (_, due) in self.pending.drain() {
+            self.core.requeue(&due.series, due.at);
+        }
+    }
+}
+
+/// Owns a call's members from the moment the call is started: if the call task ends without
+/// answering them (a panic in the source, the task cancelled), they are answered with an
+/// internal error and scheduled again, so no series stays "in flight".
+struct CallGuard {
+    lane: Arc<dyn GuardLane>,
+    core: Arc<Core>,
+    id: u64,
+    members: Vec<Arc<Series>>,
+    answered: bool,
+}
+
+/// What the guard needs of its lane, whatever its source.
+trait GuardLane: Send + Sync {
+    fn call_ended(&self, id: u64);
+    fn unanswered(&self, core: &Core, series: &Arc<Series>);
+}
+
+impl<S: Source> GuardLane for SourceLane<S> {
+    fn call_ended(&self, id: u64) {
+        self.in_flight().remove(&id);
+    }
+
+    fn unanswered(&self, core: &Core, series: &Arc<Series>) {
+        self.internal_error(core, series);
+    }
+}
+
+impl CallGuard {
+    fn new<S: Source, R>(
+        lane: Arc<SourceLane<S>>,
+        core: Arc<Core>,
+        members: &[Prepared<R>],
+    ) -> Self {
+        let id = lane.call_ids.fetch_add(1, Ordering::Relaxed);
+        if let Some(oldest) = members.iter().map(|m| m.due.at).min() {
+            lane.in_flight().insert(id, oldest);
+        }
+        Self {
+            lane,
+            core,
+            id,
+            members: members.iter().map(|m| m.due.series.clone()).collect(),
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.lane.call_ended(self.id);
+        if self.answered {
+            return;
+        }
+        tracing::error!(
+            series = self.members.len(),
+            "a refresh call ended without an answer (it panicked or was cancelled); its series are retried"
+        );
+        for series in &self.members {
+            self.lane.unanswered(&self.core, series);
         }
     }
 }
@@ -289,7 +693,25 @@ impl<S: Source> Lane for SourceLane<S> {
         self.wake.notify_one();
     }
 
+    fn queue(&self) -> &DueQueue {
+        &self.queue
+    }
+
+    fn lag(&self, now: Instant) -> Duration {
+        let queued = self.queue.first_due();
+        let calling = self.in_flight().values().min().copied();
+        let oldest = match (queued, calling) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+    }
+
+    fn isolation_counts(&self) -> (usize, usize) {
+        self.isolation.counts()
+    }
+
     fn run(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) -> BoxFuture<'static, ()> {
-        Box::pin(self.run_loop(core, stop))
+        Box::pin(self.supervise(core, stop))
     }
 }

@@ -4,16 +4,21 @@
 //! - A series becomes active on its first request and idle after `idle_timeout` without one. A
 //!   first request waits for the first fetch; concurrent first requests share it.
 //! - Refreshes fall on a wall-clock grid of each series' refresh interval ([`schedule`]), so
-//!   series asked for at different times are refreshed together, and each cycle packs every due
-//!   series into as few calls as its [`Source`] allows, paced under the source's
-//!   calls-per-second budget ([`pacer`]).
+//!   series asked for at different times are refreshed together. Each lane keeps its series in a
+//!   timer queue by due time ([`queue`]), and each cycle packs the due ones into as few calls as
+//!   its [`Source`] allows, paced under the source's calls-per-second budget ([`pacer`]) and
+//!   shared fairly between tenants ([`fair`]).
+//! - A call the backend rejects as a bad request is searched for the series that causes it,
+//!   through the same fair planner ([`isolation`]).
 //! - Failures back off exponentially with jitter. The last good value is served until it is
 //!   older than its max age; then the request fails with a message saying why. Never a made-up
-//!   value.
+//!   value. Every series a lane takes gets an outcome or goes back to the queue ([`lane`]).
 
 mod fair;
+mod isolation;
 mod lane;
 mod pacer;
+mod queue;
 mod schedule;
 
 use std::collections::BTreeMap;
@@ -30,7 +35,7 @@ use crate::metrics::AdapterMetrics;
 use crate::provider::{
     ExternalMetricsProvider, MetricInfo, MetricRequest, MetricValue, ProviderError,
 };
-use crate::series::{self, Found, Series, SeriesKey, SeriesTable};
+use crate::series::{self, Found, Reading, Series, SeriesKey, SeriesState, SeriesTable, Suspect};
 use crate::source::Source;
 use lane::{Lane, SourceLane};
 use schedule::Clock;
@@ -52,6 +57,9 @@ pub struct EngineConfig {
     pub backoff_base: Duration,
     /// Longest back-off.
     pub backoff_max: Duration,
+    /// The longest a call may take before its series are answered as failed (the SDK's own
+    /// timeouts and retries come first; this bounds a source that never answers).
+    pub call_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +72,7 @@ impl Default for EngineConfig {
             batch_linger: Duration::from_millis(5),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -137,6 +146,8 @@ pub(crate) struct Core {
     observer: OnceLock<Arc<dyn OutcomeObserver>>,
     clock: Clock,
     lanes: Vec<Arc<dyn Lane>>,
+    /// The definitions the table was last swept against (see [`Core::sweep_orphans`]).
+    swept: std::sync::Mutex<Option<Arc<DefinitionSet>>>,
 }
 
 impl Engine {
@@ -176,6 +187,7 @@ impl Engine {
             observer: OnceLock::new(),
             clock,
             lanes: sources.lanes,
+            swept: std::sync::Mutex::new(None),
             config,
             metrics,
         });
@@ -196,28 +208,45 @@ impl Engine {
         }
     }
 
-    /// Install the scrape-time collector for value ages and active series.
+    /// Install the scrape-time collector: active series, value ages by metric and refresh lag by
+    /// backend, all computed from the live table and queues, so a name that goes away leaves
+    /// `/metrics` with it.
     pub fn register_gauges(&self) {
         let weak = Arc::downgrade(&self.core);
         self.core.metrics.set_collector(Box::new(move |metrics| {
             if let Some(core) = weak.upgrade() {
                 let now = SystemTime::now();
                 let mut ages: BTreeMap<String, f64> = BTreeMap::new();
-                let mut count = 0;
-                for (_, series) in core.table.iter() {
-                    count += 1;
+                let series = core.table.snapshot();
+                for series in &series {
                     let state = series.lock();
-                    if let Some((value, _)) = &state.last_good {
+                    if let Some((reading, _)) = &state.last_good {
                         let age = now
-                            .duration_since(value.timestamp)
+                            .duration_since(reading.timestamp)
                             .unwrap_or_default()
                             .as_secs_f64();
                         let entry = ages.entry(series.definition.spec.name.clone()).or_default();
                         *entry = entry.max(age);
                     }
                 }
-                metrics.set_active_series(count);
+                metrics.set_active_series(series.len());
                 metrics.set_value_ages(&ages.into_iter().collect::<Vec<_>>());
+                let definitions = core.definitions.load();
+                let names = definitions.names();
+                metrics.retain_request_metrics(|name| {
+                    names.contains(name) || matches!(name, "unknown" | "forwarded")
+                });
+                let instant = Instant::now();
+                for lane in &core.lanes {
+                    let (learned, whole) = lane.isolation_counts();
+                    metrics.set_lane(
+                        lane.backend(),
+                        lane.lag(instant),
+                        lane.queue().len(),
+                        learned,
+                        whole,
+                    );
+                }
             }
         }));
     }
@@ -227,8 +256,9 @@ impl Engine {
         self.core.table.len()
     }
 
-    /// Refresh series until `stop` is cancelled: one task per source. Returns early if a lane
-    /// dies, so the caller can treat that as fatal.
+    /// Refresh series until `stop` is cancelled: one task per source (each restarts itself
+    /// after a panic). Returns early if a lane ends otherwise, so the caller can treat that as
+    /// fatal.
     pub async fn run(self, stop: CancellationToken) {
         let mut lanes = JoinSet::new();
         for lane in &self.core.lanes {
@@ -252,14 +282,17 @@ impl Engine {
             });
         };
         let labels = selector_labels(definition, &request.selector)?;
-        let key = SeriesKey::new(definition, labels);
+        let key = SeriesKey::new(definition, &labels);
         let now = Instant::now();
         // Fast path: the series exists for this very definition.
         let series = match core.table.get(&key, definition) {
             Some(series) => series,
             None => match core.table.get_or_insert(&key, definition, now) {
-                Ok(Found::Created(series)) => {
-                    core.wake(series.backend());
+                Ok(Found::Created { series, dropped }) => {
+                    if let Some(dropped) = dropped {
+                        core.unschedule(&dropped);
+                    }
+                    core.schedule_now(&series);
                     series
                 }
                 Ok(Found::Existing(series)) => series,
@@ -332,124 +365,204 @@ fn capacity_error(
     })
 }
 
+/// When a failed refresh is tried again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Next {
+    /// After a growing back-off (a failure that may pass), jittered by the factor in [0, 1).
+    Backoff(f64),
+    /// At the next grid point (an answer, or a failure that back-off would not change).
+    Tick,
+}
+
+impl Next {
+    /// A back-off with a fresh jitter (share one among series that should retry together).
+    pub(crate) fn backoff() -> Self {
+        Next::Backoff(fastrand::f64())
+    }
+}
+
 impl Core {
-    /// Wake the lane of `backend` (a new series wants its first fetch).
+    /// The lane of `backend`, if a source reads it.
+    fn lane(&self, backend: Backend) -> Option<&Arc<dyn Lane>> {
+        self.lanes.iter().find(|l| l.backend() == backend)
+    }
+
+    /// Wake the lane of `backend` (a series is due now).
     fn wake(&self, backend: Backend) {
-        if let Some(lane) = self.lanes.iter().find(|l| l.backend() == backend) {
+        if let Some(lane) = self.lane(backend) {
             lane.wake();
         }
     }
 
-    /// Drop idle or orphaned series of `backend`, mark every due one in flight, and return them
-    /// with the time the next one falls due.
-    fn collect_due(&self, backend: Backend) -> (Vec<Arc<Series>>, Instant) {
-        let now = Instant::now();
-        let mut next_wake = now + Duration::from_secs(1);
-        let definitions = self.definitions.load();
-        let mut due: Vec<(Instant, Arc<Series>)> = Vec::new();
-        let mut expired = Vec::new();
-        for (key, series) in self.table.iter() {
-            if series.backend() != backend {
-                continue;
+    /// Once per change of the definitions, drop every series whose definition was edited or
+    /// deleted, so they leave the table (and `/metrics`) at once rather than when next due.
+    fn sweep_orphans(&self) {
+        let definitions = self.definitions.load_full();
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, &definitions))
+            {
+                return;
             }
-            let current =
-                definitions.lookup(key.namespace.as_deref().unwrap_or_default(), &key.metric);
-            let mut state = series.lock();
-            let idle = now.duration_since(state.last_requested) > self.config.idle_timeout;
-            let orphaned = !current.is_some_and(|d| Arc::ptr_eq(d, &series.definition));
-            if idle || orphaned {
-                drop(state);
-                expired.push((key, series));
-                continue;
-            }
-            if state.in_flight {
-                continue;
-            }
-            if state.next_refresh <= now {
-                let lag = now.duration_since(state.next_refresh);
-                self.metrics
-                    .set_refresh_lag(&series.definition.spec.name, lag);
-                state.in_flight = true;
-                let due_at = state.next_refresh;
-                drop(state);
-                due.push((due_at, series));
-            } else {
-                next_wake = next_wake.min(state.next_refresh);
+            *swept = Some(definitions.clone());
+        }
+        for series in self.table.snapshot() {
+            let definition = &series.definition;
+            let current = definitions.lookup(
+                definition.namespace.as_deref().unwrap_or_default(),
+                &definition.spec.name,
+            );
+            if !current.is_some_and(|d| Arc::ptr_eq(d, definition)) {
+                self.table.remove(&series);
+                self.unschedule(&series);
             }
         }
-        for (key, series) in expired {
-            self.table.remove(&key, &series);
-        }
-        // Oldest due first: when the budget cannot take every series this cycle, the ones
-        // waiting longest go first.
-        due.sort_by_key(|(due_at, _)| *due_at);
-        (
-            due.into_iter().map(|(_, series)| series).collect(),
-            next_wake,
-        )
     }
 
-    /// Refresh `series` as soon as its lane can, unless it is being refreshed or was tried in
-    /// the last `backoff_base` (a flood of requests makes at most one probe per interval).
-    fn probe(&self, series: &Series) {
-        let now = Instant::now();
-        let mut state = series.lock();
-        let recently = state
-            .last_attempt
-            .is_some_and(|at| now.duration_since(at) < self.config.backoff_base);
-        if state.in_flight || recently || state.next_refresh <= now {
+    /// Whether this replica may call backends now.
+    fn may_call(&self) -> bool {
+        true
+    }
+
+    /// Put `series` in its lane's queue under `due` (the series is locked by the caller, so
+    /// its state and the queue change together).
+    fn schedule(&self, series: &Arc<Series>, state: &mut SeriesState, due: Instant) {
+        let Some(lane) = self.lane(series.backend()) else {
+            state.next_refresh = due;
             return;
+        };
+        let queue = lane.queue();
+        if state.queued {
+            queue.remove(state.next_refresh, series.id);
         }
-        state.next_refresh = now;
+        state.next_refresh = due;
+        state.queued = !state.removed;
+        if state.queued {
+            queue.insert(due, series.clone());
+        }
+    }
+
+    /// A new series: due now.
+    fn schedule_now(&self, series: &Arc<Series>) {
+        let mut state = series.lock();
+        self.schedule(series, &mut state, Instant::now());
         drop(state);
         self.wake(series.backend());
     }
 
-    /// Store a refresh outcome, schedule the next refresh, and wake waiters.
+    /// A series left the table: take it out of its queue.
+    fn unschedule(&self, series: &Arc<Series>) {
+        let mut state = series.lock();
+        state.removed = true;
+        if state.queued
+            && let Some(lane) = self.lane(series.backend())
+        {
+            lane.queue().remove(state.next_refresh, series.id);
+        }
+        state.queued = false;
+    }
+
+    /// A series taken for a refresh that was not made (budget spent, cycle cut short): back in
+    /// the queue under its due time.
+    fn requeue(&self, series: &Arc<Series>, due: Instant) {
+        let mut state = series.lock();
+        state.in_flight = false;
+        self.schedule(series, &mut state, due);
+    }
+
+    /// A member of a rejected call, to be read again at once with its search group only.
+    fn retry_as_suspect(&self, series: &Arc<Series>, suspect: Suspect, now: Instant) {
+        let mut state = series.lock();
+        state.in_flight = false;
+        state.suspect = Some(suspect);
+        self.schedule(series, &mut state, now);
+    }
+
+    /// Refresh `series` as soon as its lane can, unless it is being refreshed or was tried in
+    /// the last `backoff_base` (a flood of requests makes at most one probe per interval).
+    fn probe(&self, series: &Arc<Series>) {
+        let now = Instant::now();
+        let mut state = series.lock();
+        let recently = state
+            .last_attempt
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.backoff_base);
+        if state.in_flight || recently || state.next_refresh <= now {
+            return;
+        }
+        self.schedule(series, &mut state, now);
+        drop(state);
+        self.wake(series.backend());
+    }
+
+    /// Store a refresh outcome, schedule the next refresh, and wake waiters. A backend failure
+    /// keeps the last good value and is retried as `next` says; anything else is an answer,
+    /// refreshed at the next grid point.
     fn record(
         &self,
-        series: &Series,
+        series: &Arc<Series>,
         result: Result<MetricValue, ProviderError>,
         fetched: Instant,
-        failed: bool,
+        next: Next,
     ) {
         let definition = &series.definition;
+        let failed = matches!(result, Err(ProviderError::Backend { .. }));
         let mut state = series.lock();
         state.in_flight = false;
         state.last_attempt = Some(fetched);
-        if failed {
+        let due = if failed {
             state.failures = state.failures.saturating_add(1);
-            let backoff = schedule::backoff(
-                state.failures,
-                definition.refresh_interval,
-                self.config.backoff_base,
-                self.config.backoff_max,
-            );
-            let mut next = fetched + backoff;
-            // Once the last good value is past its max age, requests fail: retry no later
-            // than the next grid point, so recovery after a long outage is prompt.
-            let stale_at = match &state.last_good {
-                Some((_, good_at)) => *good_at + series::max_age(definition, self.config.max_age),
-                None => fetched,
-            };
-            if next > stale_at {
-                next = next.min(
-                    self.clock
-                        .next_tick(stale_at.max(fetched), definition.refresh_interval),
-                );
+            match next {
+                Next::Tick => self.clock.next_tick(fetched, definition.refresh_interval),
+                Next::Backoff(jitter) => self.backoff_until(&state, definition, fetched, jitter),
             }
-            state.next_refresh = next;
         } else {
             state.failures = 0;
-            state.next_refresh = self.clock.next_tick(fetched, definition.refresh_interval);
-            state.last_good = result.as_ref().ok().map(|value| (value.clone(), fetched));
-        }
+            if let Ok(value) = &result {
+                state.last_good = Some((Reading::of(value), fetched));
+            }
+            self.clock.next_tick(fetched, definition.refresh_interval)
+        };
+        self.schedule(series, &mut state, due);
         if let Some(observer) = self.observer.get() {
-            observer.observe(definition, &series.labels, &result);
+            observer.observe(definition, &series.labels.to_map(), &result);
         }
-        state.latest = Some((result, fetched));
+        state.latest = Some((result.map(|value| Reading::of(&value)), fetched));
         drop(state);
         series.publish();
+    }
+
+    /// When a failing series is tried next: after its back-off, but once its last good value is
+    /// past its max age (so requests fail), no later than the next grid point, so recovery
+    /// after a long outage is prompt.
+    fn backoff_until(
+        &self,
+        state: &SeriesState,
+        definition: &Definition,
+        fetched: Instant,
+        jitter: f64,
+    ) -> Instant {
+        let backoff = schedule::backoff(
+            state.failures,
+            definition.refresh_interval,
+            self.config.backoff_base,
+            self.config.backoff_max,
+            jitter,
+        );
+        let next = fetched + backoff;
+        let stale_at = match &state.last_good {
+            Some((_, good_at)) => *good_at + series::max_age(definition, self.config.max_age),
+            None => fetched,
+        };
+        if next > stale_at {
+            next.min(
+                self.clock
+                    .next_tick(stale_at.max(fetched), definition.refresh_interval),
+            )
+        } else {
+            next
+        }
     }
 }
 

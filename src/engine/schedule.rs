@@ -64,15 +64,18 @@ impl Clock {
 
 /// Jittered exponential back-off after `failures` consecutive failures: `base` doubling, never
 /// beyond `max`, nor beyond four refresh intervals (a failing series is retried at least that
-/// often). Full jitter in [50%, 100%] spreads retries of many series apart.
+/// often). `jitter` in [0, 1) puts it in [50%, 100%] of that: the engine draws one per failed
+/// call, so the call's series retry together (one call, not one each) while different calls'
+/// retries spread apart.
 pub(crate) fn backoff(
     failures: u32,
     refresh_interval: Duration,
     base: Duration,
     max: Duration,
+    jitter: f64,
 ) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     let ceiling = max.min(refresh_interval.max(base).saturating_mul(4));
     let delay = base.saturating_mul(1 << exponent).min(ceiling);
-    delay.mul_f64(0.5 + fastrand::f64() * 0.5)
+    delay.mul_f64(0.5 + jitter.clamp(0.0, 1.0) * 0.5)
 }

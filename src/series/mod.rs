@@ -5,16 +5,51 @@
 //! and leaves when it goes idle or its definition changes (the engine decides both). Requests
 //! are answered from the table only: memory, never a call. A first request waits for the first
 //! fetch, and concurrent first requests share it, because they find the same series.
+//!
+//! Memory is per active series, so a series holds its labels once (shared with its key) and its
+//! values as bare readings; the label map and metric name of an answer are built when it is
+//! served.
+
+mod capacity;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::definition::{Backend, Definition, HumanDuration, Tenant};
 use crate::provider::{MetricValue, ProviderError};
+use capacity::Accounts;
+pub use capacity::AtCapacity;
+
+/// A series' labels (from the selector), sorted by key, shared by the series and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Arc<[(String, String)]>);
+
+impl Labels {
+    /// The labels of a selector's label map.
+    pub fn new(map: &BTreeMap<String, String>) -> Self {
+        Self(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// As a map (for sources and answers).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+
+    /// The label pairs, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Identity of a series: which definition (namespace-scoped or cluster-wide) and which labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,12 +59,16 @@ pub struct SeriesKey {
     /// The metric name.
     pub metric: String,
     /// The selector's labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 impl SeriesKey {
     /// The key of `definition` read with `labels`.
-    pub fn new(definition: &Definition, labels: BTreeMap<String, String>) -> Self {
+    pub fn new(definition: &Definition, labels: &BTreeMap<String, String>) -> Self {
+        Self::of(definition, Labels::new(labels))
+    }
+
+    fn of(definition: &Definition, labels: Labels) -> Self {
         Self {
             namespace: definition.namespace.clone(),
             metric: definition.spec.name.clone(),
@@ -38,18 +77,53 @@ impl SeriesKey {
     }
 }
 
+/// A value as read, without what the series already knows (its name and labels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// The datapoint's own time.
+    pub timestamp: SystemTime,
+    /// The period it was aggregated over.
+    pub window: Option<Duration>,
+    /// The value.
+    pub value: f64,
+}
+
+impl Reading {
+    /// The reading of a value.
+    pub fn of(value: &MetricValue) -> Self {
+        Self {
+            timestamp: value.timestamp,
+            window: value.window,
+            value: value.value,
+        }
+    }
+}
+
 /// One active series.
 #[derive(Debug)]
 pub struct Series {
+    /// Unique for the life of the process: orders the engine's timer queue.
+    pub id: u64,
     /// The definition it was created for (an edited definition makes a new series).
     pub definition: Arc<Definition>,
     /// The selector's labels.
-    pub labels: BTreeMap<String, String>,
-    /// Who it is accounted to.
-    pub tenant: Tenant,
+    pub labels: Labels,
     state: Mutex<SeriesState>,
-    /// Bumped after every fetch, so waiters for a first value wake up.
-    generation: watch::Sender<u64>,
+    /// Set, and waiters woken, when the first fetch completes.
+    fetched: AtomicBool,
+    first: Notify,
+}
+
+/// A group of series searched together after the backend rejected a call they shared (see the
+/// engine's isolation). Plain data: the engine decides what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suspect {
+    /// The group: series with the same group share calls only with each other.
+    pub group: u64,
+    /// One member of the group's definition was already tried alone in this search.
+    pub probed: bool,
+    /// When the search put it in this group.
+    pub since: Instant,
 }
 
 /// A series' refresh state and values (the engine schedules; requests read).
@@ -59,49 +133,64 @@ pub struct SeriesState {
     pub last_requested: Instant,
     /// When the engine should refresh it next.
     pub next_refresh: Instant,
+    /// It waits in the engine's timer queue under `next_refresh`.
+    pub queued: bool,
     /// A refresh is under way.
     pub in_flight: bool,
+    /// It left the table: never scheduled again.
+    pub removed: bool,
     /// Consecutive failed refreshes.
     pub failures: u32,
     /// The latest outcome and when it was fetched.
-    pub latest: Option<(Result<MetricValue, ProviderError>, Instant)>,
-    /// The last good value and when it was fetched, kept while refreshes fail.
-    pub last_good: Option<(MetricValue, Instant)>,
+    pub latest: Option<(Result<Reading, ProviderError>, Instant)>,
+    /// The last good reading and when it was fetched, kept while refreshes fail.
+    pub last_good: Option<(Reading, Instant)>,
     /// When the last refresh (or probe) finished.
     pub last_attempt: Option<Instant>,
-    /// The backend rejected every call this series was in, and accepted the others: it gets a
-    /// call of its own from now on, so it can only fail itself.
-    pub isolated: bool,
+    /// It is being searched for after a rejected shared call.
+    pub suspect: Option<Suspect>,
 }
+
+/// Ids for new series.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Series {
     /// A new series, due for its first fetch at `now`.
-    pub fn new(
-        definition: Arc<Definition>,
-        labels: BTreeMap<String, String>,
-        now: Instant,
-    ) -> Self {
+    pub fn new(definition: Arc<Definition>, labels: Labels, now: Instant) -> Self {
         Self {
-            tenant: definition.tenant(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             definition,
             labels,
             state: Mutex::new(SeriesState {
                 last_requested: now,
                 next_refresh: now,
+                queued: false,
                 in_flight: false,
+                removed: false,
                 failures: 0,
                 latest: None,
                 last_good: None,
                 last_attempt: None,
-                isolated: false,
+                suspect: None,
             }),
-            generation: watch::Sender::new(0),
+            fetched: AtomicBool::new(false),
+            first: Notify::new(),
         }
     }
 
     /// Which backend its values come from.
     pub fn backend(&self) -> Backend {
         self.definition.backend()
+    }
+
+    /// Who it is accounted to.
+    pub fn tenant(&self) -> Tenant {
+        self.definition.tenant()
+    }
+
+    /// Its key in the table.
+    pub fn key(&self) -> SeriesKey {
+        SeriesKey::of(&self.definition, self.labels.clone())
     }
 
     /// Its state, locked (briefly: never across an await).
@@ -113,25 +202,45 @@ impl Series {
 
     /// Whether a fetch has completed (successfully or not).
     pub fn fetched_once(&self) -> bool {
-        *self.generation.borrow() > 0
+        self.fetched.load(Ordering::Acquire)
     }
 
     /// Wait until a first fetch has completed, at most `timeout`. False on timeout.
     pub async fn wait_first(&self, timeout: Duration) -> bool {
-        let mut generation = self.generation.subscribe();
-        tokio::time::timeout(timeout, generation.wait_for(|g| *g > 0))
-            .await
-            .is_ok_and(|waited| waited.is_ok())
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.first.notified();
+                if self.fetched_once() {
+                    return;
+                }
+                notified.await;
+            }
+        });
+        waited.await.is_ok()
     }
 
-    /// Store a fetch outcome (the engine has updated the schedule) and wake waiters.
+    /// A fetch outcome was stored (the engine has updated the schedule): wake waiters.
     pub fn publish(&self) {
-        self.generation.send_modify(|g| *g += 1);
+        if !self.fetched.swap(true, Ordering::AcqRel) {
+            self.first.notify_waiters();
+        }
+    }
+
+    /// The value served for `reading`.
+    pub fn value(&self, reading: &Reading) -> MetricValue {
+        MetricValue {
+            metric_name: self.definition.spec.name.clone(),
+            labels: self.labels.to_map(),
+            timestamp: reading.timestamp,
+            window: reading.window,
+            value: reading.value,
+        }
     }
 
     /// It was dropped to make room: whoever waits for its first value is told why.
     fn evicted(&self, max_series: u64) {
         let mut state = self.lock();
+        state.removed = true;
         if state.latest.is_none() {
             state.latest = Some((
                 Err(ProviderError::AtCapacity(format!(
@@ -167,22 +276,24 @@ pub fn answer(
         );
     };
     match latest {
-        Ok(value) if now.duration_since(*fetched) <= max_age => (Ok(value.clone()), false),
+        Ok(reading) if now.saturating_duration_since(*fetched) <= max_age => {
+            (Ok(series.value(reading)), false)
+        }
         Ok(_) => (
             Err(ProviderError::Stale {
                 failure: None,
                 message: format!(
                     "the value of metric {} is {} old, past its max age of {} (refreshes are behind schedule)",
                     definition.spec.name,
-                    HumanDuration(round_secs(now.duration_since(*fetched))),
+                    HumanDuration(round_secs(now.saturating_duration_since(*fetched))),
                     HumanDuration(max_age)
                 ),
             }),
             true,
         ),
         Err(ProviderError::Backend { failure, message }) => match &state.last_good {
-            Some((value, good_at)) if now.duration_since(*good_at) <= max_age => {
-                (Ok(value.clone()), false)
+            Some((reading, good_at)) if now.saturating_duration_since(*good_at) <= max_age => {
+                (Ok(series.value(reading)), false)
             }
             Some((_, good_at)) => (
                 Err(ProviderError::Stale {
@@ -190,7 +301,7 @@ pub fn answer(
                     message: format!(
                         "{}; the last good value is {} old, past its max age of {}",
                         message,
-                        HumanDuration(round_secs(now.duration_since(*good_at))),
+                        HumanDuration(round_secs(now.saturating_duration_since(*good_at))),
                         HumanDuration(max_age)
                     ),
                 }),
@@ -228,32 +339,15 @@ pub fn max_age(definition: &Definition, default_max_age: Duration) -> Duration {
 /// share (`max_series` / tenants) may still add one, in place of the least recently requested
 /// series of the tenant holding the most, if that one holds more than its share; anyone else is
 /// refused at once. So one caller asking for many selector values can fill the table only until
-/// others need room, and never takes another tenant's fair share.
+/// others need room, and never takes another tenant's fair share. Making room costs O(log n):
+/// the accounts keep tenants ordered by size and each tenant's series by last request.
 #[derive(Debug)]
 pub struct SeriesTable {
-    series: moka::sync::Cache<SeriesKey, Arc<Series>>,
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
     max_series: u64,
-    /// Series per tenant, and every insert and removal, under one lock (the slow path only:
-    /// requests for existing series never take it).
+    /// Series per tenant and their eviction order, under one lock taken by inserts and
+    /// removals only: requests for existing series never take it.
     accounts: Mutex<Accounts>,
-}
-
-#[derive(Debug, Default)]
-struct Accounts {
-    total: u64,
-    by_tenant: HashMap<Tenant, u64>,
-}
-
-/// Why a series could not be added.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AtCapacity {
-    /// The table is full, and no tenant holds more than its share.
-    Full,
-    /// The table is full, and this tenant already holds its share.
-    FairShare {
-        /// The share.
-        share: u64,
-    },
 }
 
 /// How [`SeriesTable::get_or_insert`] found the series.
@@ -262,14 +356,20 @@ pub enum Found {
     /// It existed for this very definition.
     Existing(Arc<Series>),
     /// It is new (or replaced one of an edited definition): the engine should fetch it.
-    Created(Arc<Series>),
+    Created {
+        /// The new series.
+        series: Arc<Series>,
+        /// A series dropped to make room, or the one of the edited definition it replaced:
+        /// the engine stops refreshing it.
+        dropped: Option<Arc<Series>>,
+    },
 }
 
 impl SeriesTable {
     /// An empty table holding at most `max_series` series.
     pub fn new(max_series: u64) -> Self {
         Self {
-            series: moka::sync::Cache::builder().build(),
+            series: RwLock::new(HashMap::new()),
             max_series,
             accounts: Mutex::new(Accounts::default()),
         }
@@ -286,11 +386,24 @@ impl SeriesTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SeriesKey, Arc<Series>>> {
+        self.series
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SeriesKey, Arc<Series>>> {
+        self.series
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The series of `key` if it exists for `definition` itself.
     pub fn get(&self, key: &SeriesKey, definition: &Arc<Definition>) -> Option<Arc<Series>> {
-        self.series
+        self.read()
             .get(key)
             .filter(|series| Arc::ptr_eq(&series.definition, definition))
+            .cloned()
     }
 
     /// The series of `key` for `definition`, created if it is new, or replacing one left from
@@ -303,100 +416,76 @@ impl SeriesTable {
         now: Instant,
     ) -> Result<Found, AtCapacity> {
         let mut accounts = self.accounts();
-        let existing = self.series.get(key);
+        let existing = self.read().get(key).cloned();
         if let Some(series) = &existing
             && Arc::ptr_eq(&series.definition, definition)
         {
             return Ok(Found::Existing(series.clone()));
         }
         let series = Arc::new(Series::new(definition.clone(), key.labels.clone(), now));
-        if existing.is_none() {
-            self.make_room(&mut accounts, &series.tenant)?;
-            accounts.total += 1;
-            *accounts.by_tenant.entry(series.tenant.clone()).or_default() += 1;
-        }
-        // A replaced series (same key, so same tenant) keeps its place in the accounts.
-        self.series.insert(key.clone(), series.clone());
-        Ok(Found::Created(series))
-    }
-
-    /// Below the bound, nothing to do; at it, evict for a tenant under its share, or refuse.
-    fn make_room(&self, accounts: &mut Accounts, tenant: &Tenant) -> Result<(), AtCapacity> {
-        if accounts.total < self.max_series {
-            return Ok(());
-        }
-        let holding = accounts.by_tenant.get(tenant).copied().unwrap_or(0);
-        let tenants = accounts.by_tenant.len() as u64 + u64::from(holding == 0);
-        let share = (self.max_series / tenants.max(1)).max(1);
-        if holding >= share {
-            return Err(AtCapacity::FairShare { share });
-        }
-        let Some((largest, held)) = accounts
-            .by_tenant
-            .iter()
-            .max_by_key(|(_, held)| **held)
-            .map(|(tenant, held)| (tenant.clone(), *held))
-        else {
-            return Err(AtCapacity::Full);
-        };
-        if held <= share {
-            return Err(AtCapacity::Full);
-        }
-        let victim = self
-            .series
-            .iter()
-            .filter(|(_, series)| series.tenant == largest)
-            .min_by_key(|(_, series)| series.lock().last_requested);
-        let Some((key, series)) = victim else {
-            return Err(AtCapacity::Full);
-        };
-        tracing::info!(
-            metric = %series.definition.spec.name,
-            tenant = %largest,
-            "series table full: dropping the least recently requested series of the tenant holding the most, to make room for {tenant}"
-        );
-        self.series.invalidate(&*key);
-        Self::forget(accounts, &largest);
-        series.evicted(self.max_series);
-        Ok(())
-    }
-
-    fn forget(accounts: &mut Accounts, tenant: &Tenant) {
-        accounts.total = accounts.total.saturating_sub(1);
-        if let Some(held) = accounts.by_tenant.get_mut(tenant) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                accounts.by_tenant.remove(tenant);
+        let tenant = series.tenant();
+        let dropped = match existing {
+            // A replaced series (same key, so same tenant) gives its place to the new one.
+            Some(old) => {
+                accounts.forget(&tenant);
+                old.lock().removed = true;
+                Some(old)
             }
-        }
+            None => match accounts.make_room(self.max_series, &tenant) {
+                Ok(victim) => victim.inspect(|victim| {
+                    let key = victim.key();
+                    let mut map = self.write();
+                    if map.get(&key).is_some_and(|current| Arc::ptr_eq(current, victim)) {
+                        map.remove(&key);
+                    }
+                    drop(map);
+                    tracing::info!(
+                        metric = %victim.definition.spec.name,
+                        tenant = %victim.tenant(),
+                        "series table full: dropped the least recently requested series of the tenant holding the most, to make room for {tenant}"
+                    );
+                    victim.evicted(self.max_series);
+                }),
+                Err(refusal) => return Err(refusal),
+            },
+        };
+        accounts.add(tenant, &series, now);
+        self.write().insert(key.clone(), series.clone());
+        Ok(Found::Created { series, dropped })
     }
 
     /// Whether `key` is in the table.
     pub fn contains(&self, key: &SeriesKey) -> bool {
-        self.series.contains_key(key)
+        self.read().contains_key(key)
     }
 
-    /// Remove `series` from under `key`, unless a request replaced it meanwhile.
-    pub fn remove(&self, key: &SeriesKey, series: &Arc<Series>) {
+    /// Remove `series`, unless a request replaced it meanwhile. Marks it removed either way, so
+    /// it is never scheduled again.
+    pub fn remove(&self, series: &Arc<Series>) {
         let mut accounts = self.accounts();
-        if self
-            .series
-            .get(key)
-            .is_some_and(|current| Arc::ptr_eq(&current, series))
+        let key = series.key();
+        let mut map = self.write();
+        if map
+            .get(&key)
+            .is_some_and(|current| Arc::ptr_eq(current, series))
         {
-            self.series.invalidate(key);
-            Self::forget(&mut accounts, &series.tenant);
+            map.remove(&key);
+            accounts.forget(&series.tenant());
         }
+        drop(map);
+        // Under the accounts lock, so making room never picks a series already gone.
+        series.lock().removed = true;
+        drop(accounts);
     }
 
-    /// Every series (a snapshot iterator; concurrent changes may or may not show).
-    pub fn iter(&self) -> impl Iterator<Item = (Arc<SeriesKey>, Arc<Series>)> + '_ {
-        self.series.iter()
+    /// Every series, as of now.
+    pub fn snapshot(&self) -> Vec<Arc<Series>> {
+        self.read().values().cloned().collect()
     }
 
     /// How many series there are.
     pub fn len(&self) -> usize {
-        usize::try_from(self.accounts().total).unwrap_or(usize::MAX)
+        self.read().len()
     }
 
     /// Whether there are none.
@@ -404,3 +493,6 @@ impl SeriesTable {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests;

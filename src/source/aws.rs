@@ -1,5 +1,6 @@
-//! What the AWS-backed sources share: the SDK configuration of a target (region, assumed role),
-//! a client per target built once, and the classification of SDK errors.
+//! What the AWS-backed sources share: where a call runs ([`Target`]: region and identity), the
+//! SDK configuration of a target (region, assumed role), a client per target built once, and
+//! the classification of SDK errors into [`SourceError`]s.
 //!
 //! `SdkError`, `HttpResponse` and `ProvideErrorMetadata` are aws-smithy-runtime-api's and
 //! aws-smithy-types' types, which every service crate re-exports; they are named here through
@@ -14,8 +15,41 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_cloudwatch::config::http::HttpResponse;
 use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 
-use super::Target;
+use serde::Serialize;
+
+use super::{Blame, SourceError};
+use crate::definition::Definition;
 use crate::provider::BackendFailure;
+
+/// Which account, region and identity a call runs as. Calls are batched per target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Region; the adapter's default when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Role to assume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// External id for the role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+impl Target {
+    /// Where `definition`'s calls run.
+    pub fn of(definition: &Definition) -> Self {
+        let spec = &definition.spec;
+        Self {
+            region: spec.region.clone(),
+            role_arn: spec.role_arn.clone(),
+            external_id: spec.external_id.clone(),
+        }
+    }
+}
+
+/// Where an AWS source's credentials come from, for no-credentials messages.
+pub const CREDENTIALS_HINT: &str = "configure IRSA (eks.amazonaws.com/role-arn on the service account) or another AWS credentials source";
 
 /// Session name the adapter uses when assuming a definition's role (shows in CloudTrail).
 const SESSION_NAME: &str = "cloudwatch-metrics-adapter";
@@ -128,36 +162,45 @@ const THROTTLE_CODES: &[&str] = &[
     "RequestThrottled",
     "AWS.SimpleQueueService.RequestThrottled",
 ];
+/// 4xx codes about the request as a whole, not what it asks for: its age or clock, its size,
+/// the action itself. No query in a batch causes them, so nobody is isolated for them.
+const REQUEST_WIDE_CODES: &[&str] = &[
+    "RequestExpired",
+    "RequestTimeTooSkewed",
+    "RequestTimeout",
+    "RequestEntityTooLarge",
+    "InvalidAction",
+    "OptInRequired",
+    "MalformedQueryString",
+    "MissingAction",
+    "UnsupportedProtocol",
+    "InvalidQueryParameter",
+];
 
-/// An SDK error, classified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Classified {
-    /// What kind of failure.
-    pub failure: BackendFailure,
-    /// The service refused the request itself (a 4xx that is neither throttling nor access).
-    pub rejected: bool,
-    /// The service's error code, when it answered.
+/// What AWS answered: the error code, the HTTP status and the service's message. The source of
+/// a [`SourceError`] for a service error (the SDK error around it adds nothing but request
+/// details, which stay out of logs).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} (HTTP {status}): {message}", code.as_deref().unwrap_or("no error code"))]
+pub struct ServiceReply {
+    /// The service's error code, if it sent one (a proxy's page has none).
     pub code: Option<String>,
-    /// For the log: code, status, message and causes; never request dumps.
-    pub detail: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The service's message.
+    pub message: String,
 }
 
-/// Classify an SDK error for users and metrics.
-pub(crate) fn classify<E>(error: &SdkError<E, HttpResponse>) -> Classified
+/// Classify an SDK error: its kind, who is to blame, and the error itself as the source. The
+/// service's error code comes back too, for sources that branch on their own codes.
+pub(crate) fn classify<E>(error: SdkError<E, HttpResponse>) -> (SourceError, Option<String>)
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let classified = |failure, detail| Classified {
-        failure,
-        rejected: false,
-        code: None,
-        detail,
-    };
     // Walk the chain for a credentials failure: it can hide under a dispatch failure.
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(credentials) = cause.downcast_ref::<CredentialsError>() {
-            let detail = summarize(credentials);
             let failure = match credentials {
                 CredentialsError::CredentialsNotLoaded(_)
                 | CredentialsError::InvalidConfiguration(_) => BackendFailure::NoCredentials,
@@ -165,63 +208,103 @@ where
                 // A provider that answered and refused, e.g. STS denying a definition's roleArn.
                 _ => BackendFailure::AccessDenied,
             };
-            return classified(failure, detail);
+            return (SourceError::new(failure, Blame::Request, error), None);
         }
         source = cause.source();
     }
-    match error {
+    let (failure, blame) = match &error {
         SdkError::ServiceError(context) => {
-            let code = context.err().code().unwrap_or("Unknown").to_string();
+            let code = context.err().code().map(str::to_string);
             let status = context.raw().status().as_u16();
-            let message = context.err().message().unwrap_or_default();
-            let detail = format!("{code}, HTTP {status}: {message}");
-            let (failure, rejected) = if THROTTLE_CODES.contains(&code.as_str()) || status == 429 {
-                (BackendFailure::Throttled, false)
-            } else if ACCESS_CODES.contains(&code.as_str()) || status == 403 {
-                (BackendFailure::AccessDenied, false)
-            } else if status >= 500 {
-                (BackendFailure::ServiceError, false)
-            } else {
-                (BackendFailure::InvalidQuery, true)
+            let (failure, blame) = classify_reply(code.as_deref(), status);
+            let reply = ServiceReply {
+                message: context.err().message().unwrap_or_default().to_string(),
+                code: code.clone(),
+                status,
             };
-            Classified {
-                failure,
-                rejected,
-                code: Some(code),
-                detail,
-            }
+            return (SourceError::new(failure, blame, reply), code);
         }
-        SdkError::TimeoutError(_) => {
-            classified(BackendFailure::Unreachable, "request timed out".to_string())
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            (BackendFailure::Unreachable, Blame::Request)
         }
-        SdkError::DispatchFailure(failure) => classified(
-            BackendFailure::Unreachable,
-            summarize(error)
-                + if failure.is_timeout() {
-                    " (timeout)"
-                } else {
-                    ""
-                },
-        ),
-        SdkError::ResponseError(_) => classified(BackendFailure::ServiceError, summarize(error)),
-        SdkError::ConstructionFailure(_) => Classified {
-            failure: BackendFailure::InvalidQuery,
-            rejected: true,
-            code: None,
-            detail: summarize(error),
-        },
-        _ => classified(BackendFailure::ServiceError, summarize(error)),
+        // A request the SDK could not build is no query's fault in particular (a bad region or
+        // endpoint): nobody is isolated for it.
+        SdkError::ConstructionFailure(_) => (BackendFailure::RequestRefused, Blame::Request),
+        _ => (BackendFailure::ServiceError, Blame::Request),
+    };
+    (SourceError::new(failure, blame, error), None)
+}
+
+/// The kind of a service's error answer and who is to blame, from its code and HTTP status.
+fn classify_reply(code: Option<&str>, status: u16) -> (BackendFailure, Blame) {
+    let is = |codes: &[&str]| code.is_some_and(|code| codes.contains(&code));
+    if is(THROTTLE_CODES) || status == 429 {
+        (BackendFailure::Throttled, Blame::Request)
+    } else if is(ACCESS_CODES) || status == 403 {
+        (BackendFailure::AccessDenied, Blame::Request)
+    } else if status >= 500 {
+        (BackendFailure::ServiceError, Blame::Request)
+    } else if code.is_none() || is(REQUEST_WIDE_CODES) {
+        // A 4xx without an error code is not the service speaking (a proxy's page, a load
+        // balancer), and these codes are about the request as a whole.
+        (BackendFailure::RequestRefused, Blame::Request)
+    } else {
+        (BackendFailure::InvalidQuery, Blame::Members)
     }
 }
 
-/// The error and its causes on one line (for logs), without request or response dumps.
-pub(crate) fn summarize(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_validation_error_blames_the_members() {
+        let cases = [
+            (
+                Some("InvalidParameterValue"),
+                400,
+                BackendFailure::InvalidQuery,
+                Blame::Members,
+            ),
+            (
+                Some("ValidationError"),
+                400,
+                BackendFailure::InvalidQuery,
+                Blame::Members,
+            ),
+            (
+                Some("RequestExpired"),
+                400,
+                BackendFailure::RequestRefused,
+                Blame::Request,
+            ),
+            (None, 400, BackendFailure::RequestRefused, Blame::Request),
+            (
+                Some("Throttling"),
+                400,
+                BackendFailure::Throttled,
+                Blame::Request,
+            ),
+            (
+                Some("AccessDenied"),
+                403,
+                BackendFailure::AccessDenied,
+                Blame::Request,
+            ),
+            (
+                Some("InternalFailure"),
+                500,
+                BackendFailure::ServiceError,
+                Blame::Request,
+            ),
+            (None, 502, BackendFailure::ServiceError, Blame::Request),
+        ];
+        for (code, status, failure, blame) in cases {
+            assert_eq!(
+                classify_reply(code, status),
+                (failure, blame),
+                "{code:?} {status}"
+            );
+        }
     }
-    text
 }

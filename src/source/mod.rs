@@ -5,49 +5,24 @@
 //! paces, isolates failures and counts cost without knowing which backend it talks to. Each
 //! backend is a submodule; only their `client.rs` files import AWS SDK types.
 //!
-//! Errors cross the seam typed: a call that failed as a whole is a [`SourceError`] (its kind,
-//! whether the backend refused the request as invalid, and a detail for the log only); a series
-//! whose value could not be made is a [`ProviderError`] whose message names the backend.
+//! Errors cross the seam typed: a call that failed as a whole is a [`SourceError`] (its kind, who
+//! is to blame, and the backend's own error as its `source`, for the log only); a series whose
+//! value could not be made is a [`ProviderError`] whose message names the backend.
+//!
+//! The seam is backend-neutral: where a call runs (an AWS region and identity) is each source's
+//! own business ([`aws`]), decided in [`Source::prepare`].
 
-mod aws;
+pub mod aws;
 pub mod cloudwatch;
 pub mod sqs;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
-
-use serde::Serialize;
 
 use crate::definition::{Backend, Definition};
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
-
-/// Which account, region and identity a call runs as. Calls are batched per target.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Target {
-    /// Region; the adapter's default when `None`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Role to assume.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role_arn: Option<String>,
-    /// External id for the role.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<String>,
-}
-
-impl Target {
-    /// Where `definition`'s calls run.
-    pub fn of(definition: &Definition) -> Self {
-        let spec = &definition.spec;
-        Self {
-            region: spec.region.clone(),
-            role_arn: spec.role_arn.clone(),
-            external_id: spec.external_id.clone(),
-        }
-    }
-}
 
 /// How a source batches and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,8 +33,10 @@ pub struct Profile {
     pub max_items_per_call: usize,
     /// List price of one billed unit, in dollars.
     pub dollars_per_unit: f64,
-    /// The IAM permissions a read needs, for access-denied messages.
+    /// The permissions a read needs, for access-denied messages.
     pub permissions: &'static str,
+    /// Where the backend's credentials come from, for no-credentials messages.
+    pub credentials_hint: &'static str,
     /// The operation that reads values, for messages.
     pub operation: &'static str,
 }
@@ -77,17 +54,51 @@ pub struct Usage {
     pub truncated: bool,
 }
 
-/// Why a call failed as a whole. `detail` is for the log only: it may carry AWS request details.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} ({detail})", failure.describe())]
+/// Who a failed call's failure is on: it decides whether the engine searches the call's members
+/// for one that causes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The request as a whole: no member could have caused it (throttling, the network,
+    /// credentials, a signature or clock error, a proxy's error page, a request the SDK could not
+    /// build). Retried as it is, with back-off; nobody is isolated.
+    Request,
+    /// The backend refused what the request asked for (a validation error): one of its members
+    /// causes it. A shared call failing this way is searched for that member.
+    Members,
+}
+
+/// Why a call failed as a whole. The backend's own error is the `source`: for the log only (it
+/// may carry AWS request details); users get a message built from `failure`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", failure.describe())]
 pub struct SourceError {
     /// What kind of failure.
     pub failure: BackendFailure,
-    /// The backend refused the request itself as invalid. A batched call refused this way is
-    /// retried in halves until the member that caused it is found.
-    pub rejected: bool,
-    /// The backend's own words, for the log.
-    pub detail: String,
+    /// Who it is on.
+    pub blame: Blame,
+    /// The backend's (or the SDK's) error.
+    #[source]
+    pub cause: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl SourceError {
+    /// A failure of `failure`'s kind, blamed on `blame`, caused by `cause`.
+    pub fn new(
+        failure: BackendFailure,
+        blame: Blame,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            failure,
+            blame,
+            cause: Arc::from(cause.into()),
+        }
+    }
+
+    /// Whether the backend refused the request's content, so one of its members is to blame.
+    pub fn blames_members(&self) -> bool {
+        self.blame == Blame::Members
+    }
 }
 
 /// One series' share of a call.
@@ -99,15 +110,6 @@ pub struct Member<'a, R> {
     pub labels: &'a BTreeMap<String, String>,
     /// What [`Source::prepare`] made of it.
     pub request: &'a R,
-}
-
-/// A series to plan into calls.
-#[derive(Debug)]
-pub struct PlanItem<'a, R> {
-    /// Its prepared request.
-    pub request: &'a R,
-    /// It must get a call of its own (it was found to make calls fail).
-    pub alone: bool,
 }
 
 /// A planned call and the plan items (by index) it serves, in the order the call serves them.
@@ -153,9 +155,14 @@ pub trait Source: Send + Sync + 'static {
 
     /// Pack requests into as few calls as the backend allows. Earlier items go into earlier
     /// calls where the backend's rules allow it (the engine orders items fairly).
-    fn plan(&self, items: &[PlanItem<'_, Self::Request>]) -> Vec<Planned<Self::Call>>;
+    ///
+    /// Every item must be a member of exactly one planned call: the engine checks, and answers
+    /// an item left out (or claimed twice) with an internal error rather than losing it. Items
+    /// that must not share a call with others are planned by the engine in calls of their own.
+    fn plan(&self, items: &[&Self::Request]) -> Vec<Planned<Self::Call>>;
 
-    /// Make one call and evaluate it for each member (in the order [`Source::plan`] gave).
+    /// Make one call and evaluate it for each member (in the order [`Source::plan`] gave). The
+    /// outcome has one entry per member; a missing one is answered with an internal error.
     fn fetch(
         &self,
         call: &Self::Call,
@@ -174,7 +181,8 @@ pub fn backend_error(profile: &Profile, failure: BackendFailure, metric: &str) -
             profile.permissions
         ),
         BackendFailure::NoCredentials => format!(
-            "unable to fetch metric {metric} from {backend}: no AWS credentials; configure IRSA (eks.amazonaws.com/role-arn on the service account) or another credentials source"
+            "unable to fetch metric {metric} from {backend}: no credentials; {}",
+            profile.credentials_hint
         ),
         BackendFailure::Throttled => format!(
             "unable to fetch metric {metric} from {backend}: throttled ({} rate limit for the account and region); it will be retried",
@@ -188,6 +196,12 @@ pub fn backend_error(profile: &Profile, failure: BackendFailure, metric: &str) -
         ),
         BackendFailure::InvalidQuery => format!(
             "unable to fetch metric {metric} from {backend}: the request was rejected; check the definition with `cloudwatch-metrics-adapter query`"
+        ),
+        BackendFailure::RequestRefused => format!(
+            "unable to fetch metric {metric} from {backend}: {backend} refused the request as a whole, before reading any query in it (a clock or signing problem, or a proxy in the way); it will be retried"
+        ),
+        BackendFailure::Internal => format!(
+            "unable to fetch metric {metric} from {backend}: the refresh did not complete (an internal error, logged); it will be retried"
         ),
     };
     ProviderError::Backend { failure, message }
@@ -214,7 +228,7 @@ impl<T: Source> Source for std::sync::Arc<T> {
         (**self).size(definition)
     }
 
-    fn plan(&self, items: &[PlanItem<'_, Self::Request>]) -> Vec<Planned<Self::Call>> {
+    fn plan(&self, items: &[&Self::Request]) -> Vec<Planned<Self::Call>> {
         (**self).plan(items)
     }
 

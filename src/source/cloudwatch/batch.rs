@@ -48,14 +48,13 @@ fn is_sql(query: &Query) -> bool {
     matches!(&query.kind, QueryKind::Expression(e) if e.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select")))
 }
 
-/// Pack `items` (one request per series) into calls of at most `max_queries` queries each,
-/// where a request flagged `true` gets a call of its own (it was found to make CloudWatch
-/// reject the calls it shares). Within a group, earlier requests go into earlier
-/// calls.
-pub fn plan_isolating(items: &[(&MetricDataRequest, bool)], max_queries: usize) -> Vec<Batch> {
+/// Pack `items` (one request per series) into calls of at most `max_queries` queries each.
+/// Within a group, earlier requests go into earlier calls. Every item is a member of exactly one
+/// batch.
+pub fn plan(items: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
     type GroupKey = (Target, SystemTime, SystemTime, &'static str);
     let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
-    for (index, (request, _)) in items.iter().enumerate() {
+    for (index, request) in items.iter().enumerate() {
         groups
             .entry((
                 request.target.clone(),
@@ -71,10 +70,10 @@ pub fn plan_isolating(items: &[(&MetricDataRequest, bool)], max_queries: usize) 
         // (batch, holds a SQL query, closed to other series)
         let mut open: Vec<(Batch, bool, bool)> = Vec::new();
         for index in members {
-            let (request, isolated) = items[index];
+            let request = items[index];
             let size = request.metric_data_queries.len();
             let sql = request.metric_data_queries.iter().any(is_sql);
-            let alone = isolated || !self_contained(request);
+            let alone = !self_contained(request);
             let fits = |(batch, has_sql, closed): &(Batch, bool, bool)| {
                 let full = batch.request.metric_data_queries.len() + size > max_queries;
                 let second_sql = sql && *has_sql;
@@ -186,11 +185,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Planning with no series isolated.
-    fn plan(requests: &[&MetricDataRequest], max_queries: usize) -> Vec<Batch> {
-        let items: Vec<(&MetricDataRequest, bool)> = requests.iter().map(|r| (*r, false)).collect();
-        plan_isolating(&items, max_queries)
-    }
     use crate::source::cloudwatch::{MetricStat, ResultStatus};
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -288,21 +282,49 @@ mod tests {
 
     #[test]
     fn a_series_is_never_split_across_calls() {
-        let requests = [
+        // Two series of 300 queries and one of 150: 750 queries fit two calls of 500 only if a
+        // series is split, so the planner must make three calls, each series whole in one.
+        let series = |n: usize| {
             request(
-                (0..300).map(|i| stat(&format!("m{i}"), i == 0)).collect(),
+                (0..n).map(|i| stat(&format!("m{i}"), i == 0)).collect(),
                 None,
                 0,
-            ),
-            request(
-                (0..300).map(|i| stat(&format!("m{i}"), i == 0)).collect(),
-                None,
-                0,
-            ),
-        ];
+            )
+        };
+        let requests = [series(300), series(300), series(150)];
         let refs: Vec<&MetricDataRequest> = requests.iter().collect();
         let batches = plan(&refs, 500);
-        assert_eq!(batches.len(), 2);
+        for (member, request) in requests.iter().enumerate() {
+            let holding: Vec<&Batch> = batches
+                .iter()
+                .filter(|b| b.members.contains(&member))
+                .collect();
+            assert_eq!(
+                holding.len(),
+                1,
+                "series {member} is in {} calls",
+                holding.len()
+            );
+            let batch = holding[0];
+            let slot = batch.members.iter().position(|m| *m == member).unwrap();
+            let prefix = format!("s{slot}_");
+            let carried = batch
+                .request
+                .metric_data_queries
+                .iter()
+                .filter(|q| q.id.starts_with(&prefix))
+                .count();
+            assert_eq!(
+                carried,
+                request.metric_data_queries.len(),
+                "series {member} has only part of its queries in its call"
+            );
+        }
+        assert!(
+            batches
+                .iter()
+                .all(|b| b.request.metric_data_queries.len() <= 500)
+        );
     }
 
     #[test]
@@ -317,10 +339,22 @@ mod tests {
                 0,
             )
         };
-        let requests = [sql(), sql(), request(vec![stat("a", true)], None, 0)];
+        let requests = [sql(), sql(), request(vec![stat("a", true)], None, 0), sql()];
         let refs: Vec<&MetricDataRequest> = requests.iter().collect();
         let batches = plan(&refs, 500);
-        assert_eq!(batches.len(), 2);
+        for batch in &batches {
+            let sql_queries = batch
+                .request
+                .metric_data_queries
+                .iter()
+                .filter(|q| is_sql(q))
+                .count();
+            assert!(sql_queries <= 1, "a call with {sql_queries} SQL queries");
+        }
+        // Each SQL series got a call, and the plain one shares a call with one of them.
+        let members: usize = batches.iter().map(|b| b.members.len()).sum();
+        assert_eq!(members, 4);
+        assert_eq!(batches.len(), 3);
     }
 
     #[test]

@@ -11,12 +11,9 @@ use aws_sdk_cloudwatch::types::{
     StandardUnit, StatusCode,
 };
 
-use super::{
-    CloudWatchError, MetricDataRequest, MetricDataSource, QueryKind, QueryResult, ResultStatus,
-    Target,
-};
-use crate::provider::BackendFailure;
-use crate::source::aws::{self, Classified, Clients};
+use super::{MetricDataRequest, MetricDataSource, QueryKind, QueryResult, ResultStatus, Target};
+use crate::source::SourceError;
+use crate::source::aws::{self, Clients};
 
 /// The most `NextToken` pages followed for one request. A window of a few periods fits in one
 /// page; this only bounds a pathological definition.
@@ -62,7 +59,7 @@ impl MetricDataSource for AwsCloudWatch {
     async fn get_metric_data(
         &self,
         request: &MetricDataRequest,
-    ) -> Result<Vec<QueryResult>, CloudWatchError> {
+    ) -> Result<Vec<QueryResult>, SourceError> {
         let client = self.client(&request.target).await;
         let queries: Vec<MetricDataQuery> = request
             .metric_data_queries
@@ -81,7 +78,7 @@ impl MetricDataSource for AwsCloudWatch {
                 .set_next_token(next_token.take())
                 .send()
                 .await
-                .map_err(|error| CloudWatchError::from(aws::classify(&error)))?;
+                .map_err(|error| aws::classify(error).0)?;
             for result in output.metric_data_results() {
                 let id = result.id().unwrap_or_default().to_string();
                 let label = result.label().map(str::to_string);
@@ -174,18 +171,4 @@ fn to_sdk_query(query: &super::Query) -> MetricDataQuery {
         ),
     }
     .build()
-}
-
-impl From<Classified> for CloudWatchError {
-    fn from(classified: Classified) -> Self {
-        let detail = classified.detail;
-        match classified.failure {
-            BackendFailure::Throttled => CloudWatchError::Throttled { detail },
-            BackendFailure::AccessDenied => CloudWatchError::AccessDenied { detail },
-            BackendFailure::NoCredentials => CloudWatchError::NoCredentials { detail },
-            BackendFailure::InvalidQuery => CloudWatchError::InvalidQuery { detail },
-            BackendFailure::ServiceError => CloudWatchError::Service { detail },
-            BackendFailure::Unreachable => CloudWatchError::Unreachable { detail },
-        }
-    }
 }

@@ -7,30 +7,25 @@ use std::time::{Duration, SystemTime};
 
 use crate::definition::{Definition, HumanDuration};
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
-use crate::source::{SourceError, backend_error};
+use crate::source::backend_error;
 
 use super::translate::{cloudwatch_read, describe_query, newest_point};
-use super::{CloudWatchError, MetricDataRequest, PROFILE, QueryResult, ResultStatus};
+use super::{MetricDataRequest, PROFILE, QueryResult, ResultStatus};
 
-/// The value for one series from its call's outcome, as of `now`.
+/// The value for one series from its results in a call that succeeded, as of `now`.
 ///
 /// The newest datapoint wins and keeps its own timestamp. No datapoints means the definition's
-/// `noDataValue`, or a `NoData` error that says what was searched. Backend failures become
-/// user-facing messages (the AWS detail goes to the log only).
+/// `noDataValue`, or a `NoData` error that says what was searched. A call that failed as a whole
+/// never gets here: the engine answers its members.
 pub fn evaluate(
     definition: &Definition,
     labels: &BTreeMap<String, String>,
     request: &MetricDataRequest,
-    outcome: Result<&[QueryResult], &CloudWatchError>,
+    results: &[QueryResult],
     now: SystemTime,
 ) -> Result<MetricValue, ProviderError> {
     let name = &definition.spec.name;
     let read = cloudwatch_read(definition)?;
-    let results = outcome.map_err(|error| {
-        let failure = failure_of(error);
-        tracing::warn!(metric = %name, error = %error, "GetMetricData failed");
-        backend_error(&PROFILE, failure, name)
-    })?;
     let series = results.iter().filter(|r| r.id == read.value_query).count();
     if series > 1 {
         // The HPA needs one number; picking one of several series would be a made-up answer.
@@ -87,29 +82,6 @@ pub fn evaluate(
     })
 }
 
-/// The backend failure kind of a CloudWatch error.
-pub fn failure_of(error: &CloudWatchError) -> BackendFailure {
-    match error {
-        CloudWatchError::Throttled { .. } => BackendFailure::Throttled,
-        CloudWatchError::AccessDenied { .. } => BackendFailure::AccessDenied,
-        CloudWatchError::NoCredentials { .. } => BackendFailure::NoCredentials,
-        CloudWatchError::InvalidQuery { .. } => BackendFailure::InvalidQuery,
-        CloudWatchError::Service { .. } => BackendFailure::ServiceError,
-        CloudWatchError::Unreachable { .. } => BackendFailure::Unreachable,
-    }
-}
-
-impl From<CloudWatchError> for SourceError {
-    fn from(error: CloudWatchError) -> Self {
-        SourceError {
-            failure: failure_of(&error),
-            // CloudWatch refused the request itself: one query in a shared call can do that.
-            rejected: matches!(error, CloudWatchError::InvalidQuery { .. }),
-            detail: error.to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -149,7 +121,7 @@ metrics:
     fn run(
         metric: &str,
         queue: Option<&str>,
-        outcome: Result<Vec<QueryResult>, CloudWatchError>,
+        results: Vec<QueryResult>,
     ) -> Result<MetricValue, ProviderError> {
         let set = parse(DEFS).unwrap();
         let definition: Arc<Definition> = set.get(metric).unwrap().clone();
@@ -165,7 +137,7 @@ metrics:
         };
         let labels = selector_labels(&definition, &selector).unwrap();
         let request = build_request(&definition, &labels, now()).unwrap();
-        evaluate(&definition, &labels, &request, outcome.as_deref(), now())
+        evaluate(&definition, &labels, &request, &results, now())
     }
 
     fn result(points: Vec<(SystemTime, f64)>, status: ResultStatus) -> QueryResult {
@@ -184,10 +156,10 @@ metrics:
         let value = run(
             "sqs-visible",
             Some("orders"),
-            Ok(vec![result(
+            vec![result(
                 vec![(t, 12.5), (t - Duration::from_secs(60), 3.0)],
                 ResultStatus::Complete,
-            )]),
+            )],
         )
         .unwrap();
         assert_eq!(value.value, 12.5);
@@ -201,7 +173,7 @@ metrics:
         let err = run(
             "sqs-visible",
             Some("orders"),
-            Ok(vec![result(vec![], ResultStatus::Complete)]),
+            vec![result(vec![], ResultStatus::Complete)],
         )
         .unwrap_err();
         let ProviderError::NoData(message) = err else {
@@ -213,30 +185,9 @@ metrics:
 
     #[test]
     fn no_data_value_is_served_when_configured() {
-        let value = run("sqs-idle-is-zero", None, Ok(vec![])).unwrap();
+        let value = run("sqs-idle-is-zero", None, vec![]).unwrap();
         assert_eq!(value.value, 0.0);
         assert_eq!(value.timestamp, now());
-    }
-
-    #[test]
-    fn backend_errors_become_safe_messages() {
-        let err = run(
-            "sqs-visible",
-            Some("orders"),
-            Err(CloudWatchError::AccessDenied {
-                detail: "AccessDenied, HTTP 403: User arn:aws:sts::123:assumed-role/secret".into(),
-            }),
-        )
-        .unwrap_err();
-        let ProviderError::Backend { failure, message } = err else {
-            panic!("expected Backend");
-        };
-        assert_eq!(failure, BackendFailure::AccessDenied);
-        assert!(message.contains("sqs-visible") && message.contains("access denied"));
-        assert!(
-            !message.contains("arn:aws:sts"),
-            "AWS detail leaked: {message}"
-        );
     }
 
     #[test]
@@ -246,7 +197,7 @@ metrics:
         first.label = Some("orders-a".into());
         let mut second = result(vec![(t, 2.0)], ResultStatus::Complete);
         second.label = Some("orders-b".into());
-        let err = run("sqs-visible", Some("orders"), Ok(vec![first, second])).unwrap_err();
+        let err = run("sqs-visible", Some("orders"), vec![first, second]).unwrap_err();
         let ProviderError::Backend { failure, message } = err else {
             panic!("expected Backend");
         };
@@ -259,7 +210,7 @@ metrics:
         let err = run(
             "sqs-idle-is-zero",
             None,
-            Ok(vec![result(vec![], ResultStatus::PartialData)]),
+            vec![result(vec![], ResultStatus::PartialData)],
         )
         .unwrap_err();
         assert!(
@@ -276,7 +227,7 @@ metrics:
         let value = run(
             "sqs-visible",
             Some("orders"),
-            Ok(vec![result(vec![(t, 7.0)], ResultStatus::PartialData)]),
+            vec![result(vec![(t, 7.0)], ResultStatus::PartialData)],
         )
         .unwrap();
         assert_eq!(
@@ -290,7 +241,7 @@ metrics:
         let err = run(
             "sqs-visible",
             Some("orders"),
-            Ok(vec![result(vec![], ResultStatus::Forbidden)]),
+            vec![result(vec![], ResultStatus::Forbidden)],
         )
         .unwrap_err();
         assert!(matches!(

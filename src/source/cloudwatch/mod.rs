@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::definition::cloudwatch::{Token, tokens};
 use crate::definition::{Backend, Definition, MAX_QUERIES};
 use crate::provider::ProviderError;
-use crate::source::{Fetched, Member, PlanItem, Planned, Profile, Source, SourceError, Usage};
+use crate::source::aws::CREDENTIALS_HINT;
+use crate::source::{Fetched, Member, Planned, Profile, Source, SourceError, Usage};
 
 /// How `GetMetricData` batches and what it costs: up to 500 queries a call, billed about $0.01
 /// per 1,000 metrics requested (us-east-1 list price, no free tier).
@@ -26,10 +27,11 @@ pub const PROFILE: Profile = Profile {
     max_items_per_call: MAX_QUERIES,
     dollars_per_unit: 0.01 / 1000.0,
     permissions: "cloudwatch:GetMetricData (and sts:AssumeRole for a definition's roleArn)",
+    credentials_hint: CREDENTIALS_HINT,
     operation: "GetMetricData",
 };
 
-pub use crate::source::Target;
+pub use crate::source::aws::Target;
 
 /// A `GetMetricData` request in domain terms.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,54 +144,14 @@ pub enum ResultStatus {
     Other(String),
 }
 
-/// How a `GetMetricData` call failed, classified for users and metrics. The `detail` is for logs.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CloudWatchError {
-    /// Throttling / rate exceeded.
-    #[error("throttled by CloudWatch ({detail})")]
-    Throttled {
-        /// For logs.
-        detail: String,
-    },
-    /// AccessDenied, bad or expired credentials.
-    #[error("access denied by AWS ({detail})")]
-    AccessDenied {
-        /// For logs.
-        detail: String,
-    },
-    /// No credentials could be loaded.
-    #[error("no AWS credentials ({detail})")]
-    NoCredentials {
-        /// For logs.
-        detail: String,
-    },
-    /// CloudWatch rejected the request as invalid.
-    #[error("CloudWatch rejected the query ({detail})")]
-    InvalidQuery {
-        /// For logs.
-        detail: String,
-    },
-    /// A 5xx from CloudWatch.
-    #[error("CloudWatch service error ({detail})")]
-    Service {
-        /// For logs.
-        detail: String,
-    },
-    /// Connection, DNS or timeout.
-    #[error("CloudWatch unreachable ({detail})")]
-    Unreachable {
-        /// For logs.
-        detail: String,
-    },
-}
-
 /// The narrow seam in front of the AWS SDK, so provider logic can be tested with a fake.
 pub trait MetricDataSource: Send + Sync + 'static {
-    /// Run one request, following `NextToken` pages, and return one result per returned query.
+    /// Run one request, following `NextToken` pages, and return one result per returned query,
+    /// or why the call failed as a whole.
     fn get_metric_data(
         &self,
         request: &MetricDataRequest,
-    ) -> impl Future<Output = Result<Vec<QueryResult>, CloudWatchError>> + Send;
+    ) -> impl Future<Output = Result<Vec<QueryResult>, SourceError>> + Send;
 }
 
 fn serialize_time<S: serde::Serializer>(
@@ -203,7 +165,7 @@ impl<T: MetricDataSource> MetricDataSource for std::sync::Arc<T> {
     fn get_metric_data(
         &self,
         request: &MetricDataRequest,
-    ) -> impl Future<Output = Result<Vec<QueryResult>, CloudWatchError>> + Send {
+    ) -> impl Future<Output = Result<Vec<QueryResult>, SourceError>> + Send {
         (**self).get_metric_data(request)
     }
 }
@@ -242,12 +204,8 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
         size(definition)
     }
 
-    fn plan(&self, items: &[PlanItem<'_, MetricDataRequest>]) -> Vec<Planned<batch::Batch>> {
-        let items: Vec<(&MetricDataRequest, bool)> = items
-            .iter()
-            .map(|item| (item.request, item.alone))
-            .collect();
-        batch::plan_isolating(&items, MAX_QUERIES)
+    fn plan(&self, items: &[&MetricDataRequest]) -> Vec<Planned<batch::Batch>> {
+        batch::plan(items, MAX_QUERIES)
             .into_iter()
             .map(|batch| Planned {
                 members: batch.members.clone(),
@@ -277,7 +235,7 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
             Err(error) => {
                 return Fetched {
                     usage,
-                    outcome: Err(SourceError::from(error)),
+                    outcome: Err(error),
                 };
             }
         };
@@ -296,7 +254,7 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
                     member.definition,
                     member.labels,
                     member.request,
-                    Ok(&results),
+                    &results,
                     now,
                 )
             })

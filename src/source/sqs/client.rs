@@ -7,8 +7,8 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use super::{QueueApi, QueueCounts, SqsError};
 use crate::definition::QueueCount;
 use crate::provider::BackendFailure;
-use crate::source::Target;
-use crate::source::aws::{self, Classified, Clients};
+use crate::source::aws::{self, Clients, Target};
+use crate::source::{Blame, SourceError};
 
 /// Error codes SQS answers a missing queue with: the awsQuery-compatible code (from the
 /// `x-amzn-query-error` header) and the JSON shape name.
@@ -47,22 +47,18 @@ impl AwsSqs {
     }
 }
 
-fn sqs_error(classified: Classified) -> SqsError {
-    if classified
-        .code
-        .as_deref()
-        .is_some_and(|code| NOT_FOUND_CODES.contains(&code))
-    {
-        SqsError::QueueNotFound {
-            detail: classified.detail,
-        }
+fn sqs_error((error, code): (SourceError, Option<String>)) -> SqsError {
+    if code.is_some_and(|code| NOT_FOUND_CODES.contains(&code.as_str())) {
+        SqsError::QueueNotFound(error)
     } else {
-        SqsError::Failed {
-            failure: classified.failure,
-            detail: classified.detail,
-        }
+        SqsError::Failed(error)
     }
 }
+
+/// An answer SQS should not give (a missing URL, a count that is not a number).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UnexpectedAnswer(String);
 
 fn attribute(count: QueueCount) -> QueueAttributeName {
     match count {
@@ -87,14 +83,14 @@ impl QueueApi for AwsSqs {
             .set_queue_owner_aws_account_id(owner.map(str::to_string))
             .send()
             .await
-            .map_err(|error| sqs_error(aws::classify(&error)))?;
-        output
-            .queue_url()
-            .map(str::to_string)
-            .ok_or(SqsError::Failed {
-                failure: BackendFailure::ServiceError,
-                detail: "GetQueueUrl answered without a QueueUrl".to_string(),
-            })
+            .map_err(|error| sqs_error(aws::classify(error)))?;
+        output.queue_url().map(str::to_string).ok_or_else(|| {
+            SqsError::Failed(SourceError::new(
+                BackendFailure::ServiceError,
+                Blame::Request,
+                UnexpectedAnswer("GetQueueUrl answered without a QueueUrl".to_string()),
+            ))
+        })
     }
 
     async fn queue_counts(
@@ -111,16 +107,19 @@ impl QueueApi for AwsSqs {
             .set_attribute_names(Some(counts.iter().map(|c| attribute(*c)).collect()))
             .send()
             .await
-            .map_err(|error| sqs_error(aws::classify(&error)))?;
+            .map_err(|error| sqs_error(aws::classify(error)))?;
         let attributes = output.attributes();
         let mut values = QueueCounts::new();
         for count in counts {
             let Some(text) = attributes.and_then(|a| a.get(&attribute(*count))) else {
                 continue;
             };
-            let number = text.trim().parse::<u64>().map_err(|_| SqsError::Failed {
-                failure: BackendFailure::ServiceError,
-                detail: format!("{} is not a count: {text:?}", count.attribute()),
+            let number = text.trim().parse::<u64>().map_err(|_| {
+                SqsError::Failed(SourceError::new(
+                    BackendFailure::ServiceError,
+                    Blame::Request,
+                    UnexpectedAnswer(format!("{} is not a count: {text:?}", count.attribute())),
+                ))
             })?;
             values.insert(*count, number);
         }

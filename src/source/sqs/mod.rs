@@ -23,9 +23,8 @@ use serde::Serialize;
 use crate::definition::sqs::render_queue;
 use crate::definition::{Backend, Definition, QueueCount, QueueRef};
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
-use crate::source::{
-    Fetched, Member, PlanItem, Planned, Profile, Source, SourceError, Target, Usage, backend_error,
-};
+use crate::source::aws::{CREDENTIALS_HINT, Target};
+use crate::source::{Fetched, Member, Planned, Profile, Source, SourceError, Usage, backend_error};
 
 /// How SQS batches and what it costs: one queue a call, about $0.40 per million requests.
 pub const PROFILE: Profile = Profile {
@@ -33,6 +32,7 @@ pub const PROFILE: Profile = Profile {
     max_items_per_call: 1,
     dollars_per_unit: 0.40 / 1_000_000.0,
     permissions: "sqs:GetQueueAttributes and sqs:GetQueueUrl (and sts:AssumeRole for a definition's roleArn)",
+    credentials_hint: CREDENTIALS_HINT,
     operation: "GetQueueAttributes",
 };
 
@@ -88,23 +88,15 @@ pub struct SqsCall {
 /// A queue's counts, as SQS reported them.
 pub type QueueCounts = BTreeMap<QueueCount, u64>;
 
-/// How an SQS call failed, classified. The `detail` is for logs.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// How an SQS call failed: the one answer the source branches on, and everything else.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SqsError {
     /// The queue does not exist (or, as SQS words it, the caller cannot see it).
-    #[error("the queue does not exist ({detail})")]
-    QueueNotFound {
-        /// For logs.
-        detail: String,
-    },
-    /// Any other failure, with its kind.
-    #[error("{} ({detail})", failure.describe())]
-    Failed {
-        /// What kind of failure.
-        failure: BackendFailure,
-        /// For logs.
-        detail: String,
-    },
+    #[error("the queue does not exist")]
+    QueueNotFound(#[source] SourceError),
+    /// Any other failure.
+    #[error(transparent)]
+    Failed(#[from] SourceError),
 }
 
 /// The narrow seam in front of the AWS SDK, so the source's logic can be tested with a fake;
@@ -233,11 +225,10 @@ impl<Q: QueueApi> Source for SqsSource<Q> {
     }
 
     /// One call per queue: series reading the same queue share it.
-    fn plan(&self, items: &[PlanItem<'_, SqsRequest>]) -> Vec<Planned<SqsCall>> {
+    fn plan(&self, items: &[&SqsRequest]) -> Vec<Planned<SqsCall>> {
         let mut calls: Vec<Planned<SqsCall>> = Vec::new();
         let mut by_queue: HashMap<(&Target, &QueueRef), usize> = HashMap::new();
-        for (index, item) in items.iter().enumerate() {
-            let request = item.request;
+        for (index, request) in items.iter().enumerate() {
             let key = (&request.target, &request.queue);
             match by_queue.get(&key) {
                 Some(&slot) => {
@@ -285,11 +276,11 @@ impl<Q: QueueApi> Source for SqsSource<Q> {
         };
         let counts = match counts {
             Ok(counts) => counts,
-            Err(SqsError::QueueNotFound { detail }) => {
+            Err(SqsError::QueueNotFound(error)) => {
                 // A deleted queue may come back under the same name with another URL.
                 self.urls()
                     .remove(&(call.target.clone(), call.queue.clone()));
-                tracing::info!(queue = %call.queue, detail, "SQS queue does not exist");
+                tracing::info!(queue = %call.queue, error = %crate::telemetry::Chain(&error), "SQS queue does not exist");
                 let outcome = members
                     .iter()
                     .map(|member| {
@@ -312,14 +303,10 @@ impl<Q: QueueApi> Source for SqsSource<Q> {
                     outcome: Ok(outcome),
                 };
             }
-            Err(SqsError::Failed { failure, detail }) => {
+            Err(SqsError::Failed(error)) => {
                 return Fetched {
                     usage,
-                    outcome: Err(SourceError {
-                        failure,
-                        rejected: false,
-                        detail,
-                    }),
+                    outcome: Err(error),
                 };
             }
         };

@@ -32,6 +32,14 @@ impl FakeSqs {
     }
 }
 
+fn not_found(text: &str) -> SqsError {
+    SqsError::QueueNotFound(SourceError::new(
+        BackendFailure::InvalidQuery,
+        crate::source::Blame::Members,
+        text,
+    ))
+}
+
 impl QueueApi for FakeSqs {
     async fn queue_url(
         &self,
@@ -44,9 +52,7 @@ impl QueueApi for FakeSqs {
             .unwrap()
             .push(format!("GetQueueUrl {name}"));
         if !self.queues.lock().unwrap().contains_key(name) {
-            return Err(SqsError::QueueNotFound {
-                detail: "AWS.SimpleQueueService.NonExistentQueue".into(),
-            });
+            return Err(not_found("AWS.SimpleQueueService.NonExistentQueue"));
         }
         Ok(format!(
             "https://sqs.us-east-1.amazonaws.com/{}/{name}",
@@ -71,9 +77,7 @@ impl QueueApi for FakeSqs {
         let name = url.rsplit('/').next().unwrap();
         let queues = self.queues.lock().unwrap();
         let Some(all) = queues.get(name) else {
-            return Err(SqsError::QueueNotFound {
-                detail: "gone".into(),
-            });
+            return Err(not_found("gone"));
         };
         Ok(counts.iter().map(|c| (*c, all[c])).collect())
     }
@@ -118,13 +122,7 @@ async fn read(
             (definition, labels.clone(), request)
         })
         .collect();
-    let items: Vec<PlanItem<'_, SqsRequest>> = prepared
-        .iter()
-        .map(|(_, _, request)| PlanItem {
-            request,
-            alone: false,
-        })
-        .collect();
+    let items: Vec<&SqsRequest> = prepared.iter().map(|(_, _, request)| request).collect();
     let mut results: Vec<Option<Result<MetricValue, ProviderError>>> =
         (0..prepared.len()).map(|_| None).collect();
     for planned in source.plan(&items) {
@@ -215,10 +213,11 @@ async fn a_missing_queue_is_not_found_naming_it_and_is_looked_up_again() {
 async fn failures_are_typed_and_name_sqs_and_its_permission() {
     let fake = Arc::new(FakeSqs::default());
     fake.set("orders", 1, 0, 0);
-    *fake.failure.lock().unwrap() = Some(SqsError::Failed {
-        failure: BackendFailure::AccessDenied,
-        detail: "User: arn:aws:sts::1:assumed-role/x is not authorized".into(),
-    });
+    *fake.failure.lock().unwrap() = Some(SqsError::Failed(SourceError::new(
+        BackendFailure::AccessDenied,
+        crate::source::Blame::Request,
+        "User: arn:aws:sts::1:assumed-role/x is not authorized",
+    )));
     let source = SqsSource::new(fake.clone());
     let values = read(&source, &[("visible", labels(&[("QueueName", "orders")]))]).await;
     let Err(ProviderError::Backend { failure, message }) = &values[0] else {

@@ -1,0 +1,173 @@
+//! The series table's capacity rules, without the engine.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::definition::{Definition, parse};
+
+fn definition(namespace: &str) -> Arc<Definition> {
+    let spec = parse(
+        r#"
+metrics:
+  - name: depth
+    queries:
+      - id: visible
+        metricStat:
+          metric:
+            namespace: AWS/SQS
+            metricName: ApproximateNumberOfMessagesVisible
+            dimensions: [{name: QueueName, value: "${QueueName}"}]
+          period: 60
+          stat: Average
+"#,
+    )
+    .unwrap()
+    .get("depth")
+    .unwrap()
+    .spec
+    .clone();
+    let mut definition = Definition::new(spec).unwrap();
+    definition.namespace = Some(namespace.to_string());
+    Arc::new(definition)
+}
+
+fn key(definition: &Definition, queue: &str) -> SeriesKey {
+    SeriesKey::new(
+        definition,
+        &BTreeMap::from([("QueueName".to_string(), queue.to_string())]),
+    )
+}
+
+fn insert(table: &SeriesTable, definition: &Arc<Definition>, queue: &str) -> Found {
+    table
+        .get_or_insert(&key(definition, queue), definition, Instant::now())
+        .unwrap()
+}
+
+fn dropped(found: Found) -> Option<Arc<Series>> {
+    match found {
+        Found::Created { dropped, .. } => dropped,
+        Found::Existing(_) => panic!("expected a new series"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn making_room_drops_the_least_recently_requested_series_of_the_largest_tenant() {
+    let table = SeriesTable::new(6);
+    let (greedy, other, newcomer) = (definition("greedy"), definition("other"), definition("new"));
+    for i in 0..4 {
+        insert(&table, &greedy, &format!("g{i}"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    for i in 0..2 {
+        insert(&table, &other, &format!("o{i}"));
+    }
+    // g0 is the oldest insert but was asked for again since: g1 is now the least recent.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    table
+        .get(&key(&greedy, "g0"), &greedy)
+        .unwrap()
+        .lock()
+        .last_requested = Instant::now();
+
+    let victim = dropped(insert(&table, &newcomer, "n0")).unwrap();
+    assert_eq!(victim.labels.to_map()["QueueName"], "g1");
+    assert!(victim.lock().removed);
+    assert!(!table.contains(&key(&greedy, "g1")));
+    assert!(table.contains(&key(&greedy, "g0")));
+    assert_eq!(table.len(), 6);
+    // Next: g2 (g0 was re-queued behind it with its newer time).
+    let victim = dropped(insert(&table, &newcomer, "n1")).unwrap();
+    assert_eq!(victim.labels.to_map()["QueueName"], "g2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_bound_a_tenant_at_its_share_is_refused_and_a_series_that_left_is_never_picked() {
+    let table = SeriesTable::new(4);
+    let (a, b) = (definition("a"), definition("b"));
+    for i in 0..4 {
+        insert(&table, &a, &format!("a{i}"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // a0, the least recent, leaves on its own (idle): it must not be "evicted" a second time.
+    let a0 = table.get(&key(&a, "a0"), &a).unwrap();
+    table.remove(&a0);
+    assert_eq!(table.len(), 3);
+    insert(&table, &a, "a4");
+    // b takes room from a, whose least recent live series is a1.
+    let victim = dropped(insert(&table, &b, "b0")).unwrap();
+    assert_eq!(victim.labels.to_map()["QueueName"], "a1");
+    insert(&table, &b, "b1");
+    // b holds its share (2 of 4): refused, nothing dropped.
+    let refused = table
+        .get_or_insert(&key(&b, "b2"), &b, Instant::now())
+        .unwrap_err();
+    assert_eq!(refused, AtCapacity::FairShare { share: 2 });
+    assert_eq!(table.len(), 4);
+    // And a, now at its share too, is refused rather than evicting b.
+    assert!(matches!(
+        table.get_or_insert(&key(&a, "a9"), &a, Instant::now()),
+        Err(AtCapacity::FairShare { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn churn_below_the_bound_keeps_the_eviction_order_bounded() {
+    let table = SeriesTable::new(100_000);
+    let a = definition("a");
+    let Found::Created { series: kept, .. } = insert(&table, &a, "kept") else {
+        panic!("expected a new series");
+    };
+    for round in 0..50 {
+        for i in 0..100 {
+            insert(&table, &a, &format!("q{round}-{i}"));
+        }
+        for series in table.snapshot() {
+            if !Arc::ptr_eq(&series, &kept) {
+                table.remove(&series);
+            }
+        }
+    }
+    let accounts = table.accounts();
+    // 5,000 series came and went: the tenant's eviction order is rebuilt as it grows, so it
+    // holds at most about twice the live series of its busiest moment, not 5,000 dead entries.
+    assert_eq!(
+        accounts.held(&crate::definition::Tenant::Namespace("a".into())),
+        1
+    );
+    assert!(
+        accounts.order_len() <= 2 * 101 + 16,
+        "{}",
+        accounts.order_len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_series_holds_its_labels_once_and_answers_with_its_own_name_and_labels() {
+    let table = SeriesTable::new(10);
+    let a = definition("a");
+    let Found::Created { series, .. } = insert(&table, &a, "orders") else {
+        panic!("expected a new series");
+    };
+    let reading = Reading {
+        timestamp: std::time::UNIX_EPOCH + Duration::from_secs(60),
+        window: Some(Duration::from_secs(60)),
+        value: 1.5,
+    };
+    series.lock().latest = Some((Ok(reading), Instant::now()));
+    let (answer, stale) = answer(&series, Duration::from_secs(300), Instant::now());
+    let value = answer.unwrap();
+    assert!(!stale);
+    assert_eq!(value.metric_name, "depth");
+    assert_eq!(value.labels["QueueName"], "orders");
+    assert_eq!(value.value, 1.5);
+    // The key and the series share one label allocation.
+    let stored = table.read();
+    let (stored_key, stored_series) = stored.get_key_value(&key(&a, "orders")).unwrap();
+    assert!(Arc::ptr_eq(&stored_key.labels.0, &stored_series.labels.0));
+}
