@@ -512,3 +512,72 @@ async fn a_query_cloudwatch_rejects_fails_alone_while_the_series_it_was_batched_
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_request_wide_refusal_through_the_sdk_isolates_nobody_and_passes_with_its_window() {
+    // What the real SDK makes of RequestExpired (clock skew) and of a proxy's HTML 400 page:
+    // the request as a whole is refused, no query is to blame, so no series is searched or
+    // isolated, and values come back as soon as the window ends.
+    let emulator = Emulator::start().await.unwrap();
+    for (queue, value) in [("a", 1.0), ("b", 2.0), ("c", 3.0)] {
+        put(
+            &emulator,
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            &[("QueueName", queue)],
+            minute(1),
+            value,
+        );
+    }
+    let server = TestServer::start(DEFINITIONS, &emulator).await;
+    let path = |queue: &str| format!("{VALUES}/sqs-visible?labelSelector=QueueName%3D{queue}");
+    for kind in [FaultKind::RequestExpired, FaultKind::HtmlBadRequest] {
+        emulator
+            .faults()
+            .inject_window(kind, Duration::from_secs(3600));
+        let queue = if kind == FaultKind::RequestExpired {
+            "a"
+        } else {
+            "b"
+        };
+        let (status, body) = server.get(&path(queue)).await;
+        assert_eq!(status, 503, "{kind:?}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("refused the request as a whole"),
+            "{kind:?}: {message}"
+        );
+        assert!(
+            !message.contains("nginx") && !message.contains("expired"),
+            "{message}"
+        );
+        emulator.faults().clear();
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics.contains("rejected_calls_searched_total{"),
+        "a request-wide refusal was searched:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"cloudwatch_adapter_isolated_definitions{source="cloudwatch",scope="series"} 0"#
+        ),
+        "{metrics}"
+    );
+    // The windows are over: the next request probes, and the real value comes back within
+    // seconds (the HPA asks every 15 s; here, every 200 ms).
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = server.get(&path("a")).await;
+        if status == 200 {
+            assert_eq!(body["items"][0]["value"], "1");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no value after the window: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await.unwrap();
+}
