@@ -23,6 +23,7 @@ pub mod forward;
 pub mod leader;
 pub mod metrics;
 pub(crate) mod pacer;
+pub mod peer;
 pub mod provider;
 pub mod series;
 pub mod server;

@@ -147,6 +147,7 @@ pub struct AdapterMetrics {
     value_age: Family<MetricLabels, Gauge<f64, AtomicU64>>,
     refresh_lag: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     queued_series: Family<SourceLabels, Gauge>,
+    fallback_refreshes: Family<SourceLabels, Counter>,
     isolated_definitions: Family<IsolationLabels, Gauge>,
     /// The (metric, code) label sets of `requests` and `request_duration`, so the names of
     /// metrics no longer defined can be dropped at scrape time.
@@ -164,6 +165,7 @@ pub struct AdapterMetrics {
     collector: OnceLock<Collector>,
     auth: AuthMetrics,
     leader: crate::leader::LeaderMetrics,
+    peer: crate::peer::PeerMetrics,
 }
 
 /// Authentication and authorization counters. Every label value is a fixed word (how a caller
@@ -349,6 +351,7 @@ impl Default for AdapterMetrics {
         let value_age = Family::<MetricLabels, Gauge<f64, AtomicU64>>::default();
         let refresh_lag = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
         let queued_series = Family::<SourceLabels, Gauge>::default();
+        let fallback_refreshes = Family::<SourceLabels, Counter>::default();
         let isolated_definitions = Family::<IsolationLabels, Gauge>::default();
         let delegate_requests = Family::<DelegateLabels, Counter>::default();
         let delegate_request_duration =
@@ -429,6 +432,7 @@ impl Default for AdapterMetrics {
         );
         let auth = AuthMetrics::register(&mut registry);
         let leader = crate::leader::register(&mut registry);
+        let peer = crate::peer::register(&mut registry);
         registry.register(
             "refresh_lag_seconds",
             "How late the oldest due series of a source is (waiting for the budget, or in a call not yet answered): near 0 when refreshes keep up; growing when a lane is stalled or over budget",
@@ -438,6 +442,11 @@ impl Default for AdapterMetrics {
             "queued_series",
             "Series waiting in a source's timer queue (every active series not being refreshed right now)",
             queued_series.clone(),
+        );
+        registry.register(
+            "fallback_refreshes",
+            "Calls a replica made itself because no leader streamed values to it (0 in steady state)",
+            fallback_refreshes.clone(),
         );
         registry.register(
             "isolated_definitions",
@@ -518,6 +527,7 @@ impl Default for AdapterMetrics {
             value_age,
             refresh_lag,
             queued_series,
+            fallback_refreshes,
             isolated_definitions,
             request_label_sets: std::sync::RwLock::default(),
             delegate_requests,
@@ -533,6 +543,7 @@ impl Default for AdapterMetrics {
             collector: OnceLock::new(),
             auth,
             leader,
+            peer,
         }
     }
 }
@@ -541,6 +552,11 @@ impl AdapterMetrics {
     /// The authentication and authorization counters.
     pub fn auth(&self) -> &AuthMetrics {
         &self.auth
+    }
+
+    /// The peer link's metrics (registered by `peer::register`).
+    pub fn peer(&self) -> &crate::peer::PeerMetrics {
+        &self.peer
     }
 
     /// The leader election's gauge and counter (registered by `leader::register`).
@@ -680,6 +696,15 @@ impl AdapterMetrics {
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Count one call made while falling back (no leader heard from).
+    pub fn fallback_refresh(&self, backend: Backend) {
+        self.fallback_refreshes
+            .get_or_create(&SourceLabels {
+                source: backend.label().to_string(),
+            })
+            .inc();
     }
 
     /// Drop the request label sets of metric names for which `keep` is false (names no longer

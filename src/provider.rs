@@ -92,7 +92,7 @@ pub struct MetricValue {
 
 /// What kind of backend failure happened: decides the HTTP code and the user's next step. The
 /// backend is the one the metric's definition reads (CloudWatch, SQS); the message names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BackendFailure {
     /// The adapter's AWS identity may not read the metric, or its credentials are bad.
     AccessDenied,
@@ -143,8 +143,9 @@ impl BackendFailure {
     }
 }
 
-/// Why no value could be served.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+/// Why no value could be served. Serializable: a leader hands its answers, errors included, to
+/// the other replicas.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ProviderError {
     /// No definition of that name is visible from that namespace.
     #[error("the server could not find the metric {metric} for namespace {namespace}")]

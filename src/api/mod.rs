@@ -76,17 +76,32 @@ pub fn router<P: ExternalMetricsProvider>(state: Arc<ApiState<P>>) -> Router {
 
 /// Guards every request on the API port, outermost (before authentication): a request that
 /// declares a body is refused (`413`; nothing here reads one, and HTTP/2 receive windows are
-/// small so undeclared data cannot pile up either), a request not answered within
-/// `request_timeout` gets `504 Timeout`, and a handler that panics gets `500` instead of a
-/// dropped stream. Each is a `metav1.Status`, and counted in `api_rejections_total`.
+/// small so undeclared data cannot pile up either), and the rest is [`contain`]ed. Each refusal
+/// is a `metav1.Status`, and counted in `api_rejections_total`.
 pub fn guard(router: Router, request_timeout: Duration, metrics: Arc<AdapterMetrics>) -> Router {
+    let counted = metrics.clone();
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| {
+            let metrics = counted.clone();
+            async move {
+                if declares_body(&request) {
+                    metrics.rejection("request_body");
+                    return ApiError::request_body_refused().into_response();
+                }
+                next.run(request).await
+            }
+        },
+    ));
+    contain(router, request_timeout, metrics)
+}
+
+/// A request not answered within `request_timeout` gets `504 Timeout`, and a handler that
+/// panics gets `500` instead of a dropped stream (a streamed response counts as answered once
+/// its head is sent). Each is a `metav1.Status`, and counted in `api_rejections_total`.
+pub fn contain(router: Router, request_timeout: Duration, metrics: Arc<AdapterMetrics>) -> Router {
     router.layer(axum::middleware::from_fn(move |request: Request, next: Next| {
         let metrics = metrics.clone();
         async move {
-            if declares_body(&request) {
-                metrics.rejection("request_body");
-                return ApiError::request_body_refused().into_response();
-            }
             let handled = std::panic::AssertUnwindSafe(next.run(request));
             match tokio::time::timeout(request_timeout, futures_util::FutureExt::catch_unwind(handled)).await {
                 Ok(Ok(response)) => response,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::isolation::{Isolation, Route, Verdict};
 use super::pacer::Pacer;
 use super::queue::DueQueue;
+use super::replica::Role;
 use super::{Core, Next, Pacing, fair};
 use crate::definition::Backend;
 use crate::provider::{BackendFailure, ProviderError};
@@ -170,11 +171,15 @@ impl<S: Source> SourceLane<S> {
     async fn cycle(self: &Arc<Self>, core: &Arc<Core>, stop: &CancellationToken) -> Instant {
         let now = Instant::now();
         let mut next_wake = self.queue.first_due().unwrap_or(now + MAX_SLEEP);
-        if !core.may_call() {
+        core.sweep_orphans();
+        let role = core.role();
+        if role == Role::Follow {
+            // The leader refreshes; values arrive from it, and the queue keeps their due times
+            // for when this replica leads.
             return next_wake.min(now + MAX_SLEEP);
         }
+        let fallback = role == Role::Fallback;
         self.isolation.tidy(now);
-        core.sweep_orphans();
         let mut taken = Taken::new(core.clone());
         let definitions = core.definitions.load();
         for (at, series) in self.queue.pop_due(now) {
@@ -194,7 +199,20 @@ impl<S: Source> SourceLane<S> {
             let orphaned = !current.is_some_and(|d| Arc::ptr_eq(d, definition));
             if idle || orphaned || state.removed {
                 drop(state);
-                core.table.remove(&series);
+                core.drop_series(&series);
+                continue;
+            }
+            if fallback
+                && state
+                    .requested_here
+                    .is_none_or(|at| now.saturating_duration_since(at) > core.config.idle_timeout)
+            {
+                // Falling back, a replica reads only what it is asked for; the rest waits for
+                // a leader (or a request here) until its next grid point.
+                let next = core
+                    .clock
+                    .next_tick(now, series.definition.refresh_interval);
+                core.schedule(&series, &mut state, next);
                 continue;
             }
             let route = self.isolation.route(&series, &mut state.suspect, now);
@@ -282,11 +300,19 @@ impl<S: Source> SourceLane<S> {
                 break;
             }
             self.pacer.acquire().await;
+            if fallback {
+                core.fallback.acquire().await;
+            }
             let Ok(permit) = self.calls.clone().acquire_owned().await else {
                 break;
             };
-            if !core.may_call() {
+            // Right before acting: a leader whose lease lapsed meanwhile makes no call.
+            let role = core.role();
+            if role == Role::Follow {
                 break;
+            }
+            if role == Role::Fallback {
+                core.metrics.fallback_refresh(self.profile.backend);
             }
             let guard = CallGuard::new(self.clone(), core.clone(), &dispatch.members);
             for member in &dispatch.members {

@@ -19,6 +19,7 @@ mod isolation;
 mod lane;
 mod pacer;
 mod queue;
+pub mod replica;
 mod schedule;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +40,13 @@ use crate::provider::{
 use crate::series::{self, Found, Reading, Series, SeriesKey, SeriesState, SeriesTable, Suspect};
 use crate::source::Source;
 use lane::{Lane, SourceLane};
+use pacer::Pacer;
+use replica::{Change, Role, Roles, SeriesSnapshot};
 use schedule::Clock;
+
+/// Changes kept for peers that read them late; a peer further behind starts over from a
+/// snapshot.
+const CHANGES_BUFFER: usize = 65_536;
 
 /// Tuning of the engine (per-source budgets are given with each source, see [`Pacing`]).
 #[derive(Debug, Clone)]
@@ -60,6 +68,9 @@ pub struct EngineConfig {
     /// The longest a call may take before its series are answered as failed (the SDK's own
     /// timeouts and retries come first; this bounds a source that never answers).
     pub call_timeout: Duration,
+    /// Calls per second, across sources, a replica may make while it falls back to reading
+    /// what it is asked for itself (no leader heard from).
+    pub fallback_calls_per_second: f64,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +84,7 @@ impl Default for EngineConfig {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             call_timeout: Duration::from_secs(120),
+            fallback_calls_per_second: 1.0,
         }
     }
 }
@@ -130,8 +142,8 @@ impl Sources {
     }
 }
 
-/// The cached provider: the series table, and the lanes that refresh it.
-#[derive(Debug)]
+/// The cached provider: the series table, and the lanes that refresh it. Clones share it.
+#[derive(Debug, Clone)]
 pub struct Engine {
     core: Arc<Core>,
 }
@@ -148,6 +160,14 @@ pub(crate) struct Core {
     lanes: Vec<Arc<dyn Lane>>,
     /// The definitions the table was last swept against (see [`Core::sweep_orphans`]).
     swept: std::sync::Mutex<Option<Arc<DefinitionSet>>>,
+    /// Who may call backends (always this replica, unless set).
+    roles: OnceLock<Arc<dyn Roles>>,
+    /// Every change to the table, for peers (cheap when nobody listens).
+    changes: broadcast::Sender<Change>,
+    /// Series first asked for here, for the leader (set on replicas that may follow).
+    demand: OnceLock<mpsc::Sender<SeriesKey>>,
+    /// The budget of calls made while falling back.
+    fallback: Pacer,
 }
 
 impl Engine {
@@ -181,6 +201,7 @@ impl Engine {
         metrics: Arc<AdapterMetrics>,
         clock: Clock,
     ) -> Self {
+        let fallback_rate = config.fallback_calls_per_second;
         let core = Arc::new(Core {
             definitions,
             table: SeriesTable::new(config.max_series),
@@ -188,6 +209,10 @@ impl Engine {
             clock,
             lanes: sources.lanes,
             swept: std::sync::Mutex::new(None),
+            roles: OnceLock::new(),
+            changes: broadcast::channel(CHANGES_BUFFER).0,
+            demand: OnceLock::new(),
+            fallback: Pacer::new(fallback_rate),
             config,
             metrics,
         });
@@ -199,6 +224,185 @@ impl Engine {
         if self.core.observer.set(observer).is_err() {
             tracing::warn!("an outcome observer is already installed");
         }
+    }
+
+    /// Decide this replica's role with `roles` from now on (once). Without it, the replica
+    /// leads.
+    pub fn set_roles(&self, roles: Arc<dyn Roles>) {
+        if self.core.roles.set(roles).is_err() {
+            tracing::warn!("the replica roles are already set");
+        }
+    }
+
+    /// Send the key of every series first asked for here to `demand` (once), so the leader
+    /// starts refreshing it.
+    pub fn set_demand(&self, demand: mpsc::Sender<SeriesKey>) {
+        if self.core.demand.set(demand).is_err() {
+            tracing::warn!("the demand channel is already set");
+        }
+    }
+
+    /// Every change to the table from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.core.changes.subscribe()
+    }
+
+    /// Every series, as of now, with wall-clock times.
+    pub fn snapshot(&self) -> Vec<Arc<SeriesSnapshot>> {
+        self.core
+            .table
+            .snapshot()
+            .iter()
+            .map(|series| Arc::new(self.core.snapshot_of(series, &series.lock())))
+            .collect()
+    }
+
+    /// The definition this replica serves under `key` (to check a peer's snapshot was read
+    /// with the same one).
+    pub fn definition_of(&self, key: &SeriesKey) -> Option<Arc<Definition>> {
+        let definitions = self.core.definitions.load();
+        let definition = match &key.namespace {
+            None => definitions.get(&key.metric),
+            Some(namespace) => definitions
+                .lookup(namespace, &key.metric)
+                .filter(|d| d.namespace.as_deref() == Some(namespace.as_str())),
+        };
+        definition.cloned()
+    }
+
+    /// Take over a series as another replica holds it: its values, failures and due time. Its
+    /// definition must be the one this replica serves under its key. False if it was not
+    /// applied (no room).
+    pub fn apply(&self, snapshot: &SeriesSnapshot) -> bool {
+        let core = &self.core;
+        let now = Instant::now();
+        let series = match core
+            .table
+            .get_or_insert(&snapshot.key, &snapshot.definition, now)
+        {
+            Ok(Found::Existing(series)) => series,
+            Ok(Found::Created { series, dropped }) => {
+                if let Some(dropped) = dropped {
+                    core.unschedule(&dropped);
+                }
+                series
+            }
+            Err(_) => return false,
+        };
+        let mut state = series.lock();
+        // The leader refreshes only what is wanted somewhere: it stays active here too.
+        state.last_requested = now;
+        state.failures = snapshot.failures;
+        state.latest = snapshot
+            .latest
+            .clone()
+            .map(|(result, at)| (result, core.clock.instant_of(at)));
+        state.last_good = snapshot
+            .last_good
+            .map(|(reading, at)| (reading, core.clock.instant_of(at)));
+        if !state.in_flight {
+            let due = core.clock.instant_of(snapshot.next_refresh);
+            core.schedule(&series, &mut state, due);
+        }
+        // The status writer learns what the leader learned, so it is warm when this replica
+        // leads (it writes only then).
+        if let (Some(observer), Some((result, _))) = (core.observer.get(), &state.latest) {
+            let result = result
+                .as_ref()
+                .map(|reading| series.value(reading))
+                .map_err(Clone::clone);
+            observer.observe(&series.definition, &series.labels.to_map(), &result);
+        }
+        let answered = state.latest.is_some();
+        drop(state);
+        if answered {
+            series.publish();
+        }
+        true
+    }
+
+    /// Stop tracking the series of `key`, as the leader did.
+    pub fn remove(&self, key: &SeriesKey) {
+        let Some(definition) = self.definition_of(key) else {
+            return;
+        };
+        if let Some(series) = self.core.table.get(key, &definition) {
+            self.core.drop_series(&series);
+        }
+    }
+
+    /// Series another replica was asked for: track them (new ones are due at once) and keep
+    /// them active. Returns the keys that could not be tracked, with why.
+    pub fn activate(&self, keys: &[SeriesKey]) -> Vec<(SeriesKey, ProviderError)> {
+        let core = &self.core;
+        let now = Instant::now();
+        let mut refused = Vec::new();
+        for key in keys {
+            let Some(definition) = self.definition_of(key) else {
+                refused.push((
+                    key.clone(),
+                    ProviderError::NotFound {
+                        metric: key.metric.clone(),
+                        namespace: key.namespace.clone().unwrap_or_default(),
+                    },
+                ));
+                continue;
+            };
+            match core.table.get_or_insert(key, &definition, now) {
+                Ok(Found::Existing(series)) => series.lock().last_requested = now,
+                Ok(Found::Created { series, dropped }) => {
+                    if let Some(dropped) = dropped {
+                        core.unschedule(&dropped);
+                    }
+                    core.schedule_now(&series);
+                }
+                Err(refusal) => refused.push((
+                    key.clone(),
+                    capacity_error(&definition, core.table.max_series(), &refusal),
+                )),
+            }
+        }
+        refused
+    }
+
+    /// The keys of every series held.
+    pub fn keys(&self) -> Vec<SeriesKey> {
+        self.core
+            .table
+            .snapshot()
+            .iter()
+            .map(|series| series.key())
+            .collect()
+    }
+
+    /// The leader could not track the series of `key` (`error` says why, e.g. its table is
+    /// full): whoever waits for its first value here gets that answer, and it is dropped.
+    pub fn refuse(&self, key: &SeriesKey, error: ProviderError) {
+        let Some(definition) = self.definition_of(key) else {
+            return;
+        };
+        let Some(series) = self.core.table.get(key, &definition) else {
+            return;
+        };
+        {
+            let mut state = series.lock();
+            if state.latest.is_none() {
+                state.latest = Some((Err(error), Instant::now()));
+            }
+        }
+        series.publish();
+        self.core.drop_series(&series);
+    }
+
+    /// Series asked for here since `since`.
+    pub fn requested_here_since(&self, since: Instant) -> Vec<SeriesKey> {
+        self.core
+            .table
+            .snapshot()
+            .into_iter()
+            .filter(|series| series.lock().requested_here.is_some_and(|at| at >= since))
+            .map(|series| series.key())
+            .collect()
     }
 
     /// A handle for the refresh task (and to share the engine).
@@ -293,6 +497,10 @@ impl Engine {
                         core.unschedule(&dropped);
                     }
                     core.schedule_now(&series);
+                    if let Some(demand) = core.demand.get() {
+                        // Full: the next keep-alive of series asked for here carries it.
+                        let _ = demand.try_send(key.clone());
+                    }
                     series
                 }
                 Ok(Found::Existing(series)) => series,
@@ -305,7 +513,11 @@ impl Engine {
                 }
             },
         };
-        series.lock().last_requested = now;
+        {
+            let mut state = series.lock();
+            state.last_requested = now;
+            state.requested_here = Some(now);
+        }
 
         if series.fetched_once() {
             core.metrics.cache_lookup("hit");
@@ -415,15 +627,45 @@ impl Core {
                 &definition.spec.name,
             );
             if !current.is_some_and(|d| Arc::ptr_eq(d, definition)) {
-                self.table.remove(&series);
-                self.unschedule(&series);
+                self.drop_series(&series);
             }
         }
     }
 
-    /// Whether this replica may call backends now.
+    /// This replica's role now.
+    fn role(&self) -> Role {
+        self.roles.get().map_or(Role::Lead, |roles| roles.role())
+    }
+
+    /// Whether this replica may call backends now (leading, or falling back).
     fn may_call(&self) -> bool {
-        true
+        self.role() != Role::Follow
+    }
+
+    /// Drop `series` from the table and its queue, and tell peers.
+    fn drop_series(&self, series: &Arc<Series>) {
+        self.table.remove(series);
+        self.unschedule(series);
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Change::Removed(series.key()));
+        }
+    }
+
+    /// `series` as peers take it over.
+    fn snapshot_of(&self, series: &Series, state: &SeriesState) -> SeriesSnapshot {
+        SeriesSnapshot {
+            key: series.key(),
+            definition: series.definition.clone(),
+            latest: state
+                .latest
+                .clone()
+                .map(|(result, at)| (result, self.clock.wall_of(at))),
+            last_good: state
+                .last_good
+                .map(|(reading, at)| (reading, self.clock.wall_of(at))),
+            next_refresh: self.clock.wall_of(state.next_refresh),
+            failures: state.failures,
+        }
     }
 
     /// Put `series` in its lane's queue under `due` (the series is locked by the caller, so
@@ -529,6 +771,10 @@ impl Core {
             observer.observe(definition, &series.labels.to_map(), &result);
         }
         state.latest = Some((result.map(|value| Reading::of(&value)), fetched));
+        if self.changes.receiver_count() > 0 {
+            let snapshot = self.snapshot_of(series, &state);
+            let _ = self.changes.send(Change::Updated(Arc::new(snapshot)));
+        }
         drop(state);
         series.publish();
     }

@@ -44,6 +44,27 @@ impl Clock {
         }
     }
 
+    /// The wall-clock time of `instant`.
+    pub(crate) fn wall_of(&self, instant: Instant) -> SystemTime {
+        let now = Instant::now();
+        let wall = self.wall_now();
+        if instant <= now {
+            wall.checked_sub(now - instant)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        } else {
+            wall + (instant - now)
+        }
+    }
+
+    /// The instant of wall-clock time `wall` (another replica's times are wall-clock times).
+    pub(crate) fn instant_of(&self, wall: SystemTime) -> Instant {
+        let now = Instant::now();
+        match wall.duration_since(self.wall_now()) {
+            Ok(ahead) => now.checked_add(ahead).unwrap_or(now),
+            Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
+        }
+    }
+
     /// The first grid point after `after` for `interval`: a wall-clock multiple of the interval.
     pub(crate) fn next_tick(&self, after: Instant, interval: Duration) -> Instant {
         let interval_ms = interval.as_millis().max(1);

@@ -129,8 +129,11 @@ pub struct Suspect {
 /// A series' refresh state and values (the engine schedules; requests read).
 #[derive(Debug)]
 pub struct SeriesState {
-    /// When an HPA last asked for it.
+    /// When it was last known to be wanted: asked for here, or (with several replicas) on
+    /// another replica.
     pub last_requested: Instant,
+    /// When an HPA last asked for it on this replica.
+    pub requested_here: Option<Instant>,
     /// When the engine should refresh it next.
     pub next_refresh: Instant,
     /// It waits in the engine's timer queue under `next_refresh`.
@@ -163,6 +166,7 @@ impl Series {
             labels,
             state: Mutex::new(SeriesState {
                 last_requested: now,
+                requested_here: None,
                 next_refresh: now,
                 queued: false,
                 in_flight: false,
