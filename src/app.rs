@@ -31,7 +31,9 @@ use crate::definition::{self, Backend, DefinitionSet};
 use crate::delegate::Delegates;
 use crate::engine::{Engine, EngineConfig, Pacing, Sources};
 use crate::forward::{Forwarder, NoDelegates};
+use crate::leader::{Elector, Leadership};
 use crate::metrics::{AdapterMetrics, AuthMetrics};
+use crate::peer::{ClientConfig, Follower, Link, PeerRoles, PeerServer};
 use crate::provider::MetricRequest;
 use crate::source::cloudwatch::CloudWatchSource;
 use crate::source::cloudwatch::client::AwsCloudWatch;
@@ -194,6 +196,9 @@ async fn kube_for(config: &ServeConfig) -> anyhow::Result<Option<kube::Client>> 
     if config.crd.watch_external_metrics {
         needs.push(("the ExternalMetric watch", "--watch-external-metrics=false"));
     }
+    if config.leader_election.leader_elect {
+        needs.push(("leader election", "--leader-elect=false"));
+    }
     if Delegates::needs_cluster(&delegate_configs(config)?) {
         needs.push((
             "reading a delegate's CA from a Secret",
@@ -321,13 +326,17 @@ pub async fn serve_until(
     )
     .await?;
 
+    let mut engine_config = config.cache.to_config();
+    engine_config.fallback_calls_per_second = config.leader_election.peer_fallback_calls_per_second;
     let cache = Engine::new(
         definitions.clone(),
         sources(&config.cache, &sdk, &config.aws),
-        config.cache.to_config(),
+        engine_config,
         metrics.clone(),
     );
     cache.register_gauges();
+    // With --leader-elect: one replica leads (calls AWS, writes status), every one serves.
+    let replication = start_replication(&config, &cache, kube.as_ref(), &metrics, &stop)?;
     let kube_for_delegates = kube.clone();
     let watch = match kube {
         Some(client) if config.crd.watch_external_metrics => Some(client),
@@ -341,8 +350,11 @@ pub async fn serve_until(
         Some(client) => {
             let (sender, receiver) = status::channel();
             cache.set_observer(Arc::new(sender.clone()));
-            let writer =
-                status::StatusWriter::new(client.clone(), status_config(&config.crd), receiver);
+            let writer = status::StatusWriter::new(
+                client.clone(),
+                status_config(&config.crd, replication.leadership.clone()),
+                receiver,
+            );
             let reconciler = Reconciler::new(file_definitions, definitions.clone(), Some(sender))
                 .with_allowed_roles(config.crd.external_metric_allowed_role_arns.clone());
             let synced = readiness.clone();
@@ -401,6 +413,14 @@ pub async fn serve_until(
     .layer(axum::middleware::from_fn_with_state(auth, auth::middleware));
     // Outermost: bodies are refused, and timeouts and panics answered, before anything else.
     let router = api::guard(router, config.edge.request_timeout, metrics.clone());
+    // The peer link shares the port (and its edge limits), beside the API's authorization.
+    let router = match &replication.peer {
+        Some(peer) => router.merge(
+            peer.clone()
+                .router(config.edge.request_timeout, metrics.clone()),
+        ),
+        None => router,
+    };
     let secure_addr = listeners.secure.local_addr()?;
     let mut api = tokio::spawn(
         crate::server::serve_tls(
@@ -443,6 +463,9 @@ pub async fn serve_until(
     }
     tracing::info!("shutting down: reporting not ready");
     readiness.shutting_down.store(true, Ordering::Release);
+    // A leader stops calling AWS and hands the Lease over now, not after the drain: a rollout
+    // moves leadership in seconds.
+    replication.resign.cancel();
     tokio::select! {
         () = tokio::time::sleep(config.shutdown_delay) => {}
         () = abort.cancelled() => {}
@@ -465,6 +488,10 @@ pub async fn serve_until(
     refresher
         .await
         .context("CloudWatch refresher task failed")?;
+    for task in replication.tasks {
+        task.await
+            .context("a leader election or peer task failed")?;
+    }
     external_metrics
         .await
         .context("ExternalMetric watch task failed")?;
@@ -528,7 +555,7 @@ fn sources(flags: &CacheFlags, sdk: &SdkConfig, aws: &AwsConfig) -> Sources {
         )
 }
 
-fn status_config(flags: &CrdFlags) -> status::StatusConfig {
+fn status_config(flags: &CrdFlags, leadership: Leadership) -> status::StatusConfig {
     // The pod name (downward API) tells replicas apart in Events; the hostname is the fallback.
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -541,7 +568,121 @@ fn status_config(flags: &CrdFlags) -> status::StatusConfig {
             controller: "cloudwatch-metrics-adapter".to_string(),
             instance,
         },
+        leadership,
     }
+}
+
+/// Leader election and the peer link, as started.
+struct Replication {
+    /// Whether this replica leads (always, without --leader-elect).
+    leadership: Leadership,
+    /// The leader's side of the peer link, to serve on the secure port.
+    peer: Option<Arc<PeerServer>>,
+    /// Cancelled at the start of shutdown: the elector stops leading and releases the Lease.
+    resign: CancellationToken,
+    /// The elector and the follower, joined at the end.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// With `--leader-elect`: the elector, the engine's roles (lead, follow, fall back), the
+/// follower's stream and demand, and the endpoints a leader serves its followers. Without it,
+/// this replica always leads and nothing else starts.
+fn start_replication(
+    config: &ServeConfig,
+    engine: &Engine,
+    kube: Option<&kube::Client>,
+    metrics: &Arc<AdapterMetrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Replication> {
+    // Also cancelled with `stop`, so however serving ends the Lease is released.
+    let resign = stop.child_token();
+    let flags = &config.leader_election;
+    let Some(election) = flags.to_config()? else {
+        return Ok(Replication {
+            leadership: Leadership::always(),
+            peer: None,
+            resign,
+            tasks: Vec::new(),
+        });
+    };
+    let client = kube
+        .context("--leader-elect needs the Kubernetes API (for the Lease), and there is no cluster connection")?
+        .clone();
+    let lease = (election.namespace.clone(), election.name.clone());
+    let patience = election.lease_duration + election.retry_period;
+    tracing::info!(
+        identity = %election.identity,
+        lease = %format!("{}/{}", lease.0, lease.1),
+        "leader election on"
+    );
+    let (elector, leadership) = Elector::new(client.clone(), election, metrics.leader().clone())?;
+    let mut tasks =
+        vec![tokio::spawn(elector.run(resign.clone()).instrument(
+            tracing::info_span!("task", name = "leader election"),
+        ))];
+    let link = Arc::new(Link::new());
+    engine.set_roles(Arc::new(PeerRoles::new(
+        leadership.clone(),
+        link.clone(),
+        patience,
+    )));
+    let (demand, demanded) = tokio::sync::mpsc::channel(4096);
+    engine.set_demand(demand);
+    let (Some(ca_file), Some(server_name)) = (&flags.peer_ca_file, &flags.peer_server_name) else {
+        anyhow::bail!("--leader-elect needs --peer-ca-file and --peer-server-name");
+    };
+    let idle = config.cache.series_idle_timeout;
+    let follower = Follower::new(
+        engine.clone(),
+        leadership.clone(),
+        link,
+        ClientConfig {
+            ca_file: ca_file.clone(),
+            server_name: server_name.clone(),
+            token_file: flags.peer_token_file.clone(),
+            // Well within the idle timeout, so the leader never lets go of a series asked for
+            // only here.
+            keepalive: (idle / 4).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(60),
+            ),
+            idle_timeout: idle,
+        },
+        metrics.peer().clone(),
+    );
+    tasks.push(tokio::spawn(
+        follower
+            .run(demanded, stop.clone())
+            .instrument(tracing::info_span!("task", name = "peer follower")),
+    ));
+    // Peers are authenticated by TokenReview and authorized by SubjectAccessReview whatever
+    // the API port's own settings: never anonymous, never AlwaysAllow.
+    let peer_auth = Auth::new(
+        Arc::new(TrustStore::new(None, None)),
+        Some(Arc::new(KubeReviewer::new(client, REVIEW_TIMEOUT))),
+        AuthSettings {
+            anonymous: false,
+            mode: AuthorizationMode::Delegated,
+            token_ttl: config.auth.authentication_token_webhook_cache_ttl,
+            allowed_ttl: config.auth.authorization_webhook_cache_authorized_ttl,
+            denied_ttl: config.auth.authorization_webhook_cache_unauthorized_ttl,
+        },
+        metrics.auth().clone(),
+    );
+    let peer = Arc::new(PeerServer::new(
+        engine.clone(),
+        leadership.clone(),
+        Arc::new(peer_auth),
+        lease,
+        metrics.peer().clone(),
+        stop.clone(),
+    ));
+    Ok(Replication {
+        leadership,
+        peer: Some(peer),
+        resign,
+        tasks,
+    })
 }
 
 /// How long one TokenReview or SubjectAccessReview may take (kube's delegating default).

@@ -646,6 +646,27 @@ pub struct LeaderElectionFlags {
     /// secure port), advertised in the Lease.
     #[arg(long, env = "PEER_ADVERTISE_ADDRESS", value_parser = host_port)]
     pub peer_advertise_address: Option<String>,
+    /// CA bundle (PEM) the leader's serving certificate chains to, for followers (the chart's
+    /// serving CA). Re-read at each connection to the leader.
+    #[arg(long, env = "PEER_CA_FILE")]
+    pub peer_ca_file: Option<PathBuf>,
+    /// The name the leader's serving certificate must carry (the Service's DNS name, e.g.
+    /// `cloudwatch-metrics-adapter.cloudwatch-metrics-adapter.svc`); followers connect to the
+    /// leader's pod IP and check this name.
+    #[arg(long, env = "PEER_SERVER_NAME")]
+    pub peer_server_name: Option<String>,
+    /// The token a follower presents to the leader (the pod's ServiceAccount token), re-read
+    /// for every request, so a rotated projected token is used.
+    #[arg(
+        long,
+        env = "PEER_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub peer_token_file: PathBuf,
+    /// Calls per second (all sources together) a replica may make itself when no leader has
+    /// streamed values to it for the lease duration plus the retry period.
+    #[arg(long, env = "PEER_FALLBACK_CALLS_PER_SECOND", default_value_t = 1.0, value_parser = number_in(0.01, 100.0))]
+    pub peer_fallback_calls_per_second: f64,
 }
 
 /// Where a pod finds its own namespace when POD_NAMESPACE is not set.
@@ -725,6 +746,28 @@ impl LeaderElectionFlags {
             problems.push(
                 "--leader-elect: this replica has no name to be known by in the Lease: set POD_NAME (the chart passes it from the downward API) or HOSTNAME".to_string(),
             );
+        }
+        // The peer link: without it, followers would only ever fall back.
+        for (flag, missing) in [
+            (
+                "--peer-advertise-address",
+                self.peer_advertise_address.is_none(),
+            ),
+            ("--peer-ca-file", self.peer_ca_file.is_none()),
+            ("--peer-server-name", self.peer_server_name.is_none()),
+        ] {
+            if missing {
+                problems.push(format!(
+                    "{flag} is required with --leader-elect: followers get their values from the leader over the peer link (the chart sets it)"
+                ));
+            }
+        }
+        if let Some(name) = &self.peer_server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            problems.push(format!(
+                "--peer-server-name {name:?} is not a DNS name or IP address"
+            ));
         }
     }
 }

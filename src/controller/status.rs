@@ -235,6 +235,9 @@ pub struct StatusConfig {
     pub writes_per_second: f64,
     /// Who the Events say reported them.
     pub reporter: Reporter,
+    /// Status and Events are written only while this says this replica leads (checked right
+    /// before every write), so several replicas write once.
+    pub leadership: crate::leader::Leadership,
 }
 
 /// What the writer remembers about one object.
@@ -738,8 +741,12 @@ impl StatusWriter {
         tracked.dirty = true;
     }
 
-    /// Write the due statuses, oldest-written first, within this second's budget.
+    /// Write the due statuses, oldest-written first, within this second's budget. Only the
+    /// leader writes; a follower keeps what it learns, so it writes at once when it leads.
     async fn flush(&mut self) {
+        if !self.config.leadership.is_leader() {
+            return;
+        }
         let now = Instant::now();
         let interval = self.config.min_interval;
         let mut due: Vec<(Option<Instant>, ObjectKey)> = self
@@ -769,6 +776,13 @@ impl StatusWriter {
             let uid = tracked.uid.clone();
             budget -= 1;
             self.pacer.acquire().await;
+            // Right before acting: a leader whose lease lapsed meanwhile writes nothing.
+            if !self.config.leadership.is_leader() {
+                if let Some(tracked) = self.tracked.get_mut(&key) {
+                    tracked.dirty = true;
+                }
+                return;
+            }
             // The interval runs from the write itself, not from when it was planned.
             if let Some(tracked) = self.tracked.get_mut(&key) {
                 tracked.last_write = Some(Instant::now());
@@ -789,6 +803,9 @@ impl StatusWriter {
             }
             for (type_, reason, action, note) in events {
                 self.pacer.acquire().await;
+                if !self.config.leadership.is_leader() {
+                    return;
+                }
                 self.publish(&key, uid.as_deref(), type_, reason, action, note)
                     .await;
             }

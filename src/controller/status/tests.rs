@@ -305,6 +305,7 @@ fn writer() -> StatusWriter {
         min_interval: Duration::from_secs(1),
         writes_per_second: 10.0,
         reporter: "test".into(),
+        leadership: crate::leader::Leadership::always(),
     };
     let (_, receiver) = channel();
     StatusWriter::new(client, config, receiver)
