@@ -80,6 +80,7 @@ impl Controller {
                 min_interval: interval,
                 writes_per_second: 200.0,
                 reporter: "cloudwatch-metrics-adapter".into(),
+                leadership: cloudwatch_metrics_adapter::leader::Leadership::always(),
             };
             tasks.push(tokio::spawn(
                 StatusWriter::new(client.clone(), config, receiver).run(stop.clone()),

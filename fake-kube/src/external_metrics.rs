@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode, Uri, header};
@@ -15,8 +16,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::lock;
 use crate::status::{self, failure};
+use crate::{Caller, lock};
 
 const LIST_PATH: &str = "/apis/metrics.aws/v1alpha1/externalmetrics";
 
@@ -33,6 +34,8 @@ pub struct Recorded {
     pub body: Value,
     /// When it arrived (tokio's clock).
     pub at: Instant,
+    /// The caller's bearer token (which replica wrote, when several share the fake).
+    pub caller: String,
 }
 
 #[derive(Debug, Default)]
@@ -55,13 +58,14 @@ impl Store {
         self.watchers.retain(|w| w.send(line.clone()).is_ok());
     }
 
-    fn record(&mut self, method: &Method, uri: &Uri, body: &Bytes) {
+    fn record(&mut self, caller: &str, method: &Method, uri: &Uri, body: &Bytes) {
         self.requests.push(Recorded {
             method: method.to_string(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or_default().to_string(),
             body: serde_json::from_slice(body).unwrap_or(Value::Null),
             at: Instant::now(),
+            caller: caller.to_string(),
         });
     }
 }
@@ -230,12 +234,13 @@ pub fn external_metric(namespace: &str, name: &str, spec: Value) -> Value {
 
 pub(crate) async fn list_or_watch(
     State(state): State<Arc<crate::State>>,
+    Extension(Caller(caller)): Extension<Caller>,
     method: Method,
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Response {
     let mut store = lock(&state.external_metrics.store);
-    store.record(&method, &uri, &Bytes::new());
+    store.record(&caller, &method, &uri, &Bytes::new());
     if query.unwrap_or_default().contains("watch=true") {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Bytes>();
         store.watchers.push(sender);
@@ -269,13 +274,14 @@ pub(crate) async fn list_or_watch(
 
 pub(crate) async fn patch_status(
     State(state): State<Arc<crate::State>>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path((namespace, name)): Path<(String, String)>,
     method: Method,
     uri: Uri,
     body: Bytes,
 ) -> Response {
     let mut store = lock(&state.external_metrics.store);
-    store.record(&method, &uri, &body);
+    store.record(&caller, &method, &uri, &body);
     let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let key = (namespace, name);
     let Some(mut object) = store.objects.get(&key).cloned() else {
@@ -306,24 +312,26 @@ pub(crate) async fn patch_status(
 
 pub(crate) async fn create_event(
     State(state): State<Arc<crate::State>>,
+    Extension(Caller(caller)): Extension<Caller>,
     method: Method,
     uri: Uri,
     body: Bytes,
 ) -> Response {
     let mut store = lock(&state.external_metrics.store);
-    store.record(&method, &uri, &body);
+    store.record(&caller, &method, &uri, &body);
     let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     status::json(StatusCode::CREATED, &event)
 }
 
 pub(crate) async fn patch_event(
     State(state): State<Arc<crate::State>>,
+    Extension(Caller(caller)): Extension<Caller>,
     method: Method,
     uri: Uri,
     body: Bytes,
 ) -> Response {
     let mut store = lock(&state.external_metrics.store);
-    store.record(&method, &uri, &body);
+    store.record(&caller, &method, &uri, &body);
     let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     status::json(StatusCode::OK, &event)
 }
