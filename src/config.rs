@@ -1102,6 +1102,10 @@ mod tests {
             "adapter",
             "--peer-advertise-address",
             "10.1.2.3:6443",
+            "--peer-ca-file",
+            "/etc/adapter/ca.crt",
+            "--peer-server-name",
+            "adapter.adapter.svc",
         ]);
         let election = config.leader_election.to_config().unwrap().unwrap();
         assert_eq!(election.namespace, "adapter");
@@ -1109,6 +1113,26 @@ mod tests {
         assert_eq!(election.peer_address.as_deref(), Some("10.1.2.3:6443"));
         assert!(election.identity.contains('_'), "{}", election.identity);
         election.validate().unwrap();
+
+        // Without the peer link's flags, followers could only ever fall back: refused.
+        let config = serve(&[
+            "--aws-region",
+            "eu-west-1",
+            "--leader-elect",
+            "--leader-elect-resource-namespace",
+            "adapter",
+        ]);
+        let text = config.validate().unwrap_err().to_string();
+        for flag in [
+            "--peer-advertise-address",
+            "--peer-ca-file",
+            "--peer-server-name",
+        ] {
+            assert!(
+                text.contains(&format!("{flag} is required with --leader-elect")),
+                "{text}"
+            );
+        }
 
         // Each timing is fine alone; together they break client-go's rules.
         let config = serve(&[

@@ -332,11 +332,13 @@ impl Engine {
     }
 
     /// Series another replica was asked for: track them (new ones are due at once) and keep
-    /// them active. Returns the keys that could not be tracked, with why.
-    pub fn activate(&self, keys: &[SeriesKey]) -> Vec<(SeriesKey, ProviderError)> {
+    /// them active. Returns the keys that could not be tracked, with why, and the series
+    /// already answered (the asker may have missed them: it needs no wait for the next refresh).
+    pub fn activate(&self, keys: &[SeriesKey]) -> Activated {
         let core = &self.core;
         let now = Instant::now();
         let mut refused = Vec::new();
+        let mut held = Vec::new();
         for key in keys {
             let Some(definition) = self.definition_of(key) else {
                 refused.push((
@@ -349,7 +351,13 @@ impl Engine {
                 continue;
             };
             match core.table.get_or_insert(key, &definition, now) {
-                Ok(Found::Existing(series)) => series.lock().last_requested = now,
+                Ok(Found::Existing(series)) => {
+                    let mut state = series.lock();
+                    state.last_requested = now;
+                    if state.latest.is_some() {
+                        held.push(Arc::new(core.snapshot_of(&series, &state)));
+                    }
+                }
                 Ok(Found::Created { series, dropped }) => {
                     if let Some(dropped) = dropped {
                         core.unschedule(&dropped);
@@ -362,7 +370,7 @@ impl Engine {
                 )),
             }
         }
-        refused
+        Activated { refused, held }
     }
 
     /// The keys of every series held.
@@ -575,6 +583,15 @@ fn capacity_error(
             definition.tenant()
         ),
     })
+}
+
+/// What [`Engine::activate`] did with the series another replica asked for.
+#[derive(Debug, Default)]
+pub struct Activated {
+    /// Keys that could not be tracked, with why.
+    pub refused: Vec<(SeriesKey, ProviderError)>,
+    /// Series already held with an answer, as they are now.
+    pub held: Vec<Arc<SeriesSnapshot>>,
 }
 
 /// When a failed refresh is tried again.

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{DemandRequest, DemandResponse, Fingerprints, Frame, WireKey};
+use super::wire::{DemandRequest, DemandResponse, Fingerprints, Frame, WireKey, WireSeries};
 use super::{DEMAND_PATH, MAX_DEMAND_SERIES, PeerMetrics, STREAM_PATH};
 use crate::engine::Engine;
 use crate::leader::Leadership;
@@ -404,6 +404,20 @@ impl Follower {
         }
     }
 
+    /// Take one series as the leader holds it, if it was read under the definition this
+    /// replica serves (not under another version of it: an edit not yet seen by one of the
+    /// two).
+    fn take(&self, series: &WireSeries) {
+        let key = series.key.to_key();
+        let applied = self.engine.definition_of(&key).is_some_and(|definition| {
+            self.fingerprints.of(&definition) == series.spec
+                && self.engine.apply(&series.to_snapshot(definition))
+        });
+        if !applied {
+            self.metrics.skipped();
+        }
+    }
+
     /// Take a frame of the leader's into the engine.
     fn apply(&self, frame: Frame, snapshot: &mut HashSet<SeriesKey>) {
         self.link.heard_now();
@@ -414,18 +428,9 @@ impl Follower {
             self.metrics.observe_lag(lag);
         }
         for series in &frame.updated {
-            let key = series.key.to_key();
-            let applied = self.engine.definition_of(&key).is_some_and(|definition| {
-                // Read under another version of the definition (an edit not yet seen by one
-                // of the two): not this replica's value to serve.
-                self.fingerprints.of(&definition) == series.spec
-                    && self.engine.apply(&series.to_snapshot(definition))
-            });
-            if !applied {
-                self.metrics.skipped();
-            }
+            self.take(series);
             if frame.snapshot {
-                snapshot.insert(key);
+                snapshot.insert(series.key.to_key());
             }
         }
         for key in &frame.removed {
@@ -526,6 +531,9 @@ impl Follower {
             serde_json::from_slice(&bytes).map_err(|e| LinkError::Unreadable(Box::new(e)))?;
         for (key, error) in answer.refused {
             self.engine.refuse(&key.to_key(), error);
+        }
+        for series in &answer.held {
+            self.take(series);
         }
         Ok(())
     }

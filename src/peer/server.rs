@@ -42,6 +42,9 @@ const FRAME_SERIES: usize = 500;
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A heartbeat frame after this long without a change, so followers know the leader lives.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Streams served at once: replicas are few, and each stream starts with a snapshot of the
+/// whole table, so a caller holding a replica's token cannot make the leader build many.
+pub const MAX_STREAMS: usize = 16;
 
 /// What the leader's peer endpoints need.
 #[derive(Debug)]
@@ -54,6 +57,7 @@ pub struct PeerServer {
     fingerprints: Arc<Fingerprints>,
     metrics: PeerMetrics,
     stop: CancellationToken,
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl PeerServer {
@@ -75,6 +79,7 @@ impl PeerServer {
             fingerprints: Arc::new(Fingerprints::default()),
             metrics,
             stop,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
     }
 
@@ -195,6 +200,7 @@ impl PeerServer {
         self: Arc<Self>,
         mut changes: broadcast::Receiver<Change>,
         out: mpsc::Sender<Bytes>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         let _connected = self.metrics.follower_connected();
         let mut frames = self.snapshot_frames();
@@ -271,10 +277,16 @@ async fn stream(State(server): State<Arc<PeerServer>>, headers: HeaderMap) -> Re
     if !server.leadership.is_leader() {
         return PeerServer::not_leading();
     }
+    let Ok(slot) = server.streams.clone().try_acquire_owned() else {
+        return ApiError::service_unavailable(format!(
+            "this leader already streams to {MAX_STREAMS} followers"
+        ))
+        .into_response();
+    };
     // Subscribed before the snapshot is taken, so no change falls between the two.
     let changes = server.engine.subscribe();
     let (out, lines) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(server.clone().feed(changes, out));
+    tokio::spawn(server.clone().feed(changes, out, slot));
     let body = Body::from_stream(futures_util::stream::unfold(
         lines,
         |mut lines| async move {
@@ -321,11 +333,16 @@ async fn demand(State(server): State<Arc<PeerServer>>, headers: HeaderMap, body:
     }
     let keys: Vec<_> = request.series.iter().map(WireKey::to_key).collect();
     server.metrics.demanded(keys.len());
-    let refused = server
-        .engine
-        .activate(&keys)
+    let activated = server.engine.activate(&keys);
+    let refused = activated
+        .refused
         .into_iter()
         .map(|(key, error)| (WireKey::of(&key), error))
         .collect();
-    axum::Json(DemandResponse { refused }).into_response()
+    let held = activated
+        .held
+        .iter()
+        .map(|snapshot| WireSeries::of(snapshot, &server.fingerprints))
+        .collect();
+    axum::Json(DemandResponse { refused, held }).into_response()
 }

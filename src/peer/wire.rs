@@ -128,12 +128,17 @@ pub struct DemandRequest {
     pub series: Vec<WireKey>,
 }
 
-/// The leader's answer to a demand: the series it could not track, with why.
+/// The leader's answer to a demand: the series it could not track, with why, and those it
+/// already held with an answer (the follower takes them at once instead of waiting for their
+/// next refresh).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DemandResponse {
     /// Refused series.
     #[serde(default)]
     pub refused: Vec<(WireKey, ProviderError)>,
+    /// Series already held.
+    #[serde(default)]
+    pub held: Vec<WireSeries>,
 }
 
 /// Milliseconds since the Unix epoch (saturating; times before it are 0).
