@@ -6,17 +6,28 @@
 
 use crate::definition::MAX_HPA_VALUE;
 
+/// Why a value has no quantity the HPA can read.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum Unrepresentable {
+    /// NaN or an infinity.
+    #[error("value {0} is not a number the HPA can use")]
+    NotANumber(f64),
+    /// At or beyond what an int64 of milli-units holds.
+    #[error(
+        "value {0} is too large for the HPA, which reads values as int64 milli-units (|value| < 9.2e15)"
+    )]
+    TooLarge(f64),
+}
+
 /// Format `value` in the canonical Kubernetes form with the largest suffix that represents it to
 /// nano precision: `3`, `1500m`, `400u`, `12n`. Fails on NaN, infinities and values the HPA
 /// cannot hold.
-pub fn format(value: f64) -> Result<String, String> {
+pub fn format(value: f64) -> Result<String, Unrepresentable> {
     if !value.is_finite() {
-        return Err(format!("value {value} is not a number the HPA can use"));
+        return Err(Unrepresentable::NotANumber(value));
     }
     if value.abs() >= MAX_HPA_VALUE {
-        return Err(format!(
-            "value {value} is too large for the HPA, which reads values as int64 milli-units (|value| < 9.2e15)"
-        ));
+        return Err(Unrepresentable::TooLarge(value));
     }
     // Values too large for nano precision in an i64 are rounded to milli precision.
     let (units, scale) = if value.abs() < 9.2e9 {

@@ -8,10 +8,50 @@ use crate::provider::{Operator, Requirement, Selector};
 /// A selector that does not parse, with a message for the user. It quotes the selector once
 /// (shortened if long), and the failing requirement only when the selector has several.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid label selector {}: {reason}", quoted(selector))]
+#[error("invalid label selector {}: {problem}", quoted(selector))]
 pub struct SelectorError {
     selector: String,
-    reason: String,
+    problem: Problem,
+}
+
+/// What is wrong with a selector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// `a=1,,b=2` or `a=1,`.
+    #[error("empty requirement (two commas, or a trailing one)")]
+    EmptyRequirement,
+    /// A `)` without its `(`.
+    #[error("unbalanced ')'")]
+    UnbalancedClose,
+    /// A `(` without its `)`.
+    #[error("unbalanced '('")]
+    UnbalancedOpen,
+    /// Something that is no requirement at all.
+    #[error("unsupported requirement (use =, ==, !=, in, notin, exists or !)")]
+    UnsupportedRequirement,
+    /// An operator apimachinery does not have.
+    #[error("unsupported operator (use =, ==, !=, in, notin, exists or !)")]
+    UnsupportedOperator,
+    /// `key in a,b` without parentheses.
+    #[error("expected a parenthesised value list, e.g. `key in (a,b)`")]
+    NoValueList,
+    /// `key in ()`.
+    #[error("empty value list")]
+    EmptyValueList,
+    /// A key that is not a label key.
+    #[error("{} is not a valid label key", quoted(.0))]
+    InvalidKey(String),
+    /// A value that is not a label value.
+    #[error("{} is not a valid label value", quoted(.0))]
+    InvalidValue(String),
+    /// One of several requirements is wrong (named, since the selector has several).
+    #[error("requirement {}: {problem}", quoted(term))]
+    InRequirement {
+        /// The requirement as written.
+        term: String,
+        /// What is wrong with it.
+        problem: Box<Problem>,
+    },
 }
 
 /// How much of a selector an error message quotes.
@@ -26,9 +66,9 @@ fn quoted(text: &str) -> String {
 
 /// Parse a label selector string.
 pub fn parse(text: &str) -> Result<Selector, SelectorError> {
-    let fail = |reason: String| SelectorError {
+    let fail = |problem: Problem| SelectorError {
         selector: text.to_string(),
-        reason,
+        problem,
     };
     let terms = split_terms(text).map_err(fail)?;
     let several = terms.len() > 1;
@@ -39,15 +79,16 @@ pub fn parse(text: &str) -> Result<Selector, SelectorError> {
             if text.trim().is_empty() {
                 continue;
             }
-            return Err(fail(
-                "empty requirement (two commas, or a trailing one)".into(),
-            ));
+            return Err(fail(Problem::EmptyRequirement));
         }
-        let requirement = parse_term(term).map_err(|reason| {
+        let requirement = parse_term(term).map_err(|problem| {
             fail(if several {
-                format!("requirement {}: {reason}", quoted(term))
+                Problem::InRequirement {
+                    term: term.to_string(),
+                    problem: Box::new(problem),
+                }
             } else {
-                reason
+                problem
             })
         })?;
         requirements.push(requirement);
@@ -56,14 +97,14 @@ pub fn parse(text: &str) -> Result<Selector, SelectorError> {
 }
 
 /// Split on commas that are not inside parentheses.
-fn split_terms(text: &str) -> Result<Vec<&str>, String> {
+fn split_terms(text: &str) -> Result<Vec<&str>, Problem> {
     let mut terms = Vec::new();
     let mut depth = 0usize;
     let mut start = 0;
     for (index, c) in text.char_indices() {
         match c {
             '(' => depth += 1,
-            ')' => depth = depth.checked_sub(1).ok_or("unbalanced ')'")?,
+            ')' => depth = depth.checked_sub(1).ok_or(Problem::UnbalancedClose)?,
             ',' if depth == 0 => {
                 terms.push(&text[start..index]);
                 start = index + 1;
@@ -72,13 +113,13 @@ fn split_terms(text: &str) -> Result<Vec<&str>, String> {
         }
     }
     if depth != 0 {
-        return Err("unbalanced '('".into());
+        return Err(Problem::UnbalancedOpen);
     }
     terms.push(&text[start..]);
     Ok(terms)
 }
 
-fn parse_term(term: &str) -> Result<Requirement, String> {
+fn parse_term(term: &str) -> Result<Requirement, Problem> {
     if let Some(key) = term.strip_prefix('!') {
         let key = check_key(key.trim())?;
         return Ok(requirement(key, Operator::DoesNotExist, vec![]));
@@ -99,7 +140,7 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
     let rest = words.next().unwrap_or_default().trim_start();
     if rest.is_empty() {
         if key.contains(['(', ')', '<', '>']) {
-            return Err("unsupported requirement (use =, ==, !=, in, notin, exists or !)".into());
+            return Err(Problem::UnsupportedRequirement);
         }
         return Ok(requirement(check_key(key)?, Operator::Exists, vec![]));
     }
@@ -108,19 +149,19 @@ fn parse_term(term: &str) -> Result<Requirement, String> {
     } else if let Some(list) = rest.strip_prefix("in") {
         (Operator::In, list)
     } else {
-        return Err("unsupported operator (use =, ==, !=, in, notin, exists or !)".into());
+        return Err(Problem::UnsupportedOperator);
     };
     let list = list.trim();
     let inner = list
         .strip_prefix('(')
         .and_then(|l| l.strip_suffix(')'))
-        .ok_or("expected a parenthesised value list, e.g. `key in (a,b)`")?;
+        .ok_or(Problem::NoValueList)?;
     let values = inner
         .split(',')
         .map(|v| check_value(v.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     if values.iter().all(String::is_empty) {
-        return Err("empty value list".into());
+        return Err(Problem::EmptyValueList);
     }
     Ok(requirement(check_key(key)?, operator, values))
 }
@@ -133,7 +174,7 @@ fn requirement(key: String, operator: Operator, values: Vec<String>) -> Requirem
     }
 }
 
-fn check_key(key: &str) -> Result<String, String> {
+fn check_key(key: &str) -> Result<String, Problem> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
@@ -154,11 +195,11 @@ fn check_key(key: &str) -> Result<String, String> {
     if name_ok && prefix_ok {
         Ok(key.to_string())
     } else {
-        Err(format!("{} is not a valid label key", quoted(key)))
+        Err(Problem::InvalidKey(key.to_string()))
     }
 }
 
-fn check_value(value: &str) -> Result<String, String> {
+fn check_value(value: &str) -> Result<String, Problem> {
     let ok = value.is_empty()
         || (value.len() <= 63
             && value
@@ -169,7 +210,7 @@ fn check_value(value: &str) -> Result<String, String> {
     if ok {
         Ok(value.to_string())
     } else {
-        Err(format!("{} is not a valid label value", quoted(value)))
+        Err(Problem::InvalidValue(value.to_string()))
     }
 }
 
