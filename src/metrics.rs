@@ -698,7 +698,8 @@ impl AdapterMetrics {
         }
     }
 
-    /// Count one call made while falling back (no leader heard from).
+    /// Count one call made while falling back (no leader heard from), as it completes (before
+    /// [`AdapterMetrics::source_call`] counts it among all calls).
     pub fn fallback_refresh(&self, backend: Backend) {
         self.fallback_refreshes
             .get_or_create(&SourceLabels {

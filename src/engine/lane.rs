@@ -306,13 +306,11 @@ impl<S: Source> SourceLane<S> {
             let Ok(permit) = self.calls.clone().acquire_owned().await else {
                 break;
             };
-            // Right before acting: a leader whose lease lapsed meanwhile makes no call.
-            let role = core.role();
-            if role == Role::Follow {
+            // Right before acting: a leader whose lease lapsed meanwhile makes no call (and a
+            // change of role mid-cycle leaves the rest to the next cycle, planned for the new
+            // role).
+            if core.role() != role {
                 break;
-            }
-            if role == Role::Fallback {
-                core.metrics.fallback_refresh(self.profile.backend);
             }
             let guard = CallGuard::new(self.clone(), core.clone(), &dispatch.members);
             for member in &dispatch.members {
@@ -320,7 +318,7 @@ impl<S: Source> SourceLane<S> {
             }
             let lane = self.clone();
             tokio::spawn(async move {
-                lane.execute(guard, dispatch).await;
+                lane.execute(guard, dispatch, fallback).await;
                 drop(permit);
             });
         }
@@ -445,7 +443,7 @@ impl<S: Source> SourceLane<S> {
 
     /// Make one call and record its outcome for every member (see the module docs of
     /// `isolation` for what a rejected call leads to).
-    async fn execute(self: Arc<Self>, mut guard: CallGuard, dispatch: Dispatch<S>) {
+    async fn execute(self: Arc<Self>, mut guard: CallGuard, dispatch: Dispatch<S>, fallback: bool) {
         let Dispatch {
             route,
             call,
@@ -481,6 +479,9 @@ impl<S: Source> SourceLane<S> {
             Ok(_) => "ok",
             Err(error) => error.failure.describe(),
         };
+        if fallback {
+            core.metrics.fallback_refresh(self.profile.backend);
+        }
         core.metrics.source_call(
             self.profile.backend,
             outcome,
