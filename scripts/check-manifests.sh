@@ -124,7 +124,7 @@ metrics:
           stat: Average
 EOF
 must_fail "typo in a metric definition" -f "$work/bad-definition.yaml"
-must_fail "existingSecret without caBundle" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x
+must_fail "existingSecret without caBundle (the APIService needs it)" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x --set leaderElection.enabled=false
 must_fail "typo in the delegate preset" --set delegate.keda.enabeld=true
 must_fail "delegate over plain http, without a CA" --set-json 'delegate.others=[{"name":"x","url":"http://x.y.svc"}]'
 must_fail "delegate with two ways to check its CA" --set-json 'delegate.others=[{"name":"x","url":"https://x.y.svc","ca":{"insecureSkipTLSVerify":true,"pem":"-----BEGIN CERTIFICATE-----"}}]'
