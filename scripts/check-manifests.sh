@@ -9,8 +9,9 @@
 #
 # Installs what it needs: helm and kubectl (scripts/fetch-tools.sh), kubernetes-validate in
 # .venv-tools, and a PromQL parser in tools/promql-lint (npm). It builds the adapter (debug) and
-# starts it on 127.0.0.1 with the chart's flags, generated certificate and definitions, and runs
-# every example definition through `query --dry-run`.
+# starts two replicas on 127.0.0.1 with the chart's flags, generated certificate and definitions,
+# electing a leader through a small fake Kubernetes API that authorizes by the chart's RBAC, and
+# runs every example definition through `query --dry-run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -22,9 +23,10 @@ namespace=cloudwatch-metrics-adapter
 release=cloudwatch-metrics-adapter
 
 work=$(mktemp -d)
-adapter_pid=
+# Processes this script started (adapters, the fake API server), stopped on exit.
+pids=()
 cleanup() {
-  if [[ -n $adapter_pid ]]; then kill "$adapter_pid" 2>/dev/null || true; wait "$adapter_pid" 2>/dev/null || true; fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -76,6 +78,9 @@ scenarios=(
   "no-apiservice|--set apiService.create=false --set podDisruptionBudget.enabled=false --set topologySpread.enabled=false"
   "insecure-opt-in|--set apiService.insecureSkipTLSVerify=true"
   "delegate-keda|--set delegate.keda.enabled=true"
+  "single-replica|--set replicaCount=1"
+  "three-replicas|--set replicaCount=3 --set leaderElection.resourceName=adapter-leader --set leaderElection.leaseDuration=20s --set leaderElection.peerAdvertiseAddress=[\$(POD_IP)]:6443"
+  "cert-manager-one-replica-elected|--set replicaCount=1 --set leaderElection.enabled=true --set certificates.mode=certManager"
   "delegate-several|--set delegate.keda.enabled=true --set delegate.timeout=2s --set-json delegate.others=[{\"name\":\"datadog\",\"url\":\"https://datadog-cluster-agent-metrics-api.datadog.svc:8443\",\"ca\":{\"insecureSkipTLSVerify\":true},\"match\":{\"namePattern\":\"^datadogmetric@\"}},{\"name\":\"prometheus-adapter\",\"url\":\"https://prometheus-adapter.monitoring.svc\",\"ca\":{\"secret\":{\"namespace\":\"monitoring\",\"name\":\"prometheus-adapter-ca\"}}}]"
 )
 mkdir -p "$work/render"
@@ -119,11 +124,15 @@ metrics:
           stat: Average
 EOF
 must_fail "typo in a metric definition" -f "$work/bad-definition.yaml"
-must_fail "existingSecret without caBundle" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x
+must_fail "existingSecret without caBundle (the APIService needs it)" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x --set leaderElection.enabled=false
 must_fail "typo in the delegate preset" --set delegate.keda.enabeld=true
 must_fail "delegate over plain http, without a CA" --set-json 'delegate.others=[{"name":"x","url":"http://x.y.svc"}]'
 must_fail "delegate with two ways to check its CA" --set-json 'delegate.others=[{"name":"x","url":"https://x.y.svc","ca":{"insecureSkipTLSVerify":true,"pem":"-----BEGIN CERTIFICATE-----"}}]'
 must_fail "delegate timeout that is not a duration" --set delegate.timeout=5
+must_fail "typo in leaderElection" --set leaderElection.enable=true
+must_fail "a lease duration that is not whole seconds" --set leaderElection.leaseDuration=1500ms
+must_fail "leader election with an existing Secret and no CA for the peers" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x --set apiService.insecureSkipTLSVerify=true
+must_fail "an existing Secret's caBundle that is not a PEM certificate" --set certificates.mode=existingSecret --set certificates.existingSecret.name=x --set certificates.existingSecret.caBundle=bm9wZQ==
 
 # ---------------------------------------------------------------------------------------------
 section "objects: Kubernetes $kube_version schemas (kubernetes-validate --strict)"
@@ -222,6 +231,9 @@ for path in sorted(glob.glob(f"{render_dir}/*.yaml")) + files:
                   + "".join(f"\n          {'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors))
 
 # 2. What each rendered mode must get right.
+# Replicas per rendered mode, where not the default 2.
+replicas = {"single-replica": 1, "cert-manager-one-replica-elected": 1, "three-replicas": 3}
+
 def by_kind(path):
     out = {}
     for d in docs(path):
@@ -240,7 +252,7 @@ for path in sorted(glob.glob(f"{render_dir}/*.yaml")):
     ports = {p["name"] for p in c["ports"]}
     sc, psc = c["securityContext"], pod["securityContext"]
     facts = [
-        (dep["spec"]["replicas"] == 2, "2 replicas"),
+        (dep["spec"]["replicas"] == replicas.get(mode, 2), f"{replicas.get(mode, 2)} replicas"),
         (psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, "runs as non-root"),
         (sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
          and sc.get("capabilities", {}).get("drop") == ["ALL"], "read-only root, no escalation, no capabilities"),
@@ -328,6 +340,49 @@ for path in sorted(glob.glob(f"{render_dir}/*.yaml")):
             facts.append(([e["name"] for e in entries] == ["keda", "datadog", "prometheus-adapter"] and "--delegate-timeout=2s" in c["args"], "delegates in order, defaults passed as flags"))
     else:
         facts.append((not delegate_rules and not delegates_arg, "no delegate: no external.metrics.k8s.io grant, no --delegates-config"))
+    # Leader election: on with several replicas (or when asked), with the Lease's RBAC, the
+    # pod's identity from the downward API, and a peer link whose CA and name are the serving
+    # certificate's in this mode.
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in c["args"] if a.startswith("--") and "=" in a}
+    elected = args.get("--leader-elect") == "true"
+    facts.append((elected == (mode != "single-replica"), "leader election on unless there is one replica"))
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+    facts.append((env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace"
+                  and env.get("POD_IP") == "status.podIP", "POD_NAME, POD_NAMESPACE, POD_IP from the downward API"))
+    release_ns = dep["metadata"]["namespace"]
+    roles = {x["metadata"]["name"]: x for x in k.get("Role", []) if x["metadata"]["namespace"] == release_ns}
+    lease_rules = {(v, tuple(rule.get("resourceNames", [])))
+                   for b in k.get("RoleBinding", []) if b["metadata"].get("namespace") == release_ns
+                   and b["roleRef"]["kind"] == "Role" and b["roleRef"]["name"] in roles
+                   and any(sub["kind"] == "ServiceAccount" and sub["name"] == sa["metadata"]["name"] and sub["namespace"] == release_ns for sub in b["subjects"])
+                   for rule in roles[b["roleRef"]["name"]]["rules"]
+                   if "coordination.k8s.io" in rule["apiGroups"] and "leases" in rule["resources"] for v in rule["verbs"]}
+    if elected:
+        lease = args.get("--leader-elect-resource-name")
+        https = next(p["containerPort"] for p in c["ports"] if p["name"] == "https")
+        server = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+        facts.append((lease == ("adapter-leader" if mode == "three-replicas" else dep["metadata"]["name"]), f"Lease {lease}: the release's full name unless set"))
+        advertised = "[$(POD_IP)]:6443" if mode == "three-replicas" else f"$(POD_IP):{https}"
+        facts.append((args.get("--peer-advertise-address") == advertised, f"advertises {advertised} (the pod IP, the secure port)"))
+        facts.append((args.get("--peer-server-name") == server, f"followers check the leader's certificate for {server}, the name it carries"))
+        facts.append((("create", ()) in lease_rules and all(any(v == verb and (not names or lease in names) for v, names in lease_rules) for verb in ("get", "update")),
+                      "RBAC: create Leases, get and update this one, in the release namespace"))
+        ca_dir = args.get("--peer-ca-file", "/").rsplit("/", 1)[0]
+        mount = next((m for m in c["volumeMounts"] if m["mountPath"] == ca_dir), None)
+        volume = next((v for v in pod["volumes"] if mount and v["name"] == mount["name"]), {})
+        ca_key = args.get("--peer-ca-file", "").rsplit("/", 1)[-1]
+        if mode == "existing-secret":
+            cm = next((x for x in k["ConfigMap"] if x["metadata"]["name"] == volume.get("configMap", {}).get("name")), None)
+            ca_bundle = k["APIService"][0]["spec"]["caBundle"]
+            facts.append((cm is not None and cm["data"].get(ca_key, "").strip() == base64.b64decode(ca_bundle).decode().strip(),
+                          "--peer-ca-file is the caBundle given, from the chart's ConfigMap"))
+        else:
+            serving = next(v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "serving-cert")
+            items = {i["path"]: i["key"] for i in volume.get("secret", {}).get("items", [])}
+            facts.append((volume.get("secret", {}).get("secretName") == serving and items.get(ca_key) == "ca.crt",
+                          "--peer-ca-file is the serving Secret's ca.crt (what the APIService's caBundle holds)"))
+    else:
+        facts.append((not lease_rules and not any(a.startswith("--peer-") for a in args), "one replica: no Lease, no RBAC for it, no peer flags"))
     if mode == "monitoring":
         cm = [x for x in k["ConfigMap"] if x["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
         with open("charts/cloudwatch-metrics-adapter/dashboards/cloudwatch-metrics-adapter.json") as f:
@@ -421,9 +476,13 @@ PY
     fail "the chart passes flags the binary does not have: ${missing[*]}"
   fi
 
-  # Start it as the chart would, with the default render's generated certificate and definitions,
-  # minus the flags it does not have yet, on loopback ports; then ask for discovery the way the
-  # aggregator does: TLS to <service>.<namespace>.svc, verified against the APIService caBundle.
+  # Start two replicas as the chart would, with the default render's args (leader election
+  # on), generated certificate and definitions, on loopback ports, against a small fake of the
+  # Kubernetes API that keeps Leases as kube-apiserver does and answers TokenReviews and
+  # SubjectAccessReviews from the chart's own RBAC objects. Then: one leads, the other streams
+  # its values over the peer link (so the CA, the server name and the RBAC the chart sets are
+  # the ones that work), an outsider is refused, and both serve discovery the way the aggregator
+  # asks for it: TLS to <service>.<namespace>.svc, verified against the APIService caBundle.
   mkdir -p "$work/pod"
   "$py" - "$work/render/default.yaml" "$work/pod" <<'PY'
 import base64, sys, yaml
@@ -437,54 +496,236 @@ for d in yaml.safe_load_all(open(render)):
     if d["kind"] == "ConfigMap" and "metrics.yaml" in d.get("data", {}):
         open(f"{out}/metrics.yaml", "w").write(d["data"]["metrics.yaml"])
     if d["kind"] == "Deployment":
-        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
-        open(f"{out}/args", "w").write("\n".join(args) + "\n")
+        container = d["spec"]["template"]["spec"]["containers"][0]
+        open(f"{out}/args", "w").write("\n".join(container["args"]) + "\n")
+        # Plain env values (RUST_LOG); the downward API's are set below as the kubelet would.
+        open(f"{out}/env", "w").write("".join(f"{e['name']}={e['value']}\n" for e in container.get("env", []) if "value" in e))
 PY
-  read -r secure_port admin_port < <(python3 -c 'import socket
+  cat >"$work/fake-kube.py" <<'PY'
+"""A fake Kubernetes API for the chart check: Leases (404 when absent, 409 on a stale
+resourceVersion or an existing name), TokenReview and SubjectAccessReview, every request
+authorized by RBAC evaluated from the rendered chart (plus system:auth-delegator)."""
+import json, os, re, sys, threading, yaml
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+render, state_file, port_file, tokens = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+objs = [d for d in yaml.safe_load_all(open(render)) if d]
+roles = {(d["metadata"].get("namespace") if d["kind"] == "Role" else None, d["metadata"]["name"]): d.get("rules", [])
+         for d in objs if d["kind"] in ("Role", "ClusterRole")}
+roles[(None, "system:auth-delegator")] = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}]
+bindings = [d for d in objs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+leases, lock = {}, threading.Lock()
+
+def allowed(user, groups, namespace, verb, group, resource, name):
+    for b in bindings:
+        ns = b["metadata"].get("namespace") if b["kind"] == "RoleBinding" else None
+        if ns is not None and ns != namespace:
+            continue
+        if not any((s["kind"] == "ServiceAccount" and user == f"system:serviceaccount:{s['namespace']}:{s['name']}")
+                   or (s["kind"] == "User" and user == s["name"]) or (s["kind"] == "Group" and s["name"] in groups)
+                   for s in b.get("subjects", [])):
+            continue
+        ref = b["roleRef"]
+        for rule in roles.get((ns if ref["kind"] == "Role" else None, ref["name"]), []):
+            if (any(g in ("*", group) for g in rule.get("apiGroups", [])) and any(r in ("*", resource) for r in rule.get("resources", []))
+                    and any(v in ("*", verb) for v in rule.get("verbs", [])) and (not rule.get("resourceNames") or name in rule["resourceNames"])):
+                return True
+    return False
+
+def status(code, reason, message):
+    return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"null")
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        user = tokens.get(token)
+        code, answer = status(401, "Unauthorized", "Unauthorized") if user is None else self.route(user, body)
+        data = json.dumps(answer).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+    def route(self, user, body):
+        path = self.path.split("?")[0]
+        groups = ["system:serviceaccounts", "system:authenticated"]
+        m = re.fullmatch(r"/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?", path)
+        if m:
+            ns, name = m.groups()
+            verb = {"GET": "get", "POST": "create", "PUT": "update"}.get(self.command, self.command.lower())
+            target = name or (body or {}).get("metadata", {}).get("name", "")
+            # RBAC cannot limit create by name: kube-apiserver authorizes it without one.
+            if not allowed(user, groups, ns, verb, "coordination.k8s.io", "leases", "" if verb == "create" else target):
+                return status(403, "Forbidden", f'User "{user}" cannot {verb} resource "leases" in API group "coordination.k8s.io" in the namespace "{ns}"')
+            with lock:
+                current = leases.get((ns, target))
+                if verb == "get":
+                    return (200, current) if current else status(404, "NotFound", f'leases.coordination.k8s.io "{target}" not found')
+                if verb not in ("create", "update"):
+                    return status(405, "MethodNotAllowed", f"{verb} is not served here")
+                if verb == "create" and current:
+                    return status(409, "AlreadyExists", f'leases.coordination.k8s.io "{target}" already exists')
+                if verb == "update" and not current:
+                    return status(404, "NotFound", f'leases.coordination.k8s.io "{target}" not found')
+                if verb == "update" and body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                    return status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again")
+                version = int(current["metadata"]["resourceVersion"]) + 1 if current else 1
+                body["metadata"].update({"namespace": ns, "resourceVersion": str(version), "uid": f"uid-{target}"})
+                body.update({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"})
+                leases[(ns, target)] = body
+                with open(state_file + ".tmp", "w") as f:
+                    json.dump(list(leases.values()), f)
+                os.replace(state_file + ".tmp", state_file)
+                return (201 if verb == "create" else 200), body
+        if self.command == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            if not allowed(user, groups, None, "create", "authentication.k8s.io", "tokenreviews", ""):
+                return status(403, "Forbidden", "cannot create tokenreviews")
+            reviewed = tokens.get(body["spec"]["token"])
+            body["status"] = ({"authenticated": True, "user": {"username": reviewed, "uid": "uid-" + reviewed, "groups": groups}}
+                              if reviewed else {"authenticated": False})
+            return 201, body
+        if self.command == "POST" and path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+            if not allowed(user, groups, None, "create", "authorization.k8s.io", "subjectaccessreviews", ""):
+                return status(403, "Forbidden", "cannot create subjectaccessreviews")
+            spec = body["spec"]
+            attributes = spec.get("resourceAttributes") or {}
+            body["status"] = {"allowed": bool(attributes) and allowed(
+                spec.get("user", ""), spec.get("groups", []), attributes.get("namespace"), attributes.get("verb"),
+                attributes.get("group", ""), attributes.get("resource"), attributes.get("name", ""))}
+            return 201, body
+        print(f"unexpected request: {self.command} {self.path}", file=sys.stderr, flush=True)
+        return status(404, "NotFound", "the server could not find the requested resource")
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+with open(port_file + ".tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+os.replace(port_file + ".tmp", port_file)
+server.serve_forever()
+PY
+  adapter_user="system:serviceaccount:$namespace:$release"
+  tokens=$(printf '{"replica-0-token": "%s", "replica-1-token": "%s", "outsider-token": "system:serviceaccount:other:reader"}' \
+    "$adapter_user" "$adapter_user")
+  "$py" "$work/fake-kube.py" "$work/render/default.yaml" "$work/leases.json" "$work/kube-port" "$tokens" 2>"$work/fake-kube.log" &
+  pids+=($!)
+  for _ in $(seq 1 50); do [[ -s $work/kube-port ]] && break; sleep 0.1; done
+  kube_port=$(cat "$work/kube-port" 2>/dev/null || echo 9)
+  secure_ports=() admin_ports=() pod_names=()
+  for i in 0 1; do
+    read -r "secure_ports[i]" "admin_ports[i]" < <(python3 -c 'import socket
 s=[socket.socket() for _ in range(2)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
-  args=()
-  while read -r arg; do
-    flag=${arg%%=*}
-    case $flag in
-      --config) arg="--config=$work/pod/metrics.yaml" ;;
-      --tls-cert-file) arg="--tls-cert-file=$work/pod/tls.crt" ;;
-      --tls-private-key-file) arg="--tls-private-key-file=$work/pod/tls.key" ;;
-      --secure-port) arg="--secure-port=$secure_port" ;;
-      --admin-port) arg="--admin-port=$admin_port" ;;
-      # There is no cluster here to review requests or hold ExternalMetric objects: swap
-      # delegated auth for the local mode, and do not watch.
-      --authorization-mode|--anonymous-auth|--authentication-skip-lookup|--kubeconfig|--watch-external-metrics) continue ;;
-    esac
-    if [[ $flag == --* ]] && [[ " ${missing[*]} " == *" $flag "* ]]; then continue; fi
-    args+=("$arg")
-  done <"$work/pod/args"
-  # No AWS is reachable or needed: discovery lists definitions without calling CloudWatch.
-  "$binary" "${args[@]}" --bind-address=127.0.0.1 --admin-bind-address=127.0.0.1 \
-    --aws-region=us-east-1 --cloudwatch-endpoint-url=http://127.0.0.1:9 \
-    --authorization-mode=AlwaysAllow --anonymous-auth=true --authentication-skip-lookup \
-    --watch-external-metrics=false \
-    </dev/null >"$work/adapter.log" 2>&1 &
-  adapter_pid=$!
-  ready=
-  for _ in $(seq 1 50); do
-    if curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
-    kill -0 "$adapter_pid" 2>/dev/null || break
-    sleep 0.2
+    pod_names[i]="$release-7d9f8c6b5-pod$i"
+    printf 'replica-%s-token' "$i" >"$work/pod/token-$i"
+    printf '%s\n' "apiVersion: v1" "kind: Config" \
+      "clusters: [{name: fake, cluster: {server: \"http://127.0.0.1:$kube_port\"}}]" \
+      "users: [{name: adapter, user: {token: replica-$i-token}}]" \
+      "contexts: [{name: fake, context: {cluster: fake, user: adapter}}]" \
+      "current-context: fake" >"$work/pod/kubeconfig-$i"
+    args=()
+    while read -r arg; do
+      # The kubelet expands $(VAR) in args from the container's env.
+      arg=${arg//\$(POD_IP)/127.0.0.1}
+      arg=${arg//\$(POD_NAME)/${pod_names[i]}}
+      arg=${arg//\$(POD_NAMESPACE)/$namespace}
+      flag=${arg%%=*}
+      case $flag in
+        --config) arg="--config=$work/pod/metrics.yaml" ;;
+        --tls-cert-file) arg="--tls-cert-file=$work/pod/tls.crt" ;;
+        --tls-private-key-file) arg="--tls-private-key-file=$work/pod/tls.key" ;;
+        # The peer-ca volume is the serving Secret's ca.crt (checked above).
+        --peer-ca-file) arg="--peer-ca-file=$work/pod/ca.crt" ;;
+        --secure-port) arg="--secure-port=${secure_ports[i]}" ;;
+        --admin-port) arg="--admin-port=${admin_ports[i]}" ;;
+        # The pod IP and the chart's secure port: here, loopback and this replica's port.
+        --peer-advertise-address) arg="${arg%:*}:${secure_ports[i]}" ;;
+        # The fake API cannot vouch for the aggregator's front-proxy certificate, nor hold
+        # ExternalMetric objects: the API port is served in the local mode, unwatched. (The peer
+        # link is always authenticated and authorized by the cluster, whatever these say.)
+        --authorization-mode|--anonymous-auth|--authentication-skip-lookup|--kubeconfig|--watch-external-metrics) continue ;;
+      esac
+      if [[ $flag == --* ]] && [[ " ${missing[*]} " == *" $flag "* ]]; then continue; fi
+      args+=("$arg")
+    done <"$work/pod/args"
+    # The pod's environment: the chart's plain values, then the downward API's. No AWS is
+    # reachable or needed: discovery lists definitions without calling CloudWatch.
+    mapfile -t pod_env <"$work/pod/env"
+    env -i PATH="$PATH" "${pod_env[@]}" POD_NAME="${pod_names[i]}" POD_NAMESPACE="$namespace" POD_IP=127.0.0.1 \
+      "$binary" "${args[@]}" --bind-address=127.0.0.1 --admin-bind-address=127.0.0.1 \
+      --aws-region=us-east-1 --cloudwatch-endpoint-url=http://127.0.0.1:9 \
+      --authorization-mode=AlwaysAllow --anonymous-auth=true --authentication-skip-lookup \
+      --watch-external-metrics=false \
+      --kubeconfig="$work/pod/kubeconfig-$i" --peer-token-file="$work/pod/token-$i" \
+      </dev/null >"$work/adapter-$i.log" 2>&1 &
+    pids+=($!)
   done
   host="$release.$namespace.svc"
-  if [[ -n $ready ]] && curl -fsS --max-time 5 --cacert "$work/pod/ca.crt" --resolve "$host:$secure_port:127.0.0.1" \
-    "https://$host:$secure_port/apis/external.metrics.k8s.io/v1beta1" >"$work/discovery" 2>&1 &&
-    grep -q '"name":"sqs-messages-visible"' "$work/discovery"; then
-    pass "starts with the chart's args, becomes ready, serves discovery over TLS verified for $host"
-  else
-    fail "adapter with the chart's args, certificate and definitions"
-    sed 's/^/        /' "$work/adapter.log" "$work/discovery" 2>/dev/null | tail -20
+  served=0
+  for i in 0 1; do
+    ready=
+    for _ in $(seq 1 50); do
+      if curl -fsS "http://127.0.0.1:${admin_ports[i]}/readyz" >/dev/null 2>&1; then ready=1; break; fi
+      sleep 0.2
+    done
+    if [[ -n $ready ]] && curl -fsS --max-time 5 --cacert "$work/pod/ca.crt" --resolve "$host:${secure_ports[i]}:127.0.0.1" \
+      "https://$host:${secure_ports[i]}/apis/external.metrics.k8s.io/v1beta1" >"$work/discovery" 2>&1 &&
+      grep -q '"name":"sqs-messages-visible"' "$work/discovery"; then
+      served=$((served + 1))
+    else
+      fail "replica $i with the chart's args, certificate and definitions"
+      sed 's/^/        /' "$work/adapter-$i.log" "$work/discovery" 2>/dev/null | tail -20
+    fi
+  done
+  if [[ $served -eq 2 ]]; then
+    pass "2 replicas start with the chart's args, become ready, serve discovery over TLS verified for $host"
   fi
-  kill "$adapter_pid" 2>/dev/null || true
-  wait "$adapter_pid" 2>/dev/null || true
-  adapter_pid=
+  # The first replica creates the Lease; the other finds it held and follows. Allow 20 s.
+  metric() { curl -fsS "http://127.0.0.1:${admin_ports[$1]}/metrics" 2>/dev/null | awk -v n="$2" '$1 == n {print $2}'; }
+  leader= follower= settled=
+  for _ in $(seq 1 100); do
+    leaders=()
+    for i in 0 1; do [[ $(metric "$i" cloudwatch_adapter_leader_election_is_leader) == 1 ]] && leaders+=("$i"); done
+    if [[ ${#leaders[@]} -eq 1 ]]; then
+      leader=${leaders[0]} follower=$((1 - leaders[0]))
+      if [[ $(metric "$follower" cloudwatch_adapter_peer_stream_up) == 1 ]] &&
+        [[ $(metric "$leader" cloudwatch_adapter_peer_followers) == 1 ]]; then settled=1; break; fi
+    fi
+    sleep 0.2
+  done
+  if [[ -n $settled ]]; then
+    pass "replica $leader leads, replica $follower follows its stream (peer CA, server name, token and RBAC as the chart sets them)"
+    check "the Lease names the leader and advertises its pod IP and secure port" "$py" -c '
+import json, sys
+leases = json.load(open(sys.argv[1]))
+assert len(leases) == 1, leases
+lease = leases[0]
+assert (lease["metadata"]["namespace"], lease["metadata"]["name"]) == (sys.argv[2], sys.argv[3]), lease["metadata"]
+assert lease["spec"]["holderIdentity"].startswith(sys.argv[4] + "_"), lease["spec"]
+assert lease["metadata"]["annotations"]["metrics.aws/peer-address"] == "127.0.0.1:" + sys.argv[5], lease["metadata"]
+' "$work/leases.json" "$namespace" "$release" "${pod_names[leader]}" "${secure_ports[leader]}"
+    check "the peer link refuses a ServiceAccount the chart's Role does not name (403)" bash -c '
+      code=$(curl -sS -o /dev/null -w "%{http_code}" --max-time 5 --cacert "$1" --resolve "$2:$3:127.0.0.1" \
+        -H "Authorization: Bearer outsider-token" "https://$2:$3/peer/v1/stream")
+      echo "HTTP $code"; [[ $code == 403 ]]' _ "$work/pod/ca.crt" "$host" "${secure_ports[leader]}"
+  else
+    fail "leader election with the chart's args: not one leader and a streaming follower within 20 s"
+    for i in 0 1; do sed "s/^/        replica $i: /" "$work/adapter-$i.log" | tail -15; done
+    sed 's/^/        fake API: /' "$work/fake-kube.log" | tail -10
+  fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  pids=()
 
   # Every example definition, in both forms (the definitions file and the ExternalMetric's spec
   # as one), builds a query with its HPA's selector: the placeholders and the labels agree.
@@ -612,8 +853,8 @@ allowed=$(grep -E '^!' .dockerignore | sed 's/^!//')
 for path in $allowed; do cp -r "$path" "$work/context/"; done
 check ".dockerignore context: cargo loads the workspace from the allowed paths only" \
   bash -c "cd '$work/context' && cargo metadata --no-deps --locked --format-version 1 >/dev/null"
-check "the emulator is not a normal or build dependency of the image's package" \
-  bash -c "cargo tree --locked -p cloudwatch-metrics-adapter -e normal,build --prefix none >'$work/tree' && ! grep -q '^cloudwatch-emulator' '$work/tree'"
+check "the emulator and fake-kube are not normal or build dependencies of the image's package" \
+  bash -c "cargo tree --locked -p cloudwatch-metrics-adapter -e normal,build --prefix none >'$work/tree' && ! grep -qE '^(cloudwatch-emulator|fake-kube) ' '$work/tree'"
 
 # ---------------------------------------------------------------------------------------------
 section "generated files are up to date"

@@ -20,6 +20,7 @@ release=cloudwatch-metrics-adapter
 bash scripts/fetch-tools.sh >/dev/null
 helm=tools/helm/helm
 
+app_version=$(sed -n 's/^appVersion: "\(.*\)"$/\1/p' "$chart/Chart.yaml")
 mkdir -p "$out/manifests" "$out/dashboards"
 manifest="$out/manifests/cloudwatch-metrics-adapter.yaml"
 {
@@ -34,13 +35,16 @@ manifest="$out/manifests/cloudwatch-metrics-adapter.yaml"
 # file replaces the current one (KEDA, Datadog, prometheus-adapter) without asking. Check first:
 #   kubectl get apiservice v1beta1.external.metrics.k8s.io -o yaml
 #
-# Then, with your IAM role (deploy/iam/) and region:
+# Then, with your IAM role (deploy/iam/), the image you built from the Dockerfile, and region:
 #   kubectl apply --server-side -f manifests/cloudwatch-metrics-adapter.yaml
 #   kubectl -n $namespace annotate serviceaccount $release \\
 #     eks.amazonaws.com/role-arn=arn:aws:iam::111122223333:role/cloudwatch-metrics-adapter
+#   kubectl -n $namespace set image deployment/$release \\
+#     adapter=111122223333.dkr.ecr.eu-west-1.amazonaws.com/cloudwatch-metrics-adapter:$app_version
 #   kubectl -n $namespace set env deployment/$release AWS_REGION=eu-west-1
 # (\`set env\` rolls the pods, so they start with the IRSA role and the region.) On Fargate,
-# a Fargate profile must select namespace $namespace.
+# a Fargate profile must select namespace $namespace. Two replicas elect a leader on a Lease
+# (only it calls AWS; docs/high-availability.md).
 # docs/install-eks.md has the whole story.
 ---
 apiVersion: v1

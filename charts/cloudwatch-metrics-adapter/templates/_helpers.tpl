@@ -93,3 +93,28 @@ empty when none is configured. RBAC, the ConfigMap and the Deployment all read i
 {{- toYaml (dict "delegates" $delegates) }}
 {{- end }}
 {{- end }}
+
+{{/*
+Whether the replicas elect a leader: "true" or empty. leaderElection.enabled when set (true or
+false), else on with more than one replica (one replica leads alone, without a Lease).
+*/}}
+{{- define "cwma.leaderElection" -}}
+{{- $enabled := .Values.leaderElection.enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- else if $enabled }}true
+{{- end }}
+{{- end }}
+
+{{/* The Lease the replicas elect a leader on: leaderElection.resourceName, else the full name. */}}
+{{- define "cwma.leaseName" -}}
+{{- default (include "cwma.fullname" .) .Values.leaderElection.resourceName }}
+{{- end }}
+
+{{/*
+The name the serving certificate carries in every certificate mode (the aggregator dials it),
+so the one followers check on the leader's certificate when they connect to its pod IP.
+*/}}
+{{- define "cwma.serverName" -}}
+{{- printf "%s.%s.svc" (include "cwma.fullname" .) .Release.Namespace }}
+{{- end }}
