@@ -29,8 +29,9 @@ ENV CARGO_INCREMENTAL=0 \
     SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     RUSTFLAGS="--remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
 WORKDIR /src
-# The workspace as Cargo needs it to resolve: every member's manifest and sources (emulator/ and
-# bench/ are workspace members, so they must be present even though they are not built) and the
+# The workspace as Cargo needs it to resolve: every member's manifest and sources (emulator/,
+# bench/ and fake-kube/ are workspace members, so they must be present even though they are not
+# built) and the
 # test sources Cargo.toml names. .dockerignore is an allow-list of exactly these paths, and
 # scripts/check-manifests.sh checks that Cargo loads the workspace from them.
 COPY . .

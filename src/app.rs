@@ -598,6 +598,7 @@ fn start_replication(
     let resign = stop.child_token();
     let flags = &config.leader_election;
     let Some(election) = flags.to_config()? else {
+        metrics.leader().set_always_leading();
         return Ok(Replication {
             leadership: Leadership::always(),
             peer: None,
@@ -647,6 +648,7 @@ fn start_replication(
                 std::time::Duration::from_secs(60),
             ),
             idle_timeout: idle,
+            own_address: flags.peer_advertise_address.clone(),
         },
         metrics.peer().clone(),
     );

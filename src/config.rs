@@ -856,6 +856,11 @@ fn host_port(text: &str) -> Result<String, String> {
             "{text:?}: the port must be a number from 1 to 65535"
         ));
     }
+    // `$(POD_IP):6443` on an IPv6 cluster has no brackets: the port is after the last colon,
+    // and the address is written back bracketed, as URLs need it.
+    if let Ok(v6) = host.parse::<std::net::Ipv6Addr>() {
+        return Ok(format!("[{v6}]:{port}"));
+    }
     let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
         None => {
@@ -867,7 +872,7 @@ fn host_port(text: &str) -> Result<String, String> {
     };
     if !host_ok {
         return Err(format!(
-            "{text:?}: the host must be a DNS name, an IPv4 address or a bracketed IPv6 address"
+            "{text:?}: the host must be a DNS name, an IPv4 address or an IPv6 address"
         ));
     }
     Ok(text.to_string())
@@ -877,6 +882,25 @@ fn host_port(text: &str) -> Result<String, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_peer_address_takes_a_pod_ip_of_either_family() {
+        assert_eq!(host_port("10.1.2.3:6443").unwrap(), "10.1.2.3:6443");
+        assert_eq!(host_port("adapter.svc:443").unwrap(), "adapter.svc:443");
+        // `$(POD_IP):6443` on an IPv6 cluster: bracketed for URLs.
+        assert_eq!(host_port("fd00::1:6443").unwrap(), "[fd00::1]:6443");
+        assert_eq!(host_port("[fd00::1]:6443").unwrap(), "[fd00::1]:6443");
+        for bad in [
+            "10.1.2.3",
+            "host:0",
+            "host:99999",
+            ":6443",
+            "a b:1",
+            "[zz::1]:1",
+        ] {
+            assert!(host_port(bad).is_err(), "{bad}");
+        }
+    }
 
     fn serve(args: &[&str]) -> ServeConfig {
         let mut argv = vec!["cloudwatch-metrics-adapter", "serve"];
@@ -1192,7 +1216,6 @@ mod tests {
             ),
             ("--peer-advertise-address", "10.1.2.3", "not HOST:PORT"),
             ("--peer-advertise-address", "10.1.2.3:0", "the port must be"),
-            ("--peer-advertise-address", "fe80::1:6443", "bracketed IPv6"),
             ("--peer-advertise-address", ":6443", "the host must be"),
         ];
         for (flag, value, needle) in refused {

@@ -319,6 +319,12 @@ pub fn register(registry: &mut Registry) -> LeaderMetrics {
 }
 
 impl LeaderMetrics {
+    /// Set the gauge for a replica that leads without an election (`--leader-elect=false`):
+    /// it always leads.
+    pub fn set_always_leading(&self) {
+        self.is_leader.set(1);
+    }
+
     /// The gauge's value: 1 on the leader.
     pub fn is_leader(&self) -> i64 {
         self.is_leader.get()

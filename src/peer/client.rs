@@ -55,6 +55,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const DEMAND_LINGER: Duration = Duration::from_millis(5);
 /// How long a connection attempt or a demand may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream with no frame for this long is stalled (the leader sends a heartbeat every second):
+/// it is dropped and reconnected, so a connection that stays open but carries nothing does not
+/// pass for a live leader.
+const STALL: Duration = Duration::from_secs(10);
 
 /// How a follower reaches and trusts the leader.
 #[derive(Debug, Clone)]
@@ -70,6 +74,9 @@ pub struct ClientConfig {
     pub keepalive: Duration,
     /// Series asked for here within this long are announced to a new leader.
     pub idle_timeout: Duration,
+    /// This replica's own advertised address: a Lease that still names it (its leadership
+    /// lapsed, the record not yet taken over) is no leader to follow.
+    pub own_address: Option<String>,
 }
 
 /// When this replica last heard from a leader (a frame of its stream), on the monotonic clock.
@@ -230,7 +237,10 @@ impl Follower {
         if self.leadership.is_leader() {
             return None;
         }
-        self.leadership.leader()?.peer_address
+        self.leadership
+            .leader()?
+            .peer_address
+            .filter(|address| Some(address) != self.config.own_address.as_ref())
     }
 
     /// A client for one connection attempt: the CA as it is now.
@@ -382,7 +392,10 @@ impl Follower {
         let mut buffer = BytesMut::new();
         let mut snapshot: HashSet<SeriesKey> = HashSet::new();
         loop {
-            let Some(frame) = body.frame().await else {
+            let Some(frame) = tokio::time::timeout(STALL, body.frame())
+                .await
+                .map_err(|_| LinkError::Timeout(STALL))?
+            else {
                 return Ok(());
             };
             let frame = frame.map_err(|e| LinkError::Request(Box::new(e)))?;

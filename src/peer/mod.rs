@@ -47,6 +47,16 @@ pub struct PeerRoles {
     leadership: Leadership,
     link: Arc<Link>,
     patience: Duration,
+    /// The role last given (as `role_code`), to log each change once.
+    last: std::sync::atomic::AtomicU8,
+}
+
+fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Lead => 0,
+        Role::Follow => 1,
+        Role::Fallback => 2,
+    }
 }
 
 impl PeerRoles {
@@ -56,12 +66,12 @@ impl PeerRoles {
             leadership,
             link,
             patience,
+            // Starting as a follower: only a change from that is news.
+            last: std::sync::atomic::AtomicU8::new(role_code(Role::Follow)),
         }
     }
-}
 
-impl Roles for PeerRoles {
-    fn role(&self) -> Role {
+    fn decide(&self) -> Role {
         if self.leadership.is_leader() {
             // A leader that loses the Lease starts its patience then, not from its last stream.
             self.link.heard_now();
@@ -71,6 +81,27 @@ impl Roles for PeerRoles {
         } else {
             Role::Fallback
         }
+    }
+}
+
+impl Roles for PeerRoles {
+    fn role(&self) -> Role {
+        let role = self.decide();
+        let code = role_code(role);
+        let last = self.last.swap(code, std::sync::atomic::Ordering::AcqRel);
+        if last != code {
+            match role {
+                Role::Lead => tracing::info!("calling AWS for every active series (leading)"),
+                Role::Follow => {
+                    tracing::info!("leaving AWS calls to the leader; serving its values")
+                }
+                Role::Fallback => tracing::warn!(
+                    patience = ?self.patience,
+                    "no leader heard from: reading what is asked here, within the fallback budget"
+                ),
+            }
+        }
+        role
     }
 }
 
