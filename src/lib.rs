@@ -19,6 +19,7 @@ pub mod crd;
 pub mod definition;
 pub mod delegate;
 pub mod engine;
+pub mod file_watch;
 pub mod forward;
 pub mod metrics;
 pub mod provider;
