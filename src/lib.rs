@@ -22,6 +22,7 @@ pub mod engine;
 pub mod file_watch;
 pub mod forward;
 pub mod metrics;
+pub mod peer;
 pub mod provider;
 pub mod series;
 pub mod server;
