@@ -216,8 +216,11 @@ impl Auth {
             trust,
             reviewer,
             settings,
-            tokens: ReviewCache::new(CACHE_CAPACITY),
-            decisions: ReviewCache::new(CACHE_CAPACITY),
+            tokens: ReviewCache::new(CACHE_CAPACITY, metrics.review_waiting("TokenReview")),
+            decisions: ReviewCache::new(
+                CACHE_CAPACITY,
+                metrics.review_waiting("SubjectAccessReview"),
+            ),
             metrics,
         }
     }

@@ -62,8 +62,9 @@ pub struct FakeState {
     pub unauthenticated_calls: Mutex<usize>,
     /// Secret list and watch requests (query strings).
     pub secret_requests: Mutex<Vec<String>>,
-    /// How long each SubjectAccessReview takes to answer.
-    pub review_delay: Mutex<std::time::Duration>,
+    /// While `true`, each SubjectAccessReview is recorded and then left unanswered until it
+    /// turns `false`: a review stays under way for exactly as long as a test says.
+    pub hold_reviews: tokio::sync::watch::Sender<bool>,
     /// `BOOKMARK` events sent on ConfigMap watches.
     pub bookmarks_sent: Mutex<usize>,
 }
@@ -455,10 +456,13 @@ async fn access_review(State(shared): State<Shared>, headers: HeaderMap, body: B
         .lock()
         .unwrap()
         .push(review.clone());
-    let delay = *shared.state.review_delay.lock().unwrap();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // A closed sender cannot happen (the state owns it); answering then is fine too.
+    let _ = shared
+        .state
+        .hold_reviews
+        .subscribe()
+        .wait_for(|held| !*held)
+        .await;
     let spec = &review["spec"];
     let user = spec["user"].as_str().unwrap_or_default().to_string();
     let what = spec["resourceAttributes"]["resource"]
