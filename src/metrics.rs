@@ -82,6 +82,11 @@ struct ReviewCacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewWaitingLabels {
+    review: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -177,6 +182,7 @@ pub struct AuthMetrics {
     decisions: Vec<(&'static str, Counter)>,
     reviews: Vec<(&'static str, &'static str, Counter)>,
     review_cache: Vec<(&'static str, &'static str, Counter)>,
+    review_waiting: Vec<(&'static str, Gauge)>,
     certificate_verifications: Counter,
 }
 
@@ -204,6 +210,17 @@ impl AuthMetrics {
     /// an identical review already under way).
     pub fn review_cache(&self, review: &'static str, result: &'static str) {
         count(&self.review_cache, review, result);
+    }
+
+    /// Requests waiting for a `review` answer (`TokenReview` or `SubjectAccessReview`), made
+    /// for them or shared with an identical review under way: the review cache keeps it.
+    pub fn review_waiting(&self, review: &'static str) -> Gauge {
+        self.review_waiting
+            .iter()
+            .find(|(name, _)| *name == review)
+            .map(|(_, gauge)| gauge.clone())
+            // An unknown name gets a gauge of its own, counted but not exposed.
+            .unwrap_or_default()
     }
 
     /// Count one verification of a client certificate chain (once per connection and CA
@@ -256,6 +273,7 @@ impl AuthMetrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let reviews = Family::<ReviewLabels, Counter>::default();
         let review_cache = Family::<ReviewCacheLabels, Counter>::default();
+        let review_waiting = Family::<ReviewWaitingLabels, Gauge>::default();
         let certificate_verifications = Counter::default();
         registry.register(
             "authentications",
@@ -276,6 +294,11 @@ impl AuthMetrics {
             "review_cache_lookups",
             "Review answers found in the cache (hit), asked for (miss), or shared with an identical review under way",
             review_cache.clone(),
+        );
+        registry.register(
+            "review_waiting",
+            "API requests waiting now for a TokenReview or SubjectAccessReview answer (their own, or an identical review under way): a slow Kubernetes API server shows here first",
+            review_waiting.clone(),
         );
         registry.register(
             "client_certificate_verifications",
@@ -315,6 +338,13 @@ impl AuthMetrics {
                 .map(|&(review, result)| {
                     let labels = ReviewCacheLabels { review, result };
                     (review, result, review_cache.get_or_create(&labels).clone())
+                })
+                .collect(),
+            review_waiting: ["TokenReview", "SubjectAccessReview"]
+                .into_iter()
+                .map(|review| {
+                    let labels = ReviewWaitingLabels { review };
+                    (review, review_waiting.get_or_create(&labels).clone())
                 })
                 .collect(),
             certificate_verifications,
@@ -899,6 +929,7 @@ mod tests {
             "cloudwatch_adapter_reviews_total{review=\"SubjectAccessReview\",outcome=\"error\"} 0",
             "cloudwatch_adapter_review_cache_lookups_total{review=\"TokenReview\",result=\"shared\"} 0",
             "cloudwatch_adapter_client_certificate_verifications_total 0",
+            "cloudwatch_adapter_review_waiting{review=\"SubjectAccessReview\"} 0",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -60,30 +60,16 @@ use tracing::Instrument;
 
 use crate::metrics::{AdapterMetrics, ConnectionClose};
 
-use crate::auth::connection::ClientCertificate;
+use crate::remote::{Peer, PeerCertificate};
 
-/// What the TLS layer learned about a connection, attached to each of its requests as an
-/// extension so authentication can use it.
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The certificate chain the client presented, if any, shared by every request of the
-    /// connection. It chained to a CA trusted at handshake time; authentication checks it
-    /// against the CAs trusted now (HTTP/2 connections outlive CA rotations) and keeps what it
-    /// concluded on it, so a warm connection is not verified again.
-    pub client_certificate: Option<Arc<ClientCertificate>>,
-}
-
-impl ConnectionInfo {
-    fn new(peer: SocketAddr, tls: &rustls::ServerConnection) -> Self {
-        ConnectionInfo {
-            peer,
-            client_certificate: tls
-                .peer_certificates()
-                .filter(|chain| !chain.is_empty())
-                .map(|chain| Arc::new(ClientCertificate::new(chain.to_vec()))),
-        }
+/// The peer of a TLS connection, as its requests see it (a request extension).
+fn peer(address: SocketAddr, tls: &rustls::ServerConnection) -> Peer {
+    Peer {
+        address,
+        certificate: tls
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+            .map(|chain| Arc::new(PeerCertificate::new(chain.to_vec()))),
     }
 }
 
@@ -209,7 +195,7 @@ pub async fn serve_tls(
                 }
             }
         }
-        let (stream, peer) = tokio::select! {
+        let (stream, address) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -240,10 +226,10 @@ pub async fn serve_tls(
                 () = shutdown.cancelled() => break 'accept,
             }
         };
-        let span = tracing::info_span!("connection", id = slot.id, %peer);
+        let span = tracing::info_span!("connection", id = slot.id, peer = %address);
         let connection = Connection {
             stream,
-            peer,
+            address,
             slot,
             acceptor: acceptor.clone(),
             router: router.clone(),
@@ -338,7 +324,7 @@ where
 /// One accepted socket, from handshake to close.
 struct Connection {
     stream: TcpStream,
-    peer: SocketAddr,
+    address: SocketAddr,
     slot: Slot,
     acceptor: TlsAcceptor,
     router: Router,
@@ -353,7 +339,7 @@ impl Connection {
     async fn run(self) {
         let Connection {
             stream,
-            peer,
+            address,
             slot,
             acceptor,
             router,
@@ -398,7 +384,7 @@ impl Connection {
         state.handshake_done();
         let session = &tls_stream.get_ref().1;
         let builder = builders.for_alpn(session.alpn_protocol()).clone();
-        let info = ConnectionInfo::new(peer, session);
+        let info = peer(address, session);
         let request_state = state.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(info.clone());

@@ -1,8 +1,9 @@
 //! Serving certificates: loading, self-signing, and rotation without restart.
 //!
 //! Kubernetes updates Secret volumes by swapping a `..data` symlink, so watching inodes is
-//! fragile; the reloader instead re-reads the files on an interval and swaps the certificate in
-//! when their bytes change and still parse. A bad or half-written pair keeps the old certificate.
+//! fragile; the reloader instead re-reads the files on an interval ([`crate::file_watch`]) and
+//! swaps the certificate in when their bytes change and still parse. A bad or half-written pair
+//! keeps the old certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::file_watch::{self, Contents, FilePoller, FileWatchError};
 
 /// Why a certificate could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
@@ -103,31 +106,15 @@ pub fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-/// The raw bytes of a certificate/key pair, to detect changes cheaply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PemPair {
-    cert: Vec<u8>,
-    key: Vec<u8>,
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Read both files (following symlinks).
-pub fn read_pair(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
-    Ok(PemPair {
-        cert: read(cert)?,
-        key: read(key)?,
-    })
-}
-
-/// Parse a PEM pair into a key rustls can serve, checking that key and certificate match.
-pub fn parse_pair(pair: &PemPair, cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(&pair.cert)
+/// Parse a PEM certificate chain (`cert_pem`, read from `cert`) and private key (`key_pem`,
+/// from `key`) into a key rustls can serve, checking that key and certificate match.
+pub fn parse_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| TlsError::Pem {
             path: cert.to_path_buf(),
@@ -139,7 +126,7 @@ pub fn parse_pair(pair: &PemPair, cert: &Path, key: &Path) -> Result<CertifiedKe
             reason: "no CERTIFICATE block found".into(),
         });
     }
-    let private_key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|err| TlsError::Pem {
+    let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| TlsError::Pem {
         path: key.to_path_buf(),
         reason: format!("no usable private key: {err}"),
     })?;
@@ -150,10 +137,19 @@ pub fn parse_pair(pair: &PemPair, cert: &Path, key: &Path) -> Result<CertifiedKe
     })
 }
 
-/// Load a certificate and key from files.
-pub fn load_files(cert: &Path, key: &Path) -> Result<(CertifiedKey, PemPair), TlsError> {
-    let pair = read_pair(cert, key)?;
-    Ok((parse_pair(&pair, cert, key)?, pair))
+/// Load a certificate and key from files (blocking: call it off the async workers). Returns
+/// the bytes read too, for [`watch_files`] to notice changes.
+pub fn load_files(cert: &Path, key: &Path) -> Result<(CertifiedKey, Contents), TlsError> {
+    let pair = file_watch::read_blocking(&[cert.to_path_buf(), key.to_path_buf()]).map_err(
+        |err| match err {
+            FileWatchError::Read { path, source } => TlsError::Read { path, source },
+            FileWatchError::Interrupted { path, source } => TlsError::Read {
+                path,
+                source: std::io::Error::other(source),
+            },
+        },
+    )?;
+    Ok((parse_pair(pair.file(0), pair.file(1), cert, key)?, pair))
 }
 
 /// A self-signed certificate for `names` (DNS names or IP addresses), and its PEM.
@@ -161,60 +157,36 @@ pub fn self_signed(names: &[String]) -> Result<(CertifiedKey, String), TlsError>
     let generated = rcgen::generate_simple_self_signed(names.to_vec())
         .map_err(|err| TlsError::Generate(err.to_string()))?;
     let cert_pem = generated.cert.pem();
-    let pair = PemPair {
-        cert: cert_pem.clone().into_bytes(),
-        key: generated.signing_key.serialize_pem().into_bytes(),
-    };
-    let key = parse_pair(&pair, Path::new("<generated>"), Path::new("<generated>"))?;
+    let key_pem = generated.signing_key.serialize_pem();
+    let generated_name = Path::new("<generated>");
+    let key = parse_pair(
+        cert_pem.as_bytes(),
+        key_pem.as_bytes(),
+        generated_name,
+        generated_name,
+    )?;
     Ok((key, cert_pem))
 }
 
-/// Re-read `cert` and `key` every `interval` until `shutdown` resolves, swapping in changes.
+/// Re-read `cert` and `key` every `interval` until `shutdown` resolves, swapping in a pair whose
+/// bytes differ from `in_use` (what [`load_files`] returned) and that parses (see
+/// [`crate::file_watch`]: Secret-volume symlink swaps, half-written pairs).
 pub async fn watch_files(
     store: Arc<CertificateStore>,
     cert: PathBuf,
     key: PathBuf,
-    mut last: PemPair,
+    in_use: Contents,
     interval: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = ticker.tick() => {}
-        }
-        // File reads block (a slow volume would stall an async worker): read on the blocking pool.
-        let (cert_path, key_path) = (cert.clone(), key.clone());
-        let read = tokio::task::spawn_blocking(move || read_pair(&cert_path, &key_path)).await;
-        let pair = match read {
-            Ok(Ok(pair)) => pair,
-            Err(err) => {
-                tracing::warn!(error = %err, "re-reading the serving certificate failed; keeping the current one");
-                continue;
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "cannot re-read serving certificate; keeping the current one");
-                continue;
-            }
-        };
-        if pair == last {
-            continue;
-        }
-        match parse_pair(&pair, &cert, &key) {
-            Ok(certified) => {
-                store.replace(certified);
-                last = pair;
-                tracing::info!(cert = %cert.display(), "serving certificate rotated");
-            }
-            // A rotation writes two files; the pair may be caught half-way. Try again next tick.
-            Err(err) => {
-                tracing::warn!(error = %err, "new serving certificate not usable yet; keeping the current one")
-            }
-        }
-    }
+    let poller = FilePoller::new(vec![cert.clone(), key.clone()], interval, Some(in_use));
+    poller
+        .run("serving certificate", shutdown, |pair| {
+            store.replace(parse_pair(pair.file(0), pair.file(1), &cert, &key)?);
+            tracing::info!(cert = %cert.display(), "serving certificate rotated");
+            Ok::<_, TlsError>(())
+        })
+        .await;
 }
 
 #[cfg(test)]

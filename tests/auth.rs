@@ -646,12 +646,13 @@ async fn identical_concurrent_reviews_reach_the_cluster_once() {
     let cas = Cas::new();
     let server = start(&emulator, &cas.flags(&fake, false)).await;
     fake.allow(HPA, "sqs-visible");
-    // Long enough that every request below arrives while the first review is under way.
-    fake.set_review_delay(Duration::from_millis(500));
+    // The cluster holds every review unanswered until every request below waits for one.
+    fake.hold_reviews(true);
     let (cert, key) = cas.front_proxy.client("front-proxy-client", &[]);
     let aggregator = server.client_with_certificate(&cert, &key);
+    const REQUESTS: usize = 16;
     let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..16 {
+    for _ in 0..REQUESTS {
         let (client, url) = (aggregator.clone(), format!("{}{VALUE}", server.base()));
         requests.spawn(async move {
             let mut request = client.get(url);
@@ -661,6 +662,14 @@ async fn identical_concurrent_reviews_reach_the_cluster_once() {
             request.send().await.unwrap().status().as_u16()
         });
     }
+    let waiting = r#"cloudwatch_adapter_review_waiting{review="SubjectAccessReview"}"#;
+    eventually(
+        "every request to wait for a SubjectAccessReview",
+        || async { server.metric(waiting).await == REQUESTS as f64 },
+    )
+    .await;
+    // All of them are waiting at once, on the one review the cluster was asked.
+    fake.hold_reviews(false);
     while let Some(status) = requests.join_next().await {
         assert_eq!(status.unwrap(), 200);
     }
@@ -671,10 +680,13 @@ async fn identical_concurrent_reviews_reach_the_cluster_once() {
         )
     };
     assert_eq!(server.metric(&lookups("miss")).await, 1.0);
+    // None found an answer in the cache: each waited for the one under way.
     assert_eq!(
-        server.metric(&lookups("shared")).await + server.metric(&lookups("hit")).await,
-        15.0
+        server.metric(&lookups("shared")).await,
+        (REQUESTS - 1) as f64
     );
+    assert_eq!(server.metric(&lookups("hit")).await, 0.0);
+    assert_eq!(server.metric(waiting).await, 0.0);
     assert_eq!(
         server
             .metric(r#"cloudwatch_adapter_reviews_total{review="SubjectAccessReview",outcome="allowed"}"#)

@@ -216,6 +216,60 @@ async fn by_default_it_needs_a_cluster_and_says_how_to_run_without_one() {
     );
 }
 
+/// A TCP relay in front of the emulator that holds CloudWatch's answers back while the test
+/// says so: a value request waiting for its first fetch then stays in flight in the adapter for
+/// exactly as long as the test wants, whatever the machine's speed.
+struct HeldCloudWatch {
+    /// The relay's `http://` endpoint, for `AWS_ENDPOINT_URL_CLOUDWATCH`.
+    url: String,
+    /// Bytes the adapter has sent through the relay.
+    sent: tokio::sync::watch::Receiver<usize>,
+    /// `true` lets answers through.
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldCloudWatch {
+    async fn start(emulator: &Emulator) -> HeldCloudWatch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = emulator.addr();
+        let (sent_tx, sent) = tokio::sync::watch::channel(0usize);
+        let (open, open_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (sent_tx, mut open_rx) = (sent_tx.clone(), open_rx.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let requests = async move {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                            sent_tx.send_modify(|sent| *sent += n);
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let answers = async move {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = server_read.read(&mut buffer).await {
+                            if open_rx.wait_for(|open| *open).await.is_err()
+                                || client_write.write_all(&buffer[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(requests, answers);
+                });
+            }
+        });
+        HeldCloudWatch { url, sent, open }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_revokes_readiness_and_drains_in_flight_requests() {
     let emulator = Emulator::start().await.unwrap();
@@ -227,11 +281,13 @@ async fn sigterm_revokes_readiness_and_drains_in_flight_requests() {
         minute(1),
         3.0,
     );
+    let mut cloudwatch = HeldCloudWatch::start(&emulator).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("metrics.yaml");
     std::fs::write(&config, DEFINITIONS).unwrap();
     let (secure, admin) = (free_port(), free_port());
     let mut child = adapter(&emulator)
+        .env("AWS_ENDPOINT_URL_CLOUDWATCH", &cloudwatch.url)
         .args([
             "serve",
             "--config",
@@ -246,27 +302,37 @@ async fn sigterm_revokes_readiness_and_drains_in_flight_requests() {
             "--admin-port",
             &admin.to_string(),
         ])
-        .args(["--shutdown-delay", "1s", "--shutdown-grace-period", "10s"])
+        // The held call must outlive the drain's start by far, whatever the machine's load.
+        .args(["--cloudwatch-timeout", "5m"])
+        .args(["--shutdown-delay", "1s", "--shutdown-grace-period", "60s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for(admin, "/readyz", 200, &mut child).await;
+    let before = *cloudwatch.sent.borrow();
 
-    // A slow CloudWatch makes the request still in flight when SIGTERM arrives.
-    emulator.faults().set_latency(Duration::from_millis(1500));
+    // A first request for a series waits for its first fetch, which CloudWatch holds.
     let client = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .build()
         .unwrap();
-    let in_flight = tokio::spawn(
+    let mut in_flight = tokio::spawn(
         client
             .get(format!(
                 "https://127.0.0.1:{secure}/apis/external.metrics.k8s.io/v1beta1/namespaces/default/sqs-visible?labelSelector=QueueName%3Dorders"
             ))
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The adapter has called CloudWatch for it: the request is in flight inside the adapter.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        cloudwatch.sent.wait_for(|sent| *sent > before),
+    )
+    .await
+    .expect("the request never reached CloudWatch")
+    .unwrap();
+
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -274,8 +340,33 @@ async fn sigterm_revokes_readiness_and_drains_in_flight_requests() {
         .await
         .unwrap();
     assert!(killed.success());
-
     wait_for(admin, "/readyz", 503, &mut child).await;
+    // After the shutdown delay the API port stops accepting: the drain has begun, with the
+    // request still unanswered (its answer is held) and the process still there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", secure))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the API port never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut in_flight)
+            .await
+            .is_err(),
+        "answered while CloudWatch held its answer"
+    );
+
+    // CloudWatch answers: the drained request gets its value, and only then the process exits.
+    cloudwatch.open.send(true).unwrap();
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();

@@ -92,11 +92,32 @@ impl Adapter {
         cloudwatch_url: &str,
         flags: &[String],
     ) -> anyhow::Result<Adapter> {
+        Self::start_under(&[], binary, dir, definitions, cloudwatch_url, flags).await
+    }
+
+    /// [`Adapter::start_with`], run under `launcher` (a tool and its arguments, e.g.
+    /// valgrind; empty: the binary itself). A launched adapter gets longer to become ready.
+    pub async fn start_under(
+        launcher: &[String],
+        binary: &Path,
+        dir: &Path,
+        definitions: &str,
+        cloudwatch_url: &str,
+        flags: &[String],
+    ) -> anyhow::Result<Adapter> {
         std::fs::create_dir_all(dir)?;
         let config: PathBuf = dir.join("metrics.yaml");
         std::fs::write(&config, definitions)?;
         let (secure, admin) = (free_port()?, free_port()?);
-        let child = Command::new(binary)
+        let mut command = match launcher.split_first() {
+            Some((tool, arguments)) => {
+                let mut command = Command::new(tool);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&config)
             .args([
@@ -130,8 +151,13 @@ impl Adapter {
             admin: format!("http://127.0.0.1:{admin}"),
             pid,
         };
+        let ready_within = if launcher.is_empty() {
+            Duration::from_secs(20)
+        } else {
+            Duration::from_secs(180)
+        };
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Ok(response) = client.get(format!("{}/readyz", adapter.admin)).send().await
                 && response.status() == 200
@@ -142,10 +168,16 @@ impl Adapter {
                 bail!("the adapter exited at start ({status}); its flags: {flags:?}");
             }
             if Instant::now() > deadline {
-                bail!("adapter not ready within 20 s");
+                bail!("adapter not ready within {} s", ready_within.as_secs());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id (of the launcher, when there is one: valgrind runs the adapter in its
+    /// own process).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Resident memory, MiB.

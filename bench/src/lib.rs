@@ -5,5 +5,6 @@
 pub mod adapter;
 pub mod aggregator;
 pub mod certs;
+pub mod instructions;
 pub mod kube;
 pub mod load;

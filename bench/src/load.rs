@@ -43,11 +43,40 @@ impl Target {
     }
 }
 
+/// Which HTTP version a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// HTTP/2 by ALPN, all requests multiplexed on one connection (as kube-apiserver's
+    /// aggregator talks to an aggregated API server).
+    H2,
+    /// HTTP/1.1 keep-alive, one connection per concurrent request (as `oha` or `wrk`).
+    Http1,
+}
+
+impl Protocol {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::H2 => "HTTP/2",
+            Protocol::Http1 => "HTTP/1.1",
+        }
+    }
+}
+
 /// An HTTPS client for the adapter. The adapter serves a self-signed certificate: this
 /// measures the server, not PKI. With `identity`, it presents that client certificate.
 pub fn client(
     identity: Option<reqwest::Identity>,
     connections_hint: usize,
+) -> anyhow::Result<reqwest::Client> {
+    client_speaking(identity, connections_hint, Protocol::H2)
+}
+
+/// [`client`], speaking `protocol`.
+pub fn client_speaking(
+    identity: Option<reqwest::Identity>,
+    connections_hint: usize,
+    protocol: Protocol,
 ) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
@@ -55,7 +84,41 @@ pub fn client(
     if let Some(identity) = identity {
         builder = builder.identity(identity);
     }
+    if protocol == Protocol::Http1 {
+        builder = builder.http1_only();
+    }
     Ok(builder.build()?)
+}
+
+/// Send exactly `count` requests, `concurrency` at a time, cycling through the target's URLs;
+/// any failure is an error. Returns how long they took.
+pub async fn fixed_count(
+    client: &reqwest::Client,
+    target: &Target,
+    count: u64,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, target, next) = (client.clone(), target.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                if !target.get(&client, index as usize).await {
+                    bail!("request {index} failed");
+                }
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    Ok(started.elapsed())
 }
 
 /// Request every URL of `target` once, `parallel` at a time; any non-200 is an error.

@@ -11,6 +11,13 @@
 //!   SubjectAccessReviews (warm review cache);
 //! - the adapter's RSS idle and with many active series.
 //!
+//! With `--baseline-adapter` it compares two builds instead (A/B; `scripts/bench.sh --baseline
+//! REV` builds REV and passes it): both run side by side, the same request paths in interleaved
+//! rounds (the build order alternating), and the report gives candidate/baseline ratios per
+//! round, since absolute figures on a shared machine drift by a quarter within minutes. With
+//! `--instructions N` it also counts instructions per request under callgrind, N requests per
+//! build and path: work, not seconds, so it holds however busy the machine is.
+//!
 //! Everything listens on 127.0.0.1 and every phase stops by itself.
 
 use std::collections::HashSet;
@@ -23,8 +30,9 @@ use clap::Parser;
 use cloudwatch_emulator::Emulator;
 use cwma_bench::adapter::{ANONYMOUS_FLAGS, Adapter, seed};
 use cwma_bench::aggregator::{Caller, FrontProxy, HPA_USER};
+use cwma_bench::instructions;
 use cwma_bench::kube::{AccessPolicy, FakeKube};
-use cwma_bench::load::{self, Latency, Target, Throughput};
+use cwma_bench::load::{self, Latency, Protocol, Target, Throughput};
 
 /// Benchmark the adapter against the emulator.
 #[derive(Debug, Parser)]
@@ -58,6 +66,27 @@ struct Args {
     /// Active series for the memory phase.
     #[arg(long, default_value_t = 10_000)]
     many_series: usize,
+    /// HTTP version of the load on the request paths.
+    #[arg(long, value_enum, default_value_t = Protocol::H2)]
+    protocol: Protocol,
+    /// Compare `--adapter` (the candidate) with this build (A/B) instead of the full benchmark:
+    /// the request paths only, both builds side by side in interleaved rounds, with ratios.
+    #[arg(long)]
+    baseline_adapter: Option<PathBuf>,
+    /// The baseline's name in the report (e.g. its commit).
+    #[arg(long, default_value = "baseline")]
+    baseline_name: String,
+    /// The candidate's name in the report.
+    #[arg(long, default_value = "candidate")]
+    candidate_name: String,
+    /// With --baseline-adapter: also count instructions per request under callgrind (valgrind),
+    /// this many requests per build, path and concurrency (0: skip).
+    #[arg(long, default_value_t = 0)]
+    instructions: u64,
+    /// Concurrent requests while counting instructions, one count per value: 1 is the work of a
+    /// request on a lightly loaded server; more shows what batching saves at peak.
+    #[arg(long, default_value = "1,32", value_delimiter = ',')]
+    instructions_concurrency: Vec<usize>,
 }
 
 fn parse_secs(text: &str) -> Result<Duration, String> {
@@ -180,6 +209,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    if let Some(baseline) = &args.baseline_adapter {
+        return compare(&args, baseline).await;
+    }
     let dir = tempfile::tempdir()?;
     let emulator = Emulator::start().await?;
     seed(&emulator, args.series.max(args.many_series));
@@ -202,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("idle RSS: {idle_rss:.1} MiB");
 
-    let anonymous_client = load::client(None, args.concurrency)?;
+    let anonymous_client = load::client_speaking(None, args.concurrency, args.protocol)?;
     let anonymous_target = Target::new(urls(&bare, args.series));
     load::warm(&anonymous_client, &anonymous_target, 64).await?;
     if !args.simulate.is_zero() {
@@ -258,7 +290,11 @@ async fn main() -> anyhow::Result<()> {
             flags,
         )
         .await?;
-        let client = load::client(Some(front_proxy.client.identity()?), args.concurrency)?;
+        let client = load::client_speaking(
+            Some(front_proxy.client.identity()?),
+            args.concurrency,
+            args.protocol,
+        )?;
         let target = Target::new(urls(&adapter, args.series)).with_headers(headers.clone());
         load::warm(&client, &target, 64).await?;
         paths.push(RequestPath {
@@ -298,7 +334,8 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "## request paths: {} req/s for {} s, then closed loop with {} concurrent requests for {} s; {} interleaved rounds",
+        "## request paths ({}): {} req/s for {} s, then closed loop with {} concurrent requests for {} s; {} interleaved rounds",
+        args.protocol.name(),
         args.rate,
         args.phase.as_secs(),
         args.concurrency,
@@ -381,5 +418,324 @@ async fn main() -> anyhow::Result<()> {
         bare.rss_mib()?
     );
     bare.stop().await?;
+    Ok(())
+}
+
+/// A request path as both builds are run for it: the adapter's flags, and how requests are sent.
+struct PathSpec {
+    name: &'static str,
+    flags: Vec<String>,
+    /// Requests carry the front proxy's certificate and the HPA controller's headers.
+    aggregator: bool,
+}
+
+/// The request paths: anonymous, and the aggregator's with AlwaysAllow and with delegated
+/// authorization (SubjectAccessReviews against `kube`, warm cache).
+fn path_specs(
+    front_proxy: &FrontProxy,
+    ca_file: &std::path::Path,
+    kube: &FakeKube,
+) -> Vec<PathSpec> {
+    let mut allow_all = front_proxy.adapter_flags(ca_file);
+    allow_all.extend([
+        "--authorization-mode=AlwaysAllow".to_string(),
+        "--watch-external-metrics=false".to_string(),
+    ]);
+    let mut delegated = front_proxy.adapter_flags(ca_file);
+    delegated.extend([
+        format!("--kubeconfig={}", kube.kubeconfig.display()),
+        "--authorization-mode=Delegated".to_string(),
+        "--watch-external-metrics=false".to_string(),
+    ]);
+    vec![
+        PathSpec {
+            name: "anonymous (bare path)",
+            flags: ANONYMOUS_FLAGS.iter().map(|f| f.to_string()).collect(),
+            aggregator: false,
+        },
+        PathSpec {
+            name: "front-proxy, AlwaysAllow",
+            flags: allow_all,
+            aggregator: true,
+        },
+        PathSpec {
+            name: "front-proxy, delegated (SubjectAccessReview)",
+            flags: delegated,
+            aggregator: true,
+        },
+    ]
+}
+
+/// One build serving one path in the A/B.
+struct Side {
+    adapter: Adapter,
+    client: reqwest::Client,
+    target: Target,
+    latency: Latency,
+    throughput: Vec<f64>,
+    cpu_per_request: Vec<f64>,
+    errors: u64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A client and target for `spec` on `adapter`, over `urls` series.
+fn side_client(
+    args: &Args,
+    spec: &PathSpec,
+    front_proxy: &FrontProxy,
+    adapter: &Adapter,
+    series: usize,
+) -> anyhow::Result<(reqwest::Client, Target)> {
+    let identity = if spec.aggregator {
+        Some(front_proxy.client.identity()?)
+    } else {
+        None
+    };
+    let client = load::client_speaking(identity, args.concurrency, args.protocol)?;
+    let mut target = Target::new(urls(adapter, series));
+    if spec.aggregator {
+        target = target.with_headers(Caller::hpa_controller().headers()?);
+    }
+    Ok((client, target))
+}
+
+/// The A/B of two builds (see the module documentation).
+async fn compare(args: &Args, baseline: &std::path::Path) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let emulator = Emulator::start().await?;
+    seed(&emulator, args.series);
+    let front_proxy = FrontProxy::new()?;
+    let ca_file = dir.path().join("front-proxy-ca.pem");
+    std::fs::write(&ca_file, &front_proxy.ca.pem)?;
+    let kube = FakeKube::start(
+        dir.path(),
+        AccessPolicy::AllowUsers(HashSet::from([HPA_USER.to_string()])),
+        Vec::new(),
+    )
+    .await?;
+    let specs = path_specs(&front_proxy, &ca_file, &kube);
+    let builds = [
+        (args.candidate_name.as_str(), args.adapter.as_path()),
+        (args.baseline_name.as_str(), baseline),
+    ];
+    println!(
+        "# A/B: {} ({}) vs {} ({}), {}, {} cores",
+        builds[0].0,
+        builds[0].1.display(),
+        builds[1].0,
+        builds[1].1.display(),
+        args.protocol.name(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    if args.instructions > 0 {
+        count_instructions(args, &emulator, &front_proxy, &specs, &builds, dir.path()).await?;
+    }
+
+    // Every build serving every path, all at once, so each round measures them all in the same
+    // minutes.
+    let mut sides: Vec<[Side; 2]> = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let mut pair = Vec::new();
+        for (build, (_, binary)) in builds.iter().enumerate() {
+            let adapter = Adapter::start(
+                binary,
+                &dir.path().join(format!("ab-{index}-{build}")),
+                &emulator.endpoint_url(),
+                &spec.flags,
+            )
+            .await?;
+            let (client, target) = side_client(args, spec, &front_proxy, &adapter, args.series)?;
+            load::warm(&client, &target, 64).await?;
+            pair.push(Side {
+                adapter,
+                client,
+                target,
+                latency: Latency::empty()?,
+                throughput: Vec::new(),
+                cpu_per_request: Vec::new(),
+                errors: 0,
+            });
+        }
+        let [candidate, baseline]: [Side; 2] = pair
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two builds per path"))?;
+        sides.push([candidate, baseline]);
+    }
+    for round in 0..args.rounds {
+        for pair in &mut sides {
+            // Alternate which build goes first, so neither always gets the fresher minute.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for build in order {
+                let side = &mut pair[build];
+                let latency =
+                    load::fixed_rate(&side.client, &side.target, args.rate, args.phase).await?;
+                side.errors += latency.errors;
+                side.latency.merge(&latency)?;
+                let cpu_before = side.adapter.cpu_time()?;
+                let throughput =
+                    load::closed_loop(&side.client, &side.target, args.concurrency, args.phase)
+                        .await;
+                let cpu = side.adapter.cpu_time()? - cpu_before;
+                let requests = throughput.per_second * args.phase.as_secs_f64();
+                side.cpu_per_request
+                    .push(cpu.as_secs_f64() * 1e6 / requests.max(1.0));
+                side.throughput.push(throughput.per_second);
+                side.errors += throughput.errors;
+            }
+        }
+    }
+
+    println!();
+    println!(
+        "## wall clock: {} req/s for {} s, then closed loop with {} concurrent requests for {} s; {} interleaved rounds",
+        args.rate,
+        args.phase.as_secs(),
+        args.concurrency,
+        args.phase.as_secs(),
+        args.rounds
+    );
+    println!(
+        "| path | build | p50 ms | p99 ms | errors | peak req/s (median round) | CPU µs/request (median round) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (spec, pair) in specs.iter().zip(&sides) {
+        for ((name, _), side) in builds.iter().zip(pair) {
+            println!(
+                "| {} | {} | {:.3} | {:.3} | {} | {:.0} | {:.1} |",
+                spec.name,
+                name,
+                side.latency.ms(0.5),
+                side.latency.ms(0.99),
+                side.errors,
+                median(&side.throughput),
+                median(&side.cpu_per_request),
+            );
+        }
+    }
+    println!();
+    println!(
+        "## ratios, {} / {} (each round compares the two builds measured minutes apart; the median round is shown)",
+        builds[0].0, builds[1].0
+    );
+    println!("| path | peak req/s | CPU µs/request | p99 (all rounds) | peak ratio per round |");
+    println!("|---|---|---|---|---|");
+    for (spec, [candidate, baseline]) in specs.iter().zip(&sides) {
+        let peak: Vec<f64> = candidate
+            .throughput
+            .iter()
+            .zip(&baseline.throughput)
+            .map(|(c, b)| c / b)
+            .collect();
+        let cpu: Vec<f64> = candidate
+            .cpu_per_request
+            .iter()
+            .zip(&baseline.cpu_per_request)
+            .map(|(c, b)| c / b)
+            .collect();
+        println!(
+            "| {} | {:.2}x | {:.2}x | {:.2}x | {} |",
+            spec.name,
+            median(&peak),
+            median(&cpu),
+            candidate.latency.ms(0.99) / baseline.latency.ms(0.99),
+            peak.iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    for pair in sides {
+        for side in pair {
+            side.adapter.stop().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Instructions per request for every build and path, one adapter at a time under callgrind.
+async fn count_instructions(
+    args: &Args,
+    emulator: &Emulator,
+    front_proxy: &FrontProxy,
+    specs: &[PathSpec],
+    builds: &[(&str, &std::path::Path); 2],
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        instructions::available().await,
+        "--instructions needs valgrind and callgrind_control on PATH"
+    );
+    // Few series, all warm: the requests measured are answered from the table.
+    const SERIES: usize = 16;
+    const IDLE: Duration = Duration::from_secs(3);
+    let mut rows = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        for &concurrency in &args.instructions_concurrency {
+            let mut counts = Vec::new();
+            for (build, (_, binary)) in builds.iter().enumerate() {
+                let run = dir.join(format!("callgrind-{index}-{build}-{concurrency}"));
+                std::fs::create_dir_all(&run)?;
+                let adapter = Adapter::start_under(
+                    &instructions::launcher(&run),
+                    binary,
+                    &run,
+                    cwma_bench::adapter::DEFINITIONS,
+                    &emulator.endpoint_url(),
+                    &spec.flags,
+                )
+                .await?;
+                let (client, target) = side_client(args, spec, front_proxy, &adapter, SERIES)?;
+                // Warm: series fetched, connections and (delegated) review answers in place.
+                load::warm(&client, &target, 1).await?;
+                load::fixed_count(&client, &target, 200, concurrency).await?;
+                let mut counter = instructions::Counter::new(adapter.pid(), &run);
+                counter.take().await?;
+                tokio::time::sleep(IDLE).await;
+                let idle = counter.take().await?;
+                let elapsed =
+                    load::fixed_count(&client, &target, args.instructions, concurrency).await?;
+                let total = counter.take().await?;
+                adapter.stop().await?;
+                counts.push(instructions::per_request(
+                    total,
+                    args.instructions,
+                    elapsed,
+                    idle,
+                    IDLE,
+                ));
+            }
+            rows.push((spec.name, concurrency, counts));
+        }
+    }
+    println!();
+    println!(
+        "## instructions per request (callgrind, {} requests per build, path and concurrency; idle work subtracted)",
+        args.instructions
+    );
+    println!(
+        "| path | concurrency | {} | {} | ratio | idle instructions/s ({} / {}) |",
+        builds[0].0, builds[1].0, builds[0].0, builds[1].0
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, concurrency, counts) in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.3}x | {:.0} / {:.0} |",
+            name,
+            concurrency,
+            counts[0].instructions,
+            counts[1].instructions,
+            counts[0].instructions / counts[1].instructions,
+            counts[0].idle_per_second,
+            counts[1].idle_per_second,
+        );
+    }
     Ok(())
 }

@@ -35,7 +35,6 @@ mod status;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State as AxumState};
@@ -221,9 +220,10 @@ impl FakeKube {
         self.state.reviews.allow(reviews::ANY, reviews::ANY);
     }
 
-    /// How long each SubjectAccessReview takes to answer (0 by default).
-    pub fn set_review_delay(&self, delay: Duration) {
-        self.state.reviews.set_delay(delay);
+    /// While `true`, SubjectAccessReviews are recorded and left unanswered until a later
+    /// `hold_reviews(false)`.
+    pub fn hold_reviews(&self, held: bool) {
+        self.state.reviews.hold(held);
     }
 
     /// Every SubjectAccessReview body received.

@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -30,7 +29,9 @@ pub(crate) struct Reviews {
     token_reviews: Mutex<Vec<Value>>,
     access_reviews: Mutex<Vec<Value>>,
     access_review_count: AtomicUsize,
-    delay: Mutex<Duration>,
+    /// While `true`, each SubjectAccessReview is recorded and then left unanswered until it
+    /// turns `false`: a review stays under way for exactly as long as a test says.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Reviews {
@@ -46,8 +47,8 @@ impl Reviews {
         lock(&self.allowed).insert((user.to_string(), what.to_string()));
     }
 
-    pub(crate) fn set_delay(&self, delay: Duration) {
-        *lock(&self.delay) = delay;
+    pub(crate) fn hold(&self, held: bool) {
+        self.held.send_replace(held);
     }
 
     pub(crate) fn access_reviews(&self) -> Vec<Value> {
@@ -143,10 +144,8 @@ pub(crate) async fn access_review(
     let reviews = &state.reviews;
     lock(&reviews.access_reviews).push(review.clone());
     reviews.access_review_count.fetch_add(1, Ordering::Relaxed);
-    let delay = *lock(&reviews.delay);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    // The sender lives as long as the state, so the wait ends only when a test lets go.
+    let _ = reviews.held.subscribe().wait_for(|held| !*held).await;
     let spec = &review["spec"];
     let user = spec["user"].as_str().unwrap_or_default();
     let what = spec["resourceAttributes"]["resource"]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 /// How a lookup was answered.
@@ -64,6 +65,24 @@ impl<K, V> Expiry<K, Entry<V>> for EntryTtl {
 /// Review answers by key, at most `capacity` of them.
 pub struct ReviewCache<K, V> {
     entries: Cache<K, Entry<V>>,
+    /// Callers waiting for a review now (their own or a shared one).
+    waiting: Gauge,
+}
+
+/// One caller waiting for a review, counted in the gauge while it lives.
+struct Waiting<'a>(&'a Gauge);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl<K, V> std::fmt::Debug for ReviewCache<K, V> {
@@ -79,13 +98,15 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// An empty cache holding at most about `capacity` answers (moka evicts the least useful).
-    pub fn new(capacity: u64) -> Self {
+    /// An empty cache holding at most about `capacity` answers (moka evicts the least useful);
+    /// `waiting` counts the callers waiting for a review at any moment.
+    pub fn new(capacity: u64, waiting: Gauge) -> Self {
         Self {
             entries: Cache::builder()
                 .max_capacity(capacity.max(1))
                 .expire_after(EntryTtl)
                 .build(),
+            waiting,
         }
     }
 
@@ -104,6 +125,7 @@ where
             }
             self.forget_expired(key).await;
         }
+        let _waiting = Waiting::start(&self.waiting);
         let reviewed = AtomicBool::new(false);
         let answer = self
             .entries
@@ -169,7 +191,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_their_own_ttl() {
-        let cache = ReviewCache::new(10);
+        let cache = ReviewCache::new(10, Gauge::default());
         let calls = AtomicUsize::new(0);
         let ten = Duration::from_secs(10);
         let three = Duration::from_secs(3);
@@ -205,7 +227,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn zero_ttl_keeps_nothing_and_errors_are_not_kept() {
-        let cache = ReviewCache::new(10);
+        let cache = ReviewCache::new(10, Gauge::default());
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
             assert_eq!(
@@ -229,7 +251,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_identical_reviews_make_one_call() {
-        let cache = Arc::new(ReviewCache::<&'static str, u32>::new(10));
+        let waiting = Gauge::default();
+        let cache = Arc::new(ReviewCache::<&'static str, u32>::new(10, waiting.clone()));
         let calls = Arc::new(AtomicUsize::new(0));
         let (release, released) = tokio::sync::watch::channel(false);
         let mut waiters = tokio::task::JoinSet::new();
@@ -245,8 +268,11 @@ mod tests {
                     .await
             });
         }
-        // Let every task reach the cache before the one review may answer.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Every caller is inside the cache, waiting, before the one review may answer.
+        while waiting.get() < 8 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
         release.send(true).unwrap();
         let mut lookups = Vec::new();
         while let Some(done) = waiters.join_next().await {
@@ -257,11 +283,12 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(lookups.iter().filter(|l| **l == Lookup::Miss).count(), 1);
         assert_eq!(lookups.iter().filter(|l| **l == Lookup::Shared).count(), 7);
+        assert_eq!(waiting.get(), 0);
     }
 
     #[tokio::test]
     async fn capacity_bounds_the_cache() {
-        let cache = ReviewCache::new(100);
+        let cache = ReviewCache::new(100, Gauge::default());
         let calls = AtomicUsize::new(0);
         for key in 0..1_000u32 {
             let key: &'static str = Box::leak(key.to_string().into_boxed_str());

@@ -19,6 +19,7 @@ use super::UserInfo;
 use super::requestheader;
 use super::trust::Trust;
 use super::x509::{self, CertificateError, Subject};
+use crate::remote::PeerCertificate;
 
 /// What the front-proxy half of the trust says about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,11 +81,10 @@ struct AssertedIdentity {
     user: Arc<UserInfo>,
 }
 
-/// The client certificate chain of one connection (end entity first), with what it was last
-/// found to prove. Shared by every request of the connection.
-#[derive(Debug)]
-pub struct ClientCertificate {
-    chain: Vec<CertificateDer<'static>>,
+/// What this module keeps with a connection's certificate (in its
+/// [`PeerCertificate::memo`]), shared by every request of the connection.
+#[derive(Debug, Default)]
+pub struct Memo {
     facts: std::sync::OnceLock<Result<ChainFacts, CertificateError>>,
     verdict: ArcSwapOption<Verdict>,
     /// Held while a verdict is worked out, so concurrent HTTP/2 streams verify once.
@@ -95,16 +95,22 @@ pub struct ClientCertificate {
     asserted: ArcSwapOption<AssertedIdentity>,
 }
 
-impl ClientCertificate {
-    /// The chain a client presented at the handshake.
-    pub fn new(chain: Vec<CertificateDer<'static>>) -> Self {
-        Self {
-            chain,
-            facts: std::sync::OnceLock::new(),
-            verdict: ArcSwapOption::empty(),
-            verifying: Mutex::new(()),
-            asserted: ArcSwapOption::empty(),
-        }
+/// A connection's client certificate chain (end entity first), with what it was last found to
+/// prove.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertificate<'a> {
+    chain: &'a [CertificateDer<'static>],
+    memo: &'a Memo,
+}
+
+impl<'a> ClientCertificate<'a> {
+    /// The certificate a connection's peer presented, with what this module keeps with it.
+    /// `None` only if its memo slot holds something else (nothing else uses it).
+    pub fn of(certificate: &'a PeerCertificate) -> Option<Self> {
+        Some(ClientCertificate {
+            chain: certificate.chain(),
+            memo: certificate.memo(Memo::default)?,
+        })
     }
 
     /// The identity the front proxy asserts in `headers`, read with the settings of `trust`
@@ -117,7 +123,7 @@ impl ClientCertificate {
         headers: &HeaderMap,
     ) -> Option<Arc<UserInfo>> {
         let settings = &trust.request_header.as_ref()?.settings;
-        if let Some(asserted) = &*self.asserted.load()
+        if let Some(asserted) = &*self.memo.asserted.load()
             && asserted.generation == trust.generation
             && same_lines(
                 requestheader::identity_lines(headers, settings),
@@ -130,7 +136,7 @@ impl ClientCertificate {
         let lines = requestheader::identity_lines(headers, settings)
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
-        self.asserted.store(Some(Arc::new(AssertedIdentity {
+        self.memo.asserted.store(Some(Arc::new(AssertedIdentity {
             generation: trust.generation,
             lines,
             user: user.clone(),
@@ -139,8 +145,8 @@ impl ClientCertificate {
     }
 
     /// The chain, end entity first.
-    pub fn chain(&self) -> &[CertificateDer<'static>] {
-        &self.chain
+    pub fn chain(&self) -> &'a [CertificateDer<'static>] {
+        self.chain
     }
 
     /// The verdict under `trust` at `now`: the one kept on the connection when it is still
@@ -152,7 +158,7 @@ impl ClientCertificate {
         on_verify: impl FnOnce(),
     ) -> Arc<Verdict> {
         let seconds = unix_seconds(now);
-        if let Some(verdict) = &*self.verdict.load()
+        if let Some(verdict) = &*self.memo.verdict.load()
             && verdict.reusable(trust.generation, seconds)
         {
             return verdict.clone();
@@ -160,22 +166,23 @@ impl ClientCertificate {
         // A poisoned lock only means another stream panicked while verifying; the stored
         // verdict is replaced whole, never left half-written.
         let _verifying = self
+            .memo
             .verifying
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(verdict) = &*self.verdict.load()
+        if let Some(verdict) = &*self.memo.verdict.load()
             && verdict.reusable(trust.generation, seconds)
         {
             return verdict.clone();
         }
         on_verify();
         let verdict = Arc::new(self.verify(trust, now));
-        self.verdict.store(Some(verdict.clone()));
+        self.memo.verdict.store(Some(verdict.clone()));
         verdict
     }
 
     fn verify(&self, trust: &Trust, now: SystemTime) -> Verdict {
-        let facts = self.facts.get_or_init(|| read_chain(&self.chain));
+        let facts = self.memo.facts.get_or_init(|| read_chain(self.chain));
         let at = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
         // A chain this server cannot read proves no one (Go would not have completed the
         // handshake with it).
@@ -198,14 +205,14 @@ impl ClientCertificate {
         let common_name = facts.subject.common_name.as_deref();
         let front_proxy = match &trust.request_header {
             None => FrontProxyVerdict::NotConfigured,
-            Some(front_proxy) => match front_proxy.ca.verify(&self.chain, at) {
+            Some(front_proxy) => match front_proxy.ca.verify(self.chain, at) {
                 Ok(()) if front_proxy.settings.allows(common_name) => FrontProxyVerdict::Trusted,
                 _ => FrontProxyVerdict::Refused,
             },
         };
         let client_ca = match &trust.client_ca {
             None => ClientCaVerdict::NotConfigured,
-            Some(ca) => match ca.verify(&self.chain, at) {
+            Some(ca) => match ca.verify(self.chain, at) {
                 Ok(()) => match common_name.filter(|name| !name.is_empty()) {
                     Some(name) => ClientCaVerdict::User(Arc::new(
                         UserInfo {
@@ -289,8 +296,12 @@ mod tests {
         o: Option<&str>,
         not_before: i64,
         not_after: i64,
-    ) -> ClientCertificate {
-        ClientCertificate::new(vec![ca.leaf(cn, o, Some((not_before, not_after)))])
+    ) -> PeerCertificate {
+        PeerCertificate::new(vec![ca.leaf(cn, o, Some((not_before, not_after)))])
+    }
+
+    fn kept(certificate: &PeerCertificate) -> ClientCertificate<'_> {
+        ClientCertificate::of(certificate).unwrap()
     }
 
     fn front_proxy(ca: &Ca, allowed: &[&str]) -> Option<Arc<RequestHeaderTrust>> {
@@ -327,6 +338,7 @@ mod tests {
         );
         let year = 365 * 86_400;
         let aggregator = leaf(&proxy, "front-proxy-client", None, 0, (NOW + year) as i64);
+        let aggregator = kept(&aggregator);
         let verifications = Cell::new(0);
         let count = || verifications.set(verifications.get() + 1);
 
@@ -356,6 +368,7 @@ mod tests {
 
         // A client-CA certificate is a user: CN, O, and system:authenticated.
         let alice = leaf(&clients, "alice", Some("team-a"), 0, (NOW + year) as i64);
+        let alice = kept(&alice);
         let verdict = alice.verdict(&store.current(), at(NOW), count);
         let ClientCaVerdict::User(user) = &verdict.client_ca else {
             panic!("{verdict:?}")
@@ -365,6 +378,7 @@ mod tests {
         assert_eq!(verdict.front_proxy, FrontProxyVerdict::Refused);
         // Without a CN it chains but names no one.
         let nameless = leaf(&clients, "", None, 0, (NOW + year) as i64);
+        let nameless = kept(&nameless);
         let verdict = nameless.verdict(&store.current(), at(NOW), count);
         assert_eq!(verdict.client_ca, ClientCaVerdict::NoName);
     }
@@ -376,6 +390,7 @@ mod tests {
         let store = TrustStore::new(front_proxy(&proxy, &[]), None);
         let expires = NOW + 60;
         let aggregator = leaf(&proxy, "front-proxy-client", None, 0, expires as i64);
+        let aggregator = kept(&aggregator);
         let verifications = Cell::new(0);
         let count = || verifications.set(verifications.get() + 1);
         let trust = store.current();
@@ -406,7 +421,7 @@ mod tests {
             (NOW + 99) as i64,
         );
         assert_eq!(
-            early.verdict(&trust, at(NOW), || {}).front_proxy,
+            kept(&early).verdict(&trust, at(NOW), || {}).front_proxy,
             FrontProxyVerdict::Refused
         );
     }
@@ -417,6 +432,7 @@ mod tests {
         let proxy = ca("front-proxy-ca");
         let store = TrustStore::new(front_proxy(&proxy, &[]), None);
         let aggregator = leaf(&proxy, "front-proxy-client", None, 0, i64::from(i32::MAX));
+        let aggregator = kept(&aggregator);
         let headers = |lines: &[(&str, &str)]| {
             let mut map = HeaderMap::new();
             for (name, value) in lines {
@@ -488,7 +504,8 @@ mod tests {
     #[test]
     fn an_unreadable_chain_proves_no_one() {
         let store = TrustStore::new(None, None);
-        let garbage = ClientCertificate::new(vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])]);
+        let garbage = PeerCertificate::new(vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])]);
+        let garbage = kept(&garbage);
         let verdict = garbage.verdict(&store.current(), at(NOW), || {});
         assert_eq!(verdict.front_proxy, FrontProxyVerdict::NotConfigured);
         assert_eq!(verdict.client_ca, ClientCaVerdict::NotConfigured);

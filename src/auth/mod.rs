@@ -47,10 +47,10 @@ use sha2::{Digest, Sha256};
 use crate::api::status::ApiError;
 use crate::config::AuthorizationMode;
 use crate::metrics::AuthMetrics;
-use crate::server::ConnectionInfo;
+use crate::remote::Peer;
 use attributes::Attributes;
 use cache::ReviewCache;
-use connection::{ClientCaVerdict, FrontProxyVerdict};
+use connection::{ClientCaVerdict, ClientCertificate, FrontProxyVerdict};
 use review::{ReviewError, Reviewer};
 use trust::TrustStore;
 
@@ -216,22 +216,30 @@ impl Auth {
             trust,
             reviewer,
             settings,
-            tokens: ReviewCache::new(CACHE_CAPACITY),
-            decisions: ReviewCache::new(CACHE_CAPACITY),
+            tokens: ReviewCache::new(CACHE_CAPACITY, metrics.review_waiting("TokenReview")),
+            decisions: ReviewCache::new(
+                CACHE_CAPACITY,
+                metrics.review_waiting("SubjectAccessReview"),
+            ),
             metrics,
         }
     }
 
-    /// Establish who sent a request with `headers` over `connection`.
+    /// Establish who sent a request with `headers` from `peer`.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        connection: Option<&ConnectionInfo>,
+        peer: Option<&Peer>,
     ) -> Result<Authentication, Unavailable> {
         // A credential that was presented and failed refuses the request even when anonymous
         // access is on: a bad certificate or token is not "no credentials".
         let mut failed = None;
-        if let Some(certificate) = connection.and_then(|c| c.client_certificate.as_deref()) {
+        if let Some(presented) = peer.and_then(|p| p.certificate.as_deref()) {
+            // Never `None` (nothing else keeps a memo there); if it were, the certificate
+            // could not be evaluated, which refuses it rather than ignoring it.
+            let Some(certificate) = ClientCertificate::of(presented) else {
+                return Ok(Authentication::Refused(Some(Method::ClientCertificate)));
+            };
             // The trust snapshot is read without a reference count and released before any
             // await.
             let trust = self.trust.load();
@@ -443,8 +451,8 @@ pub async fn middleware(
     next: Next,
 ) -> Response {
     let metrics = &auth.metrics;
-    let connection = request.extensions().get::<ConnectionInfo>();
-    let (user, method) = match auth.authenticate(request.headers(), connection).await {
+    let peer = request.extensions().get::<Peer>();
+    let (user, method) = match auth.authenticate(request.headers(), peer).await {
         Ok(Authentication::User(user, method)) => {
             metrics.authentication(method.as_str(), "success");
             tracing::debug!(method = method.as_str(), "authenticated");
@@ -454,7 +462,7 @@ pub async fn middleware(
             let method = presented.map_or("none", Method::as_str);
             metrics.authentication(method, "failure");
             tracing::debug!(
-                peer = ?connection.map(|c| c.peer),
+                peer = ?peer.map(|p| p.address),
                 credential = method,
                 "request refused: no acceptable credentials"
             );

@@ -2,7 +2,7 @@
 //! cluster's `kube-system/extension-apiserver-authentication` ConfigMap (followed with a
 //! kube-runtime watcher: list, then watch from the list's version with bookmarks, relist when
 //! the version is too old, back off on errors), or files named by flags (re-read on an
-//! interval, as serving certificates are, off the async workers).
+//! interval by [`crate::file_watch`], as serving certificates are, off the async workers).
 //!
 //! A change that does not parse keeps what is trusted now, as kube's dynamic CA controllers do;
 //! so does the ConfigMap disappearing or losing a key.
@@ -21,6 +21,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::trust::{CaBundle, RequestHeaderSettings, RequestHeaderTrust, TrustStore};
+use crate::file_watch::{self, Contents, FilePoller};
 
 /// The ConfigMap's namespace.
 pub const NAMESPACE: &str = "kube-system";
@@ -314,18 +315,28 @@ pub enum FileRole {
     ClientCa,
 }
 
-/// Read a file on the blocking pool, so a slow disk or network volume never stalls requests.
-async fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::read(owned))
-        .await
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))?
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))
+/// A CA file that does not hold a usable CA bundle.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", path.display())]
+pub struct CaFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with its content.
+    #[source]
+    pub source: super::trust::TrustError,
 }
 
 /// Trust `pem` (read from `path`) as `role`.
-fn install(store: &TrustStore, path: &Path, pem: &[u8], role: &FileRole) -> Result<(), String> {
-    let ca = CaBundle::from_pem(pem).map_err(|err| format!("{}: {err}", path.display()))?;
+fn install(
+    store: &TrustStore,
+    path: &Path,
+    pem: &[u8],
+    role: &FileRole,
+) -> Result<(), CaFileError> {
+    let ca = CaBundle::from_pem(pem).map_err(|source| CaFileError {
+        path: path.to_path_buf(),
+        source,
+    })?;
     match role {
         FileRole::RequestHeader(settings) => {
             store.set_request_header(Some(Arc::new(RequestHeaderTrust {
@@ -338,54 +349,56 @@ fn install(store: &TrustStore, path: &Path, pem: &[u8], role: &FileRole) -> Resu
     Ok(())
 }
 
-/// Load a CA file into `store` as `role`; returns the bytes read, to notice changes.
+/// Load a CA file into `store` as `role` (read on the blocking pool, so a slow volume never
+/// stalls requests); returns the bytes read, for [`watch_file`] to notice changes.
 pub async fn load_file(
     store: &TrustStore,
     path: &Path,
     role: &FileRole,
 ) -> Result<Vec<u8>, String> {
-    let pem = read_file(path).await?;
-    install(store, path, &pem, role)?;
+    let contents = file_watch::read(&[path.to_path_buf()])
+        .await
+        .map_err(|err| chain(&err))?;
+    let pem = contents.file(0).to_vec();
+    install(store, path, &pem, role).map_err(|err| chain(&err))?;
     Ok(pem)
 }
 
-/// Re-read a CA file every `interval` until `stop`, swapping it in when it changed and parses.
+/// An error and its causes, each once.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
+/// Re-read a CA file every `interval` until `stop`, swapping it in when its bytes differ from
+/// `in_use` (what [`load_file`] returned) and parse (see [`crate::file_watch`]). The bytes
+/// compared are the bytes trusted: no second read that could differ.
 pub async fn watch_file(
     store: Arc<TrustStore>,
     path: PathBuf,
     role: FileRole,
-    mut last: Vec<u8>,
+    in_use: Vec<u8>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let read = tokio::select! {
-            () = stop.cancelled() => return,
-            read = read_file(&path) => read,
-        };
-        match read {
-            Ok(pem) if pem == last => {}
-            // The bytes compared are the bytes trusted: no second read that could differ.
-            Ok(pem) => match install(&store, &path, &pem, &role) {
-                Ok(()) => {
-                    last = pem;
-                    tracing::info!(file = %path.display(), "client CA file reloaded");
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "new CA file not usable; keeping the CA in use")
-                }
-            },
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot re-read CA file; keeping the CA in use")
-            }
-        }
-    }
+    let poller = FilePoller::new(
+        vec![path.clone()],
+        interval,
+        Some(Contents::new(vec![in_use])),
+    );
+    poller
+        .run("CA file", stop.cancelled(), |contents| {
+            install(&store, &path, contents.file(0), &role)?;
+            tracing::info!(file = %path.display(), "client CA file reloaded");
+            Ok::<_, CaFileError>(())
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -439,8 +439,20 @@ fn is_api_content_type(content_type: &str) -> bool {
 /// Read a bearer token file into a sensitive `Authorization` value. Errors never quote the
 /// file's content.
 pub fn read_token(path: &std::path::Path) -> Result<HeaderValue, String> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|err| format!("cannot read the token file {}: {err}", path.display()))?;
+    token_header(&bytes, path)
+}
+
+/// The sensitive `Authorization: Bearer` value for the content of the token file at `path`.
+/// Errors never quote the content.
+pub fn token_header(content: &[u8], path: &std::path::Path) -> Result<HeaderValue, String> {
+    let text = std::str::from_utf8(content).map_err(|_| {
+        format!(
+            "the token file {} holds characters a header cannot carry",
+            path.display()
+        )
+    })?;
     let token = text.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(format!(

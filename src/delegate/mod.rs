@@ -28,7 +28,6 @@ pub mod client;
 pub mod config;
 pub mod tls;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::file_watch::{self, Contents, FilePoller};
 use crate::forward::{ForwardError, ForwardRequest, ForwardedAnswer, Forwarder, Route};
 use crate::metrics::AdapterMetrics;
 use crate::provider::{MetricInfo, Selector};
@@ -275,97 +275,85 @@ async fn refresh_discovery(delegate: Arc<Delegate>, stop: CancellationToken) -> 
     }
 }
 
+/// Why a re-read delegate file was not put in use (what is in use stays).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    /// The CA file does not hold a usable CA bundle.
+    #[error("{0}")]
+    Ca(String),
+    /// The token file does not hold a usable token.
+    #[error("{0}")]
+    Token(String),
+    /// The client certificate and key do not form a usable pair (perhaps caught half-way
+    /// through a rotation).
+    #[error(transparent)]
+    Certificate(#[from] crate::tls::TlsError),
+}
+
 /// Re-read the delegate's CA file, token file and client certificate every `interval` until
-/// `stop`, swapping in what changed and parses; anything unreadable keeps what is in use.
+/// `stop` (each with its own [`FilePoller`]), swapping in what changed and parses; anything
+/// unreadable keeps what is in use.
 async fn reload_files(
     delegate: Arc<Delegate>,
     interval: Duration,
     stop: CancellationToken,
 ) -> &'static str {
     let name = delegate.name().to_string();
-    let ca_file: Option<PathBuf> = match &delegate.config.ca {
-        CaSource::File(path) => Some(path.clone()),
-        _ => None,
+    let ca = async {
+        let CaSource::File(path) = &delegate.config.ca else {
+            return;
+        };
+        let in_use = delegate
+            .verifier
+            .ca_pem()
+            .map(|pem| Contents::new(vec![pem]));
+        FilePoller::new(vec![path.clone()], interval, in_use)
+            .run(&format!("CA of delegate {name:?}"), stop.cancelled(), |contents| {
+                let roots = tls::CaRoots::from_pem(contents.file(0)).map_err(ReloadError::Ca)?;
+                delegate.verifier.set_ca(roots);
+                tracing::info!(delegate = %name, file = %path.display(), "delegate CA reloaded");
+                Ok::<_, ReloadError>(())
+            })
+            .await;
     };
-    let mut last_pair = match &delegate.config.credentials.client_certificate {
-        Some((cert, key)) => crate::tls::read_pair(cert, key).ok(),
-        None => None,
+    let token = async {
+        let (Some(slot), Some(path)) = (&delegate.token, &delegate.config.credentials.token_file)
+        else {
+            return;
+        };
+        // Compared with the token in use once parsed: the first read finds it unchanged.
+        FilePoller::new(vec![path.clone()], interval, None)
+            .run(&format!("token for delegate {name:?}"), stop.cancelled(), |contents| {
+                let value = client::token_header(contents.file(0), path).map_err(ReloadError::Token)?;
+                if slot.load().as_deref() != Some(&value) {
+                    slot.store(Some(Arc::new(value)));
+                    tracing::info!(delegate = %name, file = %path.display(), "token for the delegate reloaded");
+                }
+                Ok::<_, ReloadError>(())
+            })
+            .await;
     };
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return "delegate file reloader",
-            _ = ticker.tick() => {}
-        }
-        if let Some(path) = &ca_file {
-            let file = path.clone();
-            let Some(read) = off_thread(move || std::fs::read(file)).await else {
-                continue;
-            };
-            match read {
-                Ok(pem) if delegate.verifier.ca_pem().as_deref() == Some(pem.as_slice()) => {}
-                Ok(pem) => match tls::CaRoots::from_pem(&pem) {
-                    Ok(roots) => {
-                        delegate.verifier.set_ca(roots);
-                        tracing::info!(delegate = %name, file = %path.display(), "delegate CA reloaded");
-                    }
-                    Err(err) => {
-                        tracing::warn!(delegate = %name, file = %path.display(), error = %err, "new delegate CA not usable; keeping the CA in use")
-                    }
-                },
-                Err(err) => {
-                    tracing::warn!(delegate = %name, file = %path.display(), error = %err, "cannot re-read the delegate CA; keeping the CA in use")
-                }
-            }
-        }
-        if let (Some(slot), Some(path)) = (&delegate.token, &delegate.config.credentials.token_file)
-        {
-            let file = path.clone();
-            let Some(read) = off_thread(move || client::read_token(&file)).await else {
-                continue;
-            };
-            match read {
-                Ok(value) => {
-                    if slot.load().as_deref() != Some(&value) {
-                        slot.store(Some(Arc::new(value)));
-                        tracing::info!(delegate = %name, file = %path.display(), "token for the delegate reloaded");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(delegate = %name, error = %err, "keeping the token in use")
-                }
-            }
-        }
-        if let (Some(resolver), Some((cert, key))) = (
+    let certificate = async {
+        let (Some(resolver), Some((cert, key))) = (
             &delegate.client_certificate,
             &delegate.config.credentials.client_certificate,
-        ) {
-            let (cert_file, key_file) = (cert.clone(), key.clone());
-            let Some(read) = off_thread(move || crate::tls::read_pair(&cert_file, &key_file)).await
-            else {
-                continue;
-            };
-            match read {
-                Ok(pair) if Some(&pair) == last_pair.as_ref() => {}
-                Ok(pair) => match crate::tls::parse_pair(&pair, cert, key) {
-                    Ok(certified) => {
-                        resolver.replace(certified);
-                        last_pair = Some(pair);
-                        tracing::info!(delegate = %name, cert = %cert.display(), "client certificate for the delegate reloaded");
-                    }
-                    // A rotation writes two files: try again next tick.
-                    Err(err) => {
-                        tracing::warn!(delegate = %name, error = %err, "new client certificate not usable yet; keeping the one in use")
-                    }
-                },
-                Err(err) => {
-                    tracing::warn!(delegate = %name, error = %err, "cannot re-read the client certificate; keeping the one in use")
-                }
-            }
-        }
-    }
+        ) else {
+            return;
+        };
+        let paths = vec![cert.clone(), key.clone()];
+        let in_use = file_watch::read(&paths).await.ok();
+        FilePoller::new(paths, interval, in_use)
+            .run(&format!("client certificate for delegate {name:?}"), stop.cancelled(), |pair| {
+                resolver.replace(crate::tls::parse_pair(pair.file(0), pair.file(1), cert, key)?);
+                tracing::info!(delegate = %name, cert = %cert.display(), "client certificate for the delegate reloaded");
+                Ok::<_, ReloadError>(())
+            })
+            .await;
+    };
+    tokio::join!(ca, token, certificate);
+    // With nothing to re-read, the task still lives until `stop`: its end is read as a failure.
+    stop.cancelled().await;
+    "delegate file reloader"
 }
 
 /// Follow the Secret holding the delegate's CA (`get`/`list`/`watch` on that one Secret, by
@@ -426,13 +414,6 @@ async fn watch_ca_secret(
             }
         }
     }
-}
-
-/// Run a file read on tokio's blocking pool: the delegate runtime's one thread also carries
-/// every forwarded request, and a read from a stuck mount must not stop them. `None` if the
-/// read's task did not finish (the runtime is shutting down).
-async fn off_thread<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(read).await.ok()
 }
 
 #[cfg(test)]
