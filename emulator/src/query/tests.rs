@@ -1018,3 +1018,53 @@ fn accepted_edge_cases() {
         (0, "Complete", "Nothing")
     );
 }
+
+/// The scale benchmark's shape: a full call of 500 queries against a store of 100,000 metrics
+/// (each with a few points) finds each query's own metric and nothing else.
+#[test]
+fn a_full_call_against_100k_metrics_answers_each_query_from_its_own_metric() {
+    let mut store = Store::default();
+    let metrics = 100_000;
+    let name = |i: usize| (format!("t{:04}", i % 1000), format!("q{}", i / 1000));
+    for i in 0..metrics {
+        let (tenant, queue) = name(i);
+        let k = key("Depth", &[("Tenant", &tenant), ("Queue", &queue)]);
+        for minute in 0..3 {
+            put(
+                &mut store,
+                &k,
+                T0 + minute * 60 * S,
+                (i * 10) as f64 + minute as f64,
+                None,
+                STD,
+            );
+        }
+    }
+    // Spread over the store, as a refresh of every 200th series would be.
+    let chosen: Vec<usize> = (0..500).map(|n| n * 199 + 7).collect();
+    let queries = chosen
+        .iter()
+        .map(|&i| {
+            let (tenant, queue) = name(i);
+            stat_q(
+                &format!("s{i}"),
+                "Depth",
+                &[("Tenant", &tenant), ("Queue", &queue)],
+                "Average",
+                60,
+            )
+        })
+        .collect();
+    let got = run(&store, request(queries, T0, T0 + 180 * S)).unwrap();
+    assert_eq!(got.metrics_requested, 500);
+    let results = results(&got);
+    assert_eq!(results.len(), 500);
+    for (result, &i) in results.iter().zip(&chosen) {
+        assert_eq!(result.id, format!("s{i}"));
+        let newest_first: Vec<(i64, f64)> = (0..3)
+            .rev()
+            .map(|minute| (minute * 60 * S, (i * 10) as f64 + minute as f64))
+            .collect();
+        assert_eq!(result.points, newest_first, "{}", result.id);
+    }
+}
