@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{self, ApiState};
+use crate::auth::metrics::AuthMetrics;
 use crate::auth::review::{KubeReviewer, Reviewer};
 use crate::auth::source::{self, FileRole, FromCluster, HeaderFlags};
 use crate::auth::trust::TrustStore;
@@ -32,7 +33,7 @@ use crate::delegate::Delegates;
 use crate::engine::{Engine, EngineConfig, Pacing, Sources};
 use crate::forward::{Forwarder, NoDelegates};
 use crate::leader::{Elector, Leadership};
-use crate::metrics::{AdapterMetrics, AuthMetrics};
+use crate::metrics::AdapterMetrics;
 use crate::peer::{ClientConfig, Follower, Link, PeerRoles, PeerServer};
 use crate::provider::MetricRequest;
 use crate::source::cloudwatch::CloudWatchSource;

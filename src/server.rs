@@ -35,6 +35,8 @@
 //! naming the connection (id and peer address, never an identity), and is joined before
 //! [`serve_tls`] returns.
 
+pub mod metrics;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,7 +60,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::metrics::{AdapterMetrics, ConnectionClose};
+use self::metrics::ConnectionClose;
+use crate::metrics::AdapterMetrics;
 
 use crate::remote::{Peer, PeerCertificate};
 
@@ -185,7 +188,7 @@ pub async fn serve_tls(
         // At the cap with every connection busy, leave new clients in the kernel's accept
         // queue until a connection ends or goes idle.
         if !registry.has_room() {
-            metrics.connection_wait();
+            metrics.edge().connection_wait();
             while !registry.has_room() {
                 tokio::select! {
                     () = registry.room.notified() => {}
@@ -218,7 +221,7 @@ pub async fn serve_tls(
                 break slot;
             }
             if !std::mem::replace(&mut counted, true) {
-                metrics.connection_wait();
+                metrics.edge().connection_wait();
             }
             tokio::select! {
                 () = registry.room.notified() => {}
@@ -361,22 +364,22 @@ impl Connection {
                 Ok(Ok(tls_stream)) => tls_stream,
                 Ok(Err(err)) => {
                     tracing::debug!(error = %err, "TLS handshake failed");
-                    metrics.connection_closed(ConnectionClose::HandshakeFailed);
+                    metrics.edge().connection_closed(ConnectionClose::HandshakeFailed);
                     return;
                 }
                 Err(_) => {
                     tracing::debug!("TLS handshake timed out");
-                    metrics.connection_closed(ConnectionClose::HandshakeTimeout);
+                    metrics.edge().connection_closed(ConnectionClose::HandshakeTimeout);
                     return;
                 }
             },
             () = shed.cancelled() => {
                 tracing::debug!("closed during its handshake to make room for a new connection");
-                metrics.connection_closed(ConnectionClose::Shed);
+                metrics.edge().connection_closed(ConnectionClose::Shed);
                 return;
             }
             () = closing.cancelled() => {
-                metrics.connection_closed(ConnectionClose::Shutdown);
+                metrics.edge().connection_closed(ConnectionClose::Shutdown);
                 return;
             }
         };
@@ -456,7 +459,7 @@ impl Connection {
             }
         };
         tracing::debug!(reason = reason.label(), "connection closed");
-        metrics.connection_closed(reason);
+        metrics.edge().connection_closed(reason);
         drop(slot);
     }
 }
@@ -566,7 +569,7 @@ impl ConnectionState {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             self.busy_since.store(now, Ordering::Relaxed);
         }
-        self.metrics.request_in_flight(1);
+        self.metrics.edge().request_in_flight(1);
         InFlight {
             state: self.clone(),
         }
@@ -602,7 +605,7 @@ impl Drop for InFlight {
         let now = self.state.mark_progress();
         self.state.last_finish.fetch_max(now, Ordering::Relaxed);
         let before = self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.state.metrics.request_in_flight(-1);
+        self.state.metrics.edge().request_in_flight(-1);
         if before == 1 {
             self.state.room.notify_one();
         }
@@ -623,7 +626,7 @@ struct Registry {
 
 impl Registry {
     fn new(max: usize, stall_after: Duration, metrics: Arc<AdapterMetrics>) -> Arc<Self> {
-        metrics.set_connection_limit(max);
+        metrics.edge().set_connection_limit(max);
         Arc::new(Registry {
             max,
             stall_after,
@@ -688,7 +691,7 @@ impl Registry {
             self.metrics.clone(),
         ));
         connections.insert(id, state.clone());
-        self.metrics.set_open_connections(connections.len());
+        self.metrics.edge().set_open_connections(connections.len());
         Some(Slot {
             id,
             state,
@@ -710,6 +713,7 @@ impl Drop for Slot {
         connections.remove(&self.id);
         self.registry
             .metrics
+            .edge()
             .set_open_connections(connections.len());
         drop(connections);
         self.registry.room.notify_one();

@@ -2,6 +2,7 @@
 //!
 //! Sees only [`crate::provider`]; never AWS or cache types.
 
+pub mod metrics;
 pub mod quantity;
 pub mod selector;
 pub mod status;
@@ -85,7 +86,7 @@ pub fn guard(router: Router, request_timeout: Duration, metrics: Arc<AdapterMetr
             let metrics = counted.clone();
             async move {
                 if declares_body(&request) {
-                    metrics.rejection("request_body");
+                    metrics.edge().rejection("request_body");
                     return ApiError::request_body_refused().into_response();
                 }
                 next.run(request).await
@@ -107,11 +108,11 @@ pub fn contain(router: Router, request_timeout: Duration, metrics: Arc<AdapterMe
                 Ok(Ok(response)) => response,
                 Ok(Err(_)) => {
                     tracing::error!("a request handler panicked");
-                    metrics.rejection("panic");
+                    metrics.edge().rejection("panic");
                     ApiError::internal("the server failed while handling this request; the failure is in its log").into_response()
                 }
                 Err(_) => {
-                    metrics.rejection("timeout");
+                    metrics.edge().rejection("timeout");
                     ApiError::timeout(format!(
                         "the request was not answered within {} (--request-timeout); try again",
                         humantime::format_duration(request_timeout)
@@ -281,9 +282,11 @@ async fn metric_values<P: ExternalMetricsProvider>(
                 rejection.body_text()
             ))
             .into_response();
-            state
-                .metrics
-                .observe_request("unknown", response.status().as_u16(), started.elapsed());
+            state.metrics.api().observe_request(
+                "unknown",
+                response.status().as_u16(),
+                started.elapsed(),
+            );
             return response;
         }
     };
@@ -304,18 +307,22 @@ async fn metric_values<P: ExternalMetricsProvider>(
         )
         .await
     {
-        state
-            .metrics
-            .observe_request("forwarded", response.status().as_u16(), started.elapsed());
+        state.metrics.api().observe_request(
+            "forwarded",
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         return response;
     }
     if !defined {
         let response =
             ApiError::from(ProviderError::NotFound { metric, namespace }).into_response();
         // Unknown names are pooled under one label, so cardinality stays bounded.
-        state
-            .metrics
-            .observe_request("unknown", response.status().as_u16(), started.elapsed());
+        state.metrics.api().observe_request(
+            "unknown",
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         return response;
     }
     let outcome = answer(&state.provider, namespace, metric.clone(), query.as_deref()).await;
@@ -328,6 +335,7 @@ async fn metric_values<P: ExternalMetricsProvider>(
     };
     state
         .metrics
+        .api()
         .observe_request(&label, response.status().as_u16(), started.elapsed());
     response
 }

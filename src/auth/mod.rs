@@ -23,6 +23,7 @@
 pub mod attributes;
 pub mod cache;
 pub mod connection;
+pub mod metrics;
 pub mod requestheader;
 pub mod review;
 pub mod source;
@@ -45,8 +46,8 @@ use k8s_openapi::api::authorization::v1::{
 use sha2::{Digest, Sha256};
 
 use crate::api::status::ApiError;
+use crate::auth::metrics::AuthMetrics;
 use crate::config::AuthorizationMode;
-use crate::metrics::AuthMetrics;
 use crate::remote::Peer;
 use attributes::Attributes;
 use cache::ReviewCache;

@@ -173,7 +173,8 @@ impl Delegate {
             Err((failure, _)) => failure.label(),
         };
         self.metrics
-            .delegate_request(self.name(), outcome, started.elapsed());
+            .delegate()
+            .request(self.name(), outcome, started.elapsed());
         if let Err((failure, detail)) = &result {
             // Configuration problems are worth a warning; an outage shows in the metrics and
             // in every HPA's status, and would otherwise log once per HPA poll.
@@ -340,14 +341,16 @@ impl Delegate {
                 let count = names.len();
                 self.discovered.store(Arc::new(names));
                 self.metrics
-                    .delegate_discovery(self.name(), "success", Some(count));
+                    .delegate()
+                    .discovery(self.name(), "success", Some(count));
                 if self.discovery_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(delegate = %self.name(), metrics = count, "delegate's metric list fetched again");
                 }
             }
             Err((failure, detail)) => {
                 self.metrics
-                    .delegate_discovery(self.name(), failure.label(), None);
+                    .delegate()
+                    .discovery(self.name(), failure.label(), None);
                 // Once per outage, not once per interval.
                 if !self.discovery_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(

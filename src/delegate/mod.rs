@@ -26,6 +26,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod tls;
 
 use std::sync::Arc;

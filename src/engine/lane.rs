@@ -480,9 +480,9 @@ impl<S: Source> SourceLane<S> {
             Err(error) => error.failure.describe(),
         };
         if fallback {
-            core.metrics.fallback_refresh(self.profile.backend);
+            core.metrics.engine().fallback_refresh(self.profile.backend);
         }
-        core.metrics.source_call(
+        core.metrics.engine().source_call(
             self.profile.backend,
             outcome,
             &fetched.usage,
@@ -513,7 +513,7 @@ impl<S: Source> SourceLane<S> {
                 self.isolation.passed(route, &series);
             }
             Err(error) if error.blames_members() => {
-                core.metrics.call_bisected(self.profile.backend);
+                core.metrics.engine().call_bisected(self.profile.backend);
                 let metrics = metric_names(&series);
                 tracing::warn!(
                     backend = %self.profile.backend,

@@ -17,6 +17,7 @@
 mod fair;
 mod isolation;
 mod lane;
+pub mod metrics;
 mod pacer;
 mod queue;
 pub mod replica;
@@ -441,17 +442,19 @@ impl Engine {
                         *entry = entry.max(age);
                     }
                 }
-                metrics.set_active_series(series.len());
-                metrics.set_value_ages(&ages.into_iter().collect::<Vec<_>>());
+                metrics.engine().set_active_series(series.len());
+                metrics
+                    .engine()
+                    .set_value_ages(&ages.into_iter().collect::<Vec<_>>());
                 let definitions = core.definitions.load();
                 let names = definitions.names();
-                metrics.retain_request_metrics(|name| {
+                metrics.api().retain_request_metrics(|name| {
                     names.contains(name) || matches!(name, "unknown" | "forwarded")
                 });
                 let instant = Instant::now();
                 for lane in &core.lanes {
                     let (learned, whole) = lane.isolation_counts();
-                    metrics.set_lane(
+                    metrics.engine().set_lane(
                         lane.backend(),
                         lane.lag(instant),
                         lane.queue().len(),
@@ -528,9 +531,9 @@ impl Engine {
         }
 
         if series.fetched_once() {
-            core.metrics.cache_lookup("hit");
+            core.metrics.engine().cache_lookup("hit");
         } else {
-            core.metrics.cache_lookup("miss");
+            core.metrics.engine().cache_lookup("miss");
             if !series.wait_first(core.config.first_fetch_timeout).await {
                 if !core.table.contains(&key) {
                     // Dropped before its first fetch to make room for another tenant.
@@ -550,7 +553,7 @@ impl Engine {
         }
         let (answer, stale) = series::answer(&series, core.config.max_age, Instant::now());
         if stale {
-            core.metrics.cache_lookup("stale");
+            core.metrics.engine().cache_lookup("stale");
         }
         // Nothing to serve after an outage: probe now rather than at the end of a long
         // back-off, so the value comes back as soon as the backend does. A failure that asking

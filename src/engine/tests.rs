@@ -1342,7 +1342,9 @@ async fn metrics_of_names_that_went_away_leave_the_scrape() {
         let mut request = in_namespace("tenant", "q1");
         request.metric = format!("name-{i}");
         cache.get_values(request).await.unwrap();
-        metrics.observe_request(&format!("name-{i}"), 200, Duration::from_millis(1));
+        metrics
+            .api()
+            .observe_request(&format!("name-{i}"), 200, Duration::from_millis(1));
     }
     let full = metrics.encode();
     assert!(full.contains("name-499"));
