@@ -713,7 +713,7 @@ async fn build_auth(
         (
             "--requestheader-client-ca-file",
             &flags.requestheader_client_ca_file,
-            FileRole::RequestHeader(headers.settings().map_err(|e| anyhow::anyhow!("{e}"))?),
+            FileRole::RequestHeader(headers.settings()?),
         ),
         (
             "--client-ca-file",
@@ -749,7 +749,8 @@ async fn build_auth(
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "{e}\n(the service account needs Role extension-apiserver-authentication-reader in kube-system; or pass --authentication-skip-lookup with --requestheader-client-ca-file/--client-ca-file)"
+                    "{}\n(the service account needs Role extension-apiserver-authentication-reader in kube-system; or pass --authentication-skip-lookup with --requestheader-client-ca-file/--client-ca-file)",
+                    crate::telemetry::Chain(&e)
                 )
             })?;
         let watch_stop = stop.clone();

@@ -20,8 +20,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
-use super::trust::{CaBundle, RequestHeaderSettings, RequestHeaderTrust, TrustStore};
+use super::trust::{CaBundle, RequestHeaderSettings, RequestHeaderTrust, TrustError, TrustStore};
 use crate::file_watch::{self, Contents, FilePoller};
+use crate::telemetry::Chain;
 
 /// The ConfigMap's namespace.
 pub const NAMESPACE: &str = "kube-system";
@@ -54,7 +55,7 @@ pub struct HeaderFlags {
 
 impl HeaderFlags {
     /// The settings these flags describe.
-    pub fn settings(&self) -> Result<RequestHeaderSettings, String> {
+    pub fn settings(&self) -> Result<RequestHeaderSettings, TrustError> {
         RequestHeaderSettings::new(
             self.allowed_names.clone(),
             &self.username_headers,
@@ -62,7 +63,6 @@ impl HeaderFlags {
             &self.uid_headers,
             &self.extra_prefixes,
         )
-        .map_err(|err| err.to_string())
     }
 }
 
@@ -86,9 +86,52 @@ impl FromCluster {
 #[derive(Debug)]
 pub struct ConfigMapTrust {
     /// From the `requestheader-*` keys.
-    pub request_header: Result<Option<RequestHeaderTrust>, String>,
+    pub request_header: Result<Option<RequestHeaderTrust>, KeyError>,
     /// From `client-ca-file`.
-    pub client_ca: Result<Option<CaBundle>, String>,
+    pub client_ca: Result<Option<CaBundle>, KeyError>,
+}
+
+/// A key of the ConfigMap that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A CA key that holds no usable CA bundle.
+    #[error("{key}")]
+    Ca {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with the bundle.
+        #[source]
+        source: TrustError,
+    },
+    /// A list key that is not a JSON list of strings.
+    #[error("{key}: not a JSON list of strings")]
+    List {
+        /// The key.
+        key: &'static str,
+        /// Where the JSON breaks.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Header names that are not HTTP header names.
+    #[error("requestheader headers")]
+    Headers(#[source] TrustError),
+}
+
+/// Why the ConfigMap could not be used at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigMapError {
+    /// Listing or watching it failed.
+    #[error("cannot read ConfigMap {NAMESPACE}/{NAME}")]
+    Read(#[source] watcher::Error),
+    /// The watch ended before the first list did.
+    #[error("cannot read ConfigMap {NAMESPACE}/{NAME}: the watch ended")]
+    Ended,
+    /// It does not exist.
+    #[error("cannot read ConfigMap {NAMESPACE}/{NAME}: it does not exist")]
+    Missing,
+    /// A key it has is broken.
+    #[error("ConfigMap {NAMESPACE}/{NAME}")]
+    Key(#[source] KeyError),
 }
 
 /// Read the ConfigMap's data as kube-apiserver writes it (lists as JSON arrays).
@@ -97,7 +140,10 @@ pub fn parse_configmap(data: &BTreeMap<String, String>, defaults: &HeaderFlags) 
         None => Ok(None),
         Some(pem) => CaBundle::from_pem(pem.as_bytes())
             .map(Some)
-            .map_err(|err| format!("{CLIENT_CA_KEY}: {err}")),
+            .map_err(|source| KeyError::Ca {
+                key: CLIENT_CA_KEY,
+                source,
+            }),
     };
     let request_header = match data
         .get(REQUESTHEADER_CA_KEY)
@@ -105,14 +151,16 @@ pub fn parse_configmap(data: &BTreeMap<String, String>, defaults: &HeaderFlags) 
     {
         None => Ok(None),
         Some(pem) => (|| {
-            let ca = CaBundle::from_pem(pem.as_bytes())
-                .map_err(|err| format!("{REQUESTHEADER_CA_KEY}: {err}"))?;
-            let list = |key: &str, default: &[String]| -> Result<Vec<String>, String> {
+            let ca = CaBundle::from_pem(pem.as_bytes()).map_err(|source| KeyError::Ca {
+                key: REQUESTHEADER_CA_KEY,
+                source,
+            })?;
+            let list = |key: &'static str, default: &[String]| -> Result<Vec<String>, KeyError> {
                 match data.get(key) {
                     None => Ok(default.to_vec()),
                     Some(text) if text.trim().is_empty() => Ok(Vec::new()),
                     Some(text) => serde_json::from_str::<Vec<String>>(text)
-                        .map_err(|err| format!("{key}: not a JSON list of strings: {err}")),
+                        .map_err(|source| KeyError::List { key, source }),
                 }
             };
             let settings = RequestHeaderSettings::new(
@@ -122,7 +170,7 @@ pub fn parse_configmap(data: &BTreeMap<String, String>, defaults: &HeaderFlags) 
                 &list(UID_HEADERS_KEY, &defaults.uid_headers)?,
                 &list(EXTRA_PREFIXES_KEY, &defaults.extra_prefixes)?,
             )
-            .map_err(|err| format!("requestheader headers: {err}"))?;
+            .map_err(KeyError::Headers)?;
             Ok(Some(RequestHeaderTrust { ca, settings }))
         })(),
     };
@@ -139,7 +187,7 @@ pub fn apply(
     parsed: ConfigMapTrust,
     wanted: FromCluster,
     initial: bool,
-) -> Result<(), String> {
+) -> Result<(), ConfigMapError> {
     let what = format!("ConfigMap {NAMESPACE}/{NAME}");
     if wanted.request_header {
         match parsed.request_header {
@@ -160,9 +208,9 @@ pub fn apply(
             Ok(None) => {
                 tracing::warn!(source = %what, "{REQUESTHEADER_CA_KEY} is gone; keeping the front-proxy CA in use")
             }
-            Err(err) if initial => return Err(format!("{what}: {err}")),
+            Err(err) if initial => return Err(ConfigMapError::Key(err)),
             Err(err) => {
-                tracing::warn!(source = %what, error = %err, "keeping the front-proxy CA in use")
+                tracing::warn!(source = %what, error = %Chain(&err), "keeping the front-proxy CA in use")
             }
         }
     }
@@ -186,9 +234,9 @@ pub fn apply(
             Ok(None) => {
                 tracing::warn!(source = %what, "{CLIENT_CA_KEY} is gone; keeping the client CA in use")
             }
-            Err(err) if initial => return Err(format!("{what}: {err}")),
+            Err(err) if initial => return Err(ConfigMapError::Key(err)),
             Err(err) => {
-                tracing::warn!(source = %what, error = %err, "keeping the client CA in use")
+                tracing::warn!(source = %what, error = %Chain(&err), "keeping the client CA in use")
             }
         }
     }
@@ -223,7 +271,7 @@ pub async fn watch_configmap(
     store: Arc<TrustStore>,
     wanted: FromCluster,
     defaults: HeaderFlags,
-) -> Result<ConfigMapWatch, String> {
+) -> Result<ConfigMapWatch, ConfigMapError> {
     let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
     let mut events: ConfigMapEvents = watcher::watcher(api, config).default_backoff().boxed();
     let mut listed = None;
@@ -234,20 +282,12 @@ pub async fn watch_configmap(
             Some(Ok(Event::InitDone)) => break,
             // Only after the first list, which ends with InitDone.
             Some(Ok(Event::Apply(_) | Event::Delete(_))) => {}
-            Some(Err(err)) => {
-                return Err(format!("cannot read ConfigMap {NAMESPACE}/{NAME}: {err}"));
-            }
-            None => {
-                return Err(format!(
-                    "cannot read ConfigMap {NAMESPACE}/{NAME}: the watch ended"
-                ));
-            }
+            Some(Err(err)) => return Err(ConfigMapError::Read(err)),
+            None => return Err(ConfigMapError::Ended),
         }
     }
     let Some(configmap) = listed else {
-        return Err(format!(
-            "cannot read ConfigMap {NAMESPACE}/{NAME}: it does not exist"
-        ));
+        return Err(ConfigMapError::Missing);
     };
     let data = configmap.data.unwrap_or_default();
     apply(&store, parse_configmap(&data, &defaults), wanted, true)?;
@@ -492,7 +532,12 @@ mod tests {
             (ALLOWED_NAMES_KEY, "front-proxy-client"),
         ]);
         let err = apply(&store, parse_configmap(&broken, &defaults()), BOTH, true).unwrap_err();
-        assert!(err.contains(REQUESTHEADER_CA_KEY), "{err}");
+        assert!(
+            matches!(&err, ConfigMapError::Key(KeyError::Ca { key, .. }) if *key == REQUESTHEADER_CA_KEY),
+            "{err:?}"
+        );
+        let text = Chain(&err).to_string();
+        assert!(text.contains(REQUESTHEADER_CA_KEY), "{text}");
         // Later, the same breakage (or a vanished key) keeps what is trusted.
         apply(&store, parse_configmap(&broken, &defaults()), BOTH, false).unwrap();
         apply(
@@ -514,7 +559,13 @@ mod tests {
             .request_header
             .unwrap_err();
         assert!(
-            err.contains("requestheader-allowed-names: not a JSON list"),
+            matches!(&err, KeyError::List { key, .. } if *key == ALLOWED_NAMES_KEY),
+            "{err:?}"
+        );
+        assert!(
+            Chain(&err)
+                .to_string()
+                .contains("requestheader-allowed-names: not a JSON list"),
             "{err}"
         );
     }

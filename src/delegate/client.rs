@@ -1,6 +1,7 @@
 //! One delegate: its own connection pool (hyper-util over hyper-rustls, HTTP/2 or HTTP/1.1 by
 //! ALPN), its credentials, its concurrency bound, and the last metric list it gave.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use tokio::sync::Semaphore;
 
 use super::config::{CaSource, DelegateConfig};
-use super::tls::{ClientCertificate, DelegateVerifier};
+use super::tls::{CaError, CaRoots, ClientCertificate, DelegateVerifier};
 use crate::forward::{ForwardFailure, ForwardRequest, ForwardedAnswer, valid_metric_name};
 use crate::metrics::AdapterMetrics;
 use crate::provider::{Operator, Selector};
@@ -52,10 +53,68 @@ pub struct Delegate {
     metrics: Arc<AdapterMetrics>,
 }
 
+/// Why a delegate's client cannot be built at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The CA file cannot be read.
+    #[error("cannot read {}", path.display())]
+    ReadCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA (from a file, or given inline) is not usable.
+    #[error("{}", path.as_ref().map_or_else(|| "the CA".to_string(), |path| path.display().to_string()))]
+    Ca {
+        /// The file, if it came from one.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        #[source]
+        source: CaError,
+    },
+    /// The token file is not usable.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The client certificate and key do not load.
+    #[error(transparent)]
+    ClientCertificate(#[from] crate::tls::TlsError),
+    /// rustls refused the TLS configuration.
+    #[error("cannot build the TLS configuration")]
+    Tls(#[source] rustls::Error),
+}
+
+/// A token file that does not hold a usable bearer token. Never quotes the content.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The file cannot be read.
+    #[error("cannot read the token file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Content a header cannot carry (not UTF-8, control characters).
+    #[error("the token file {} holds characters a header cannot carry", path.display())]
+    Unprintable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Empty, or over the size cap.
+    #[error("the token file {} is empty or larger than {MAX_TOKEN_LEN} bytes", path.display())]
+    Size {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 impl Delegate {
     /// Build the delegate's client, loading its CA, token and client certificate from files now
     /// (a CA from a Secret arrives later, from its watch).
-    pub fn new(config: DelegateConfig, metrics: Arc<AdapterMetrics>) -> Result<Self, String> {
+    pub fn new(config: DelegateConfig, metrics: Arc<AdapterMetrics>) -> Result<Self, SetupError> {
         let name = &config.name;
         let verifier = Arc::new(match &config.ca {
             CaSource::InsecureSkipVerify => {
@@ -66,16 +125,21 @@ impl Delegate {
                 DelegateVerifier::insecure()
             }
             CaSource::File(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-                DelegateVerifier::with_ca(Some(
-                    super::tls::CaRoots::from_pem(&pem)
-                        .map_err(|err| format!("{}: {err}", path.display()))?,
-                ))
+                let pem = std::fs::read(path).map_err(|source| SetupError::ReadCa {
+                    path: path.clone(),
+                    source,
+                })?;
+                DelegateVerifier::with_ca(Some(CaRoots::from_pem(&pem).map_err(|source| {
+                    SetupError::Ca {
+                        path: Some(path.clone()),
+                        source,
+                    }
+                })?))
             }
-            CaSource::Pem(pem) => {
-                DelegateVerifier::with_ca(Some(super::tls::CaRoots::from_pem(pem.as_bytes())?))
-            }
+            CaSource::Pem(pem) => DelegateVerifier::with_ca(Some(
+                CaRoots::from_pem(pem.as_bytes())
+                    .map_err(|source| SetupError::Ca { path: None, source })?,
+            )),
             CaSource::Secret { .. } => DelegateVerifier::with_ca(None),
         });
         let token = match &config.credentials.token_file {
@@ -84,14 +148,13 @@ impl Delegate {
         };
         let client_certificate = match &config.credentials.client_certificate {
             Some((cert, key)) => {
-                let (certified, _) =
-                    crate::tls::load_files(cert, key).map_err(|e| e.to_string())?;
+                let (certified, _) = crate::tls::load_files(cert, key)?;
                 Some(Arc::new(ClientCertificate::new(certified)))
             }
             None => None,
         };
         let tls = super::tls::client_config(verifier.clone(), client_certificate.clone())
-            .map_err(|err| format!("cannot build the TLS configuration: {err}"))?;
+            .map_err(SetupError::Tls)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -441,34 +504,28 @@ fn is_api_content_type(content_type: &str) -> bool {
 
 /// Read a bearer token file into a sensitive `Authorization` value. Errors never quote the
 /// file's content.
-pub fn read_token(path: &std::path::Path) -> Result<HeaderValue, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|err| format!("cannot read the token file {}: {err}", path.display()))?;
+pub fn read_token(path: &std::path::Path) -> Result<HeaderValue, TokenError> {
+    let bytes = std::fs::read(path).map_err(|source| TokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     token_header(&bytes, path)
 }
 
 /// The sensitive `Authorization: Bearer` value for the content of the token file at `path`.
 /// Errors never quote the content.
-pub fn token_header(content: &[u8], path: &std::path::Path) -> Result<HeaderValue, String> {
-    let text = std::str::from_utf8(content).map_err(|_| {
-        format!(
-            "the token file {} holds characters a header cannot carry",
-            path.display()
-        )
-    })?;
+pub fn token_header(content: &[u8], path: &std::path::Path) -> Result<HeaderValue, TokenError> {
+    let unprintable = || TokenError::Unprintable {
+        path: path.to_path_buf(),
+    };
+    let text = std::str::from_utf8(content).map_err(|_| unprintable())?;
     let token = text.trim();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(format!(
-            "the token file {} is empty or larger than {MAX_TOKEN_LEN} bytes",
-            path.display()
-        ));
+        return Err(TokenError::Size {
+            path: path.to_path_buf(),
+        });
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        format!(
-            "the token file {} holds characters a header cannot carry",
-            path.display()
-        )
-    })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| unprintable())?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -534,9 +591,13 @@ mod tests {
         assert_eq!(value, "Bearer secret-token");
         std::fs::write(&path, "bad\u{1}token").unwrap();
         let err = read_token(&path).unwrap_err();
-        assert!(!err.contains("bad"), "{err}");
+        assert!(matches!(err, TokenError::Unprintable { .. }), "{err:?}");
+        assert!(!format!("{err:?} {err}").contains("bad"), "{err}");
         std::fs::write(&path, "  \n").unwrap();
-        assert!(read_token(&path).unwrap_err().contains("is empty"));
+        assert!(matches!(
+            read_token(&path).unwrap_err(),
+            TokenError::Size { .. }
+        ));
     }
 
     #[test]

@@ -749,7 +749,7 @@ fn ca_source(
     }
     if let Some(pem) = pem {
         if let Err(err) = super::tls::CaRoots::from_pem(pem.as_bytes()) {
-            problems.push(format!("{at}.pem: {err}"));
+            problems.push(format!("{at}.pem: {}", crate::telemetry::Chain(&err)));
             return None;
         }
         return Some(CaSource::Pem(pem));

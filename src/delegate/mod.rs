@@ -102,7 +102,7 @@ impl Delegates {
                 let name = config.name.clone();
                 Delegate::new(config, metrics.clone())
                     .map(Arc::new)
-                    .map_err(|err| anyhow::anyhow!("delegate {name:?}: {err}"))
+                    .map_err(|err| anyhow::Error::new(err).context(format!("delegate {name:?}")))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let runtime =
@@ -280,11 +280,11 @@ async fn refresh_discovery(delegate: Arc<Delegate>, stop: CancellationToken) -> 
 #[derive(Debug, thiserror::Error)]
 enum ReloadError {
     /// The CA file does not hold a usable CA bundle.
-    #[error("{0}")]
-    Ca(String),
+    #[error(transparent)]
+    Ca(#[from] tls::CaError),
     /// The token file does not hold a usable token.
-    #[error("{0}")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] client::TokenError),
     /// The client certificate and key do not form a usable pair (perhaps caught half-way
     /// through a rotation).
     #[error(transparent)]
@@ -409,7 +409,7 @@ async fn watch_ca_secret(
                         tracing::info!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), "delegate CA loaded from its Secret");
                     }
                     Err(err) => {
-                        tracing::warn!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), error = %err, "the delegate's CA Secret does not hold a usable CA; keeping the CA in use")
+                        tracing::warn!(delegate = %delegate_name, secret = %format!("{namespace}/{name}"), error = %crate::telemetry::Chain(&err), "the delegate's CA Secret does not hold a usable CA; keeping the CA in use")
                     }
                 }
             }

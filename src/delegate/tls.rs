@@ -12,6 +12,23 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
+/// Why a PEM bundle is not a usable CA.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The text is not PEM.
+    #[error("not a PEM certificate bundle")]
+    Pem(#[source] rustls_pki_types::pem::Error),
+    /// PEM without a certificate.
+    #[error("no CERTIFICATE block found")]
+    Empty,
+    /// A certificate that cannot be a trust anchor.
+    #[error("unusable CA certificate")]
+    Unusable(#[source] rustls::Error),
+    /// The verifier could not be built from the certificates.
+    #[error("cannot build a certificate verifier")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+}
+
 /// A parsed CA bundle and the verifier for server certificates that chain to it.
 #[derive(Debug)]
 pub struct CaRoots {
@@ -21,23 +38,21 @@ pub struct CaRoots {
 
 impl CaRoots {
     /// Parse a PEM bundle of one or more CA certificates.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+    pub fn from_pem(pem: &[u8]) -> Result<Self, CaError> {
         let certificates = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| format!("not a PEM certificate bundle: {err}"))?;
+            .map_err(CaError::Pem)?;
         if certificates.is_empty() {
-            return Err("no CERTIFICATE block found".to_string());
+            return Err(CaError::Empty);
         }
         let mut roots = RootCertStore::empty();
         for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|err| format!("unusable CA certificate: {err}"))?;
+            roots.add(certificate).map_err(CaError::Unusable)?;
         }
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
                 .build()
-                .map_err(|err| format!("cannot build a certificate verifier: {err}"))?;
+                .map_err(CaError::Verifier)?;
         Ok(Self {
             pem: pem.to_vec(),
             verifier,
@@ -269,9 +284,8 @@ mod tests {
     #[test]
     fn garbage_is_not_a_ca() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        assert_eq!(
-            CaRoots::from_pem(b"not pem").unwrap_err(),
-            "no CERTIFICATE block found"
-        );
+        let err = CaRoots::from_pem(b"not pem").unwrap_err();
+        assert!(matches!(err, CaError::Empty), "{err:?}");
+        assert_eq!(err.to_string(), "no CERTIFICATE block found");
     }
 }
