@@ -248,20 +248,107 @@ pub async fn serve_until(
     let stop = CancellationToken::new();
     // Whatever way this function returns, every task it started is told to stop.
     let _stop_on_return = stop.clone().drop_guard();
-
     // Admin first, so probes answer (not ready) while the rest starts.
+    let admin = start_admin(listeners.admin, &readiness, &metrics, &stop);
+    let file_definitions = Arc::new(load_definitions(&config).await?);
+    readiness.definitions_loaded.store(true, Ordering::Release);
+    let definitions = Arc::new(ArcSwap::new(file_definitions.clone()));
+    // Certificate and CA watchers: none may end before shutdown, or rotation would silently stop.
+    let mut watchers: JoinSet<&'static str> = JoinSet::new();
+    let store = serving_certificate(&config, &stop, &mut watchers).await?;
+    readiness.certificates_loaded.store(true, Ordering::Release);
+    let (auth, trust) = build_auth(
+        &config.auth,
+        kube.clone(),
+        config.tls_reload_interval,
+        metrics.auth().clone(),
+        &stop,
+        &mut watchers,
+    )
+    .await?;
+    let engine = build_engine(&config, &sdk, definitions.clone(), &metrics);
+    // With --leader-elect: one replica leads (calls AWS, writes status), every one serves.
+    let replication = start_replication(&config, &engine, kube.as_ref(), &metrics, &stop)?;
+    let external_metrics = start_external_metrics(
+        &config,
+        kube.clone(),
+        &engine,
+        &replication,
+        (file_definitions, definitions),
+        &readiness,
+        &stop,
+    )?;
+    let refresher = tokio::spawn(
+        engine
+            .clone_handle()
+            .run(stop.clone())
+            .instrument(tracing::info_span!("task", name = "CloudWatch refresher")),
+    );
+    let forwarder = build_forwarder(&config, kube, metrics.clone(), &stop, &mut watchers)?;
+    let router = api_router(&config, engine, auth, &forwarder, &replication, &metrics);
+    let api = start_api(
+        listeners.secure,
+        store,
+        trust,
+        router,
+        &config,
+        &metrics,
+        &stop,
+        &abort,
+    )?;
+    let mut tasks = Tasks {
+        admin,
+        api,
+        refresher,
+        external_metrics,
+        watchers,
+        replication: replication.tasks,
+    };
+    wait_for_shutdown(shutdown, &mut tasks, &stop).await?;
+    tracing::info!("shutting down: reporting not ready");
+    readiness.shutting_down.store(true, Ordering::Release);
+    // A leader stops calling AWS and hands the Lease over now, not after the drain: a rollout
+    // moves leadership in seconds.
+    replication.resign.cancel();
+    tokio::select! {
+        () = tokio::time::sleep(config.shutdown_delay) => {}
+        () = abort.cancelled() => {}
+    }
+    stop.cancel();
+    tasks.join(&abort).await?;
+    // Only now: the delegates' background tasks run on the delegates' own runtime, which goes
+    // with the last reference; dropped earlier (with the router), it could cancel them before
+    // they saw `stop`, and a clean shutdown would report a failed task.
+    drop(forwarder);
+    if abort.is_cancelled() {
+        anyhow::bail!("a second signal aborted the drain: in-flight requests were cut off");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The admin server (probes and `/metrics`), serving until `stop`.
+fn start_admin(
+    listener: TcpListener,
+    readiness: &Arc<Readiness>,
+    metrics: &Arc<AdapterMetrics>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let admin_router = admin_router(readiness.clone(), metrics.clone());
     let admin_stop = stop.clone();
-    let mut admin = tokio::spawn(
+    tokio::spawn(
         crate::server::serve_plain(
-            listeners.admin,
+            listener,
             admin_router,
             crate::server::AdminLimits::default(),
             async move { admin_stop.cancelled().await },
         )
         .instrument(tracing::info_span!("task", name = "admin server")),
-    );
+    )
+}
 
+/// The definitions file (`--config`), or none.
+async fn load_definitions(config: &ServeConfig) -> anyhow::Result<DefinitionSet> {
     let definitions = match config.config.clone() {
         // File reads block: keep them off the async workers (the admin port is already serving).
         Some(path) => tokio::task::spawn_blocking(move || definition::load_file(&path))
@@ -273,141 +360,141 @@ pub async fn serve_until(
         }
     };
     tracing::info!(metrics = definitions.len(), "metric definitions loaded");
-    readiness.definitions_loaded.store(true, Ordering::Release);
-    let file_definitions = Arc::new(definitions);
-    let definitions = Arc::new(ArcSwap::new(file_definitions.clone()));
+    Ok(definitions)
+}
 
-    // Certificate and CA watchers: none may end before shutdown, or rotation would silently stop.
-    let mut watchers: JoinSet<&'static str> = JoinSet::new();
-    let store = match (&config.tls_cert_file, &config.tls_private_key_file) {
-        (Some(cert), Some(key)) => {
-            let (cert_path, key_path) = (cert.clone(), key.clone());
-            let (certified, pair) =
-                tokio::task::spawn_blocking(move || tls::load_files(&cert_path, &key_path))
-                    .await
-                    .context("loading the serving certificate failed")??;
-            let store = Arc::new(CertificateStore::new(certified));
-            let watcher_stop = stop.clone();
-            let watch = tls::watch_files(
-                store.clone(),
-                cert.clone(),
-                key.clone(),
-                pair,
-                config.tls_reload_interval,
-                async move { watcher_stop.cancelled().await },
-            );
-            watchers.spawn(
-                async move {
-                    watch.await;
-                    "serving certificate watcher"
-                }
-                .instrument(tracing::info_span!(
-                    "task",
-                    name = "serving certificate watcher"
-                )),
-            );
-            store
-        }
-        _ => {
-            let names = self_signed_names(&config);
-            let (certified, _) = tls::self_signed(&names)?;
-            tracing::info!(?names, "serving a self-signed certificate");
-            Arc::new(CertificateStore::new(certified))
-        }
+/// The serving certificate: from files (re-read as they rotate, by a watcher in `watchers`), or
+/// self-signed.
+async fn serving_certificate(
+    config: &ServeConfig,
+    stop: &CancellationToken,
+    watchers: &mut JoinSet<&'static str>,
+) -> anyhow::Result<Arc<CertificateStore>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_private_key_file) else {
+        let names = self_signed_names(config);
+        let (certified, _) = tls::self_signed(&names)?;
+        tracing::info!(?names, "serving a self-signed certificate");
+        return Ok(Arc::new(CertificateStore::new(certified)));
     };
-    readiness.certificates_loaded.store(true, Ordering::Release);
-
-    let (auth, trust) = build_auth(
-        &config.auth,
-        kube.clone(),
+    let (cert_path, key_path) = (cert.clone(), key.clone());
+    let (certified, pair) =
+        tokio::task::spawn_blocking(move || tls::load_files(&cert_path, &key_path))
+            .await
+            .context("loading the serving certificate failed")??;
+    let store = Arc::new(CertificateStore::new(certified));
+    let watcher_stop = stop.clone();
+    let watch = tls::watch_files(
+        store.clone(),
+        cert.clone(),
+        key.clone(),
+        pair,
         config.tls_reload_interval,
-        metrics.auth().clone(),
-        &stop,
-        &mut watchers,
-    )
-    .await?;
+        async move { watcher_stop.cancelled().await },
+    );
+    watchers.spawn(
+        async move {
+            watch.await;
+            "serving certificate watcher"
+        }
+        .instrument(tracing::info_span!(
+            "task",
+            name = "serving certificate watcher"
+        )),
+    );
+    Ok(store)
+}
 
+/// The refresh engine over the configured sources.
+fn build_engine(
+    config: &ServeConfig,
+    sdk: &SdkConfig,
+    definitions: Arc<ArcSwap<DefinitionSet>>,
+    metrics: &Arc<AdapterMetrics>,
+) -> Engine {
     let mut engine_config = config.cache.to_config();
     engine_config.fallback_calls_per_second = config.leader_election.peer_fallback_calls_per_second;
-    let cache = Engine::new(
-        definitions.clone(),
-        sources(&config.cache, &sdk, &config.aws),
+    let engine = Engine::new(
+        definitions,
+        sources(&config.cache, sdk, &config.aws),
         engine_config,
         metrics.clone(),
     );
-    cache.register_gauges();
-    // With --leader-elect: one replica leads (calls AWS, writes status), every one serves.
-    let replication = start_replication(&config, &cache, kube.as_ref(), &metrics, &stop)?;
-    let kube_for_delegates = kube.clone();
-    let watch = match kube {
-        Some(client) if config.crd.watch_external_metrics => Some(client),
-        Some(_) => None,
+    engine.register_gauges();
+    engine
+}
+
+/// With `--watch-external-metrics`: the ExternalMetric watch and the status writer, as one task
+/// that runs until `stop`. Without it, a task that stands in for them (so the shutdown sequence
+/// is the same).
+fn start_external_metrics(
+    config: &ServeConfig,
+    kube: Option<kube::Client>,
+    engine: &Engine,
+    replication: &Replication,
+    (file_definitions, definitions): (Arc<DefinitionSet>, Arc<ArcSwap<DefinitionSet>>),
+    readiness: &Arc<Readiness>,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let client = match kube {
+        Some(client) if config.crd.watch_external_metrics => client,
         None if config.crd.watch_external_metrics => anyhow::bail!(
             "--watch-external-metrics needs the Kubernetes API, and there is no cluster connection"
         ),
-        None => None,
-    };
-    let mut external_metrics = match watch {
-        Some(client) => {
-            let (sender, receiver) = status::channel();
-            cache.set_observer(Arc::new(sender.clone()));
-            let writer = status::StatusWriter::new(
-                client.clone(),
-                status_config(&config.crd, replication.leadership.clone()),
-                receiver,
-            );
-            let reconciler = Reconciler::new(file_definitions, definitions.clone(), Some(sender))
-                .with_allowed_roles(config.crd.external_metric_allowed_role_arns.clone());
-            let synced = readiness.clone();
-            let watch = controller::run(
-                client,
-                reconciler,
-                move || {
-                    synced
-                        .external_metrics_synced
-                        .store(true, Ordering::Release)
-                },
-                stop.clone(),
-            );
-            let writer = writer.run(stop.clone());
-            tracing::info!("watching ExternalMetric objects in all namespaces");
-            // Both run until `stop`; either ending earlier is fatal (see the select below).
-            tokio::spawn(
-                async move {
-                    tokio::select! {
-                        () = watch => {}
-                        () = writer => {}
-                    }
-                }
-                .instrument(tracing::info_span!("task", name = "ExternalMetric watch")),
-            )
-        }
-        None => {
+        _ => {
             tracing::info!("not watching ExternalMetric objects (--watch-external-metrics=false)");
             readiness
                 .external_metrics_synced
                 .store(true, Ordering::Release);
-            // Stands in for the watch, so the shutdown sequence is the same; ends with `stop`.
             let idle = stop.clone();
-            tokio::spawn(async move { idle.cancelled().await })
+            return Ok(tokio::spawn(async move { idle.cancelled().await }));
         }
     };
-    let refresher = tokio::spawn(
-        cache
-            .clone_handle()
-            .run(stop.clone())
-            .instrument(tracing::info_span!("task", name = "CloudWatch refresher")),
+    let (sender, receiver) = status::channel();
+    engine.set_observer(Arc::new(sender.clone()));
+    let writer = status::StatusWriter::new(
+        client.clone(),
+        status_config(&config.crd, replication.leadership.clone()),
+        receiver,
     );
-    let provider = cache;
-    let forwarder = build_forwarder(
-        &config,
-        kube_for_delegates,
-        metrics.clone(),
-        &stop,
-        &mut watchers,
-    )?;
+    let reconciler = Reconciler::new(file_definitions, definitions, Some(sender))
+        .with_allowed_roles(config.crd.external_metric_allowed_role_arns.clone());
+    let synced = readiness.clone();
+    let watch = controller::run(
+        client,
+        reconciler,
+        move || {
+            synced
+                .external_metrics_synced
+                .store(true, Ordering::Release)
+        },
+        stop.clone(),
+    );
+    let writer = writer.run(stop.clone());
+    tracing::info!("watching ExternalMetric objects in all namespaces");
+    // Both run until `stop`; either ending earlier is fatal (see `wait_for_shutdown`).
+    Ok(tokio::spawn(
+        async move {
+            tokio::select! {
+                () = watch => {}
+                () = writer => {}
+            }
+        }
+        .instrument(tracing::info_span!("task", name = "ExternalMetric watch")),
+    ))
+}
+
+/// The secure port's routes: the API behind authentication and the edge guard, and the peer
+/// link's endpoints when this replica can lead.
+fn api_router(
+    config: &ServeConfig,
+    engine: Engine,
+    auth: Arc<Auth>,
+    forwarder: &Arc<dyn Forwarder>,
+    replication: &Replication,
+    metrics: &Arc<AdapterMetrics>,
+) -> Router {
     let router = api::router(Arc::new(ApiState {
-        provider,
+        provider: engine,
         metrics: metrics.clone(),
         forwarder: forwarder.clone(),
     }))
@@ -415,17 +502,34 @@ pub async fn serve_until(
     // Outermost: bodies are refused, and timeouts and panics answered, before anything else.
     let router = api::guard(router, config.edge.request_timeout, metrics.clone());
     // The peer link shares the port (and its edge limits), beside the API's authorization.
-    let router = match &replication.peer {
+    match &replication.peer {
         Some(peer) => router.merge(
             peer.clone()
                 .router(config.edge.request_timeout, metrics.clone()),
         ),
         None => router,
-    };
-    let secure_addr = listeners.secure.local_addr()?;
-    let mut api = tokio::spawn(
+    }
+}
+
+/// The secure port, serving `router` until `stop` (then draining, cut short by `abort`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one piece the server is made of"
+)]
+fn start_api(
+    listener: TcpListener,
+    store: Arc<CertificateStore>,
+    trust: Arc<TrustStore>,
+    router: Router,
+    config: &ServeConfig,
+    metrics: &Arc<AdapterMetrics>,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let secure_addr = listener.local_addr()?;
+    let api = tokio::spawn(
         crate::server::serve_tls(
-            listeners.secure,
+            listener,
             Arc::new(tls::server_config(store, trust)),
             router,
             config.edge.limits(),
@@ -439,78 +543,88 @@ pub async fn serve_until(
         .instrument(tracing::info_span!("task", name = "API server")),
     );
     tracing::info!(%secure_addr, "serving external.metrics.k8s.io");
+    Ok(api)
+}
 
-    tokio::pin!(shutdown);
-    let mut refresher = refresher;
+/// Every long-running task, joined at shutdown.
+struct Tasks {
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    api: tokio::task::JoinHandle<()>,
+    refresher: tokio::task::JoinHandle<()>,
+    external_metrics: tokio::task::JoinHandle<()>,
+    watchers: JoinSet<&'static str>,
+    replication: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Until `shutdown`; a critical task ending on its own first is fatal: exit rather than limp on.
+async fn wait_for_shutdown(
+    shutdown: impl Future<Output = ()>,
+    tasks: &mut Tasks,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     tokio::select! {
-        () = &mut shutdown => {}
-        // A critical task ending on its own is fatal: exit rather than limp on.
-        result = &mut api => {
+        () = shutdown => Ok(()),
+        result = &mut tasks.api => {
             stop.cancel();
             anyhow::bail!("the API server stopped unexpectedly: {result:?}");
         }
-        result = &mut refresher => {
+        result = &mut tasks.refresher => {
             stop.cancel();
             anyhow::bail!("the refresh engine stopped unexpectedly: {result:?}");
         }
-        result = &mut external_metrics => {
+        result = &mut tasks.external_metrics => {
             stop.cancel();
             anyhow::bail!("the ExternalMetric watch stopped unexpectedly: {result:?}");
         }
-        Some(result) = watchers.join_next() => {
+        Some(result) = tasks.watchers.join_next() => {
             stop.cancel();
             anyhow::bail!("a background task stopped unexpectedly: {result:?}");
         }
     }
-    tracing::info!("shutting down: reporting not ready");
-    readiness.shutting_down.store(true, Ordering::Release);
-    // A leader stops calling AWS and hands the Lease over now, not after the drain: a rollout
-    // moves leadership in seconds.
-    replication.resign.cancel();
-    tokio::select! {
-        () = tokio::time::sleep(config.shutdown_delay) => {}
-        () = abort.cancelled() => {}
-    }
-    stop.cancel();
-    // Every task ends on `stop` (the API server after its drain, which `abort` cuts short);
-    // all are joined, so nothing is left running when this returns.
-    api.await.context("API server task failed")?;
-    let admin_result = tokio::select! {
-        result = &mut admin => Some(result),
-        () = abort.cancelled() => None,
-    };
-    let admin_result = match admin_result {
-        Some(result) => result,
-        None => {
-            admin.abort();
-            admin.await
+}
+
+impl Tasks {
+    /// Join every task once `stop` is cancelled (the API server after its drain, which `abort`
+    /// cuts short), so nothing is left running.
+    async fn join(self, abort: &CancellationToken) -> anyhow::Result<()> {
+        let Tasks {
+            mut admin,
+            api,
+            refresher,
+            external_metrics,
+            mut watchers,
+            replication,
+        } = self;
+        api.await.context("API server task failed")?;
+        let admin_result = tokio::select! {
+            result = &mut admin => Some(result),
+            () = abort.cancelled() => None,
+        };
+        let admin_result = match admin_result {
+            Some(result) => result,
+            None => {
+                admin.abort();
+                admin.await
+            }
+        };
+        refresher
+            .await
+            .context("CloudWatch refresher task failed")?;
+        for task in replication {
+            task.await
+                .context("a leader election or peer task failed")?;
         }
-    };
-    refresher
-        .await
-        .context("CloudWatch refresher task failed")?;
-    for task in replication.tasks {
-        task.await
-            .context("a leader election or peer task failed")?;
+        external_metrics
+            .await
+            .context("ExternalMetric watch task failed")?;
+        while let Some(result) = watchers.join_next().await {
+            result.context("a background task failed")?;
+        }
+        admin_result
+            .context("admin server task failed")?
+            .context("admin server failed")?;
+        Ok(())
     }
-    external_metrics
-        .await
-        .context("ExternalMetric watch task failed")?;
-    while let Some(result) = watchers.join_next().await {
-        result.context("a background task failed")?;
-    }
-    // Only now: the delegates' background tasks run on the delegates' own runtime, which goes
-    // with the last reference; dropped earlier (with the router), it could cancel them before
-    // they saw `stop`, and a clean shutdown would report a failed task.
-    drop(forwarder);
-    if abort.is_cancelled() {
-        anyhow::bail!("a second signal aborted the drain: in-flight requests were cut off");
-    }
-    admin_result
-        .context("admin server task failed")?
-        .context("admin server failed")?;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The validated delegates (the same check `validate()` made, so it cannot fail after it passed).
