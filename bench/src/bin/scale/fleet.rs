@@ -39,11 +39,11 @@ impl Fleet {
             "--tenants, --hpas and every size must be at least 1"
         );
         ensure!(
-            hpas % tenants == 0,
+            hpas.is_multiple_of(tenants),
             "--hpas ({hpas}) must be a multiple of --tenants ({tenants}), so each HPA reads one tenant's series"
         );
         ensure!(
-            matches!(period, 1 | 5 | 10 | 20 | 30) || (period > 0 && period % 60 == 0),
+            matches!(period, 1 | 5 | 10 | 20 | 30) || (period > 0 && period.is_multiple_of(60)),
             "--refresh-interval {period} is not a CloudWatch period (1, 5, 10, 20, 30 or a multiple of 60)"
         );
         Ok(Fleet {

@@ -152,7 +152,7 @@ impl CallLog {
             .iter()
             .filter(|(at, _, _)| *at > from && *at <= until)
             .map(|(at, _, _)| *at)
-            .last();
+            .next_back();
         (
             calls_after - calls_before,
             metrics_after - metrics_before,
