@@ -128,7 +128,8 @@ impl Args {
             "--period must be 1, 5, 10, 20 or 30 (high-resolution data)"
         );
         anyhow::ensure!(
-            self.refresh_interval >= self.period && self.refresh_interval.is_multiple_of(self.period),
+            self.refresh_interval >= self.period
+                && self.refresh_interval.is_multiple_of(self.period),
             "--refresh-interval must be a multiple of --period"
         );
         anyhow::ensure!(
