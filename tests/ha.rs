@@ -183,8 +183,6 @@ impl Cluster {
                 "--leader-elect-resource-namespace",
                 NAMESPACE,
             ])
-            .args(["--leader-elect-lease-duration", "2s"])
-            .args(["--leader-elect-renew-deadline", "1500ms"])
             .args(["--leader-elect-retry-period", "500ms"])
             .args(["--peer-advertise-address", &format!("127.0.0.1:{secure}")])
             .args(["--peer-server-name", "localhost"])
@@ -193,6 +191,12 @@ impl Cluster {
             .args(extra)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // A short lease, unless a test sets its own.
+        if !extra.contains(&"--leader-elect-lease-duration") {
+            command
+                .args(["--leader-elect-lease-duration", "2s"])
+                .args(["--leader-elect-renew-deadline", "1500ms"]);
+        }
         if !extra.contains(&"--peer-ca-file") {
             command.args(["--peer-ca-file", &self.path("ca.pem")]);
         }
@@ -574,6 +578,44 @@ async fn a_leader_cut_off_from_the_lease_api_stops_calling_within_its_renew_dead
     let calls = leader.own_calls().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(leader.own_calls().await, calls, "a follower kept calling");
+}
+
+#[tokio::test]
+async fn a_replica_started_while_the_killed_leader_still_holds_the_lease_serves_first_reads() {
+    // A lease long enough that the whole test runs while the killed leader's record stands.
+    let lease = [
+        "--leader-elect-lease-duration",
+        "60s",
+        "--leader-elect-renew-deadline",
+        "40s",
+    ];
+    let cluster = Cluster::start(5).await;
+    let a = cluster.replica("replica-a", &lease).await;
+    let leader = cluster.leader(&[&a]).await;
+    assert_eq!(leader.value(0).await.unwrap(), 0.0);
+    a.signal("-KILL");
+    // A new pod (as a Deployment replaces the killed one): the Lease names a leader that is
+    // gone, so no stream comes, and none will for a minute.
+    let b = cluster.replica("replica-b", &lease).await;
+    // A series it has never seen is read here once the stream has been silent a few seconds,
+    // within the fallback budget: not a 503 after the 15 s first-value wait.
+    let read = b.value(3).await;
+    assert_eq!(read, Ok(3.0), "a first read on a pod started mid-failover");
+    assert!(
+        !b.is_leader().await,
+        "took the Lease of a leader not expired"
+    );
+    assert!(
+        b.metric(r#"cloudwatch_adapter_fallback_refreshes_total{source="cloudwatch"}"#)
+            .await
+            >= 1.0
+    );
+    // What it now holds waits for a leader: no second call while the stream stays silent.
+    let calls = b.own_calls().await;
+    assert_eq!(b.value(3).await, Ok(3.0));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(b.own_calls().await, calls, "refreshed a series it holds");
+    drop(a);
 }
 
 #[tokio::test]

@@ -33,6 +33,9 @@ use crate::telemetry::Chain;
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// The longest a lane sleeps between looks at its queue.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often a following lane looks again while series it holds are past due (the leader's
+/// values for them not yet in): it must not spin on a due time it leaves to the leader.
+const FOLLOW_RECHECK: Duration = Duration::from_millis(100);
 
 /// What the engine needs of a lane, whatever its source.
 pub(crate) trait Lane: Send + Sync + std::fmt::Debug {
@@ -153,6 +156,7 @@ impl<S: Source> SourceLane<S> {
 
     async fn run_loop(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) {
         loop {
+            core.metrics.engine().lane_cycle(self.profile.backend);
             let next_wake = self.cycle(&core, &stop).await;
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -175,10 +179,11 @@ impl<S: Source> SourceLane<S> {
         let role = core.role();
         if role == Role::Follow {
             // The leader refreshes; values arrive from it, and the queue keeps their due times
-            // for when this replica leads.
-            return next_wake.min(now + MAX_SLEEP);
+            // for when this replica leads. A due time already passed stays first in the queue
+            // until the leader's value moves it: look again soon, not at once.
+            return next_wake.clamp(now + FOLLOW_RECHECK, now + MAX_SLEEP);
         }
-        let fallback = role == Role::Fallback;
+        let fallback = matches!(role, Role::Fallback | Role::Waiting);
         self.isolation.tidy(now);
         let mut taken = Taken::new(core.clone());
         let definitions = core.definitions.load();
@@ -209,6 +214,15 @@ impl<S: Source> SourceLane<S> {
             {
                 // Falling back, a replica reads only what it is asked for; the rest waits for
                 // a leader (or a request here) until its next grid point.
+                let next = core
+                    .clock
+                    .next_tick(now, series.definition.refresh_interval);
+                core.schedule(&series, &mut state, next);
+                continue;
+            }
+            if role == Role::Waiting && series.fetched_once() {
+                // The leader's stream is only silent: what has a value waits for it (a new
+                // leader takes over the due times), so a failover costs no extra calls.
                 let next = core
                     .clock
                     .next_tick(now, series.definition.refresh_interval);

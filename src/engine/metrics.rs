@@ -57,6 +57,7 @@ pub struct EngineMetrics {
     refresh_lag: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     queued_series: Family<SourceLabels, Gauge>,
     fallback_refreshes: Family<SourceLabels, Counter>,
+    lane_cycles: Family<SourceLabels, Counter>,
     isolated_definitions: Family<IsolationLabels, Gauge>,
 }
 
@@ -78,6 +79,7 @@ impl EngineMetrics {
         let refresh_lag = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
         let queued_series = Family::<SourceLabels, Gauge>::default();
         let fallback_refreshes = Family::<SourceLabels, Counter>::default();
+        let lane_cycles = Family::<SourceLabels, Counter>::default();
         let isolated_definitions = Family::<IsolationLabels, Gauge>::default();
         registry.register(
             "cloudwatch_calls",
@@ -155,6 +157,11 @@ impl EngineMetrics {
             fallback_refreshes.clone(),
         );
         registry.register(
+            "lane_cycles",
+            "Times a source's lane looked at its queue: about one per second, or per burst of first requests, when idle; fast growth means a lane that does not sleep",
+            lane_cycles.clone(),
+        );
+        registry.register(
             "isolated_definitions",
             "Definitions with series that get calls of their own because the backend rejects the calls they share (scope=series), or rejected whatever the selector (scope=definition)",
             isolated_definitions.clone(),
@@ -175,6 +182,7 @@ impl EngineMetrics {
             refresh_lag,
             queued_series,
             fallback_refreshes,
+            lane_cycles,
             isolated_definitions,
         }
     }
@@ -290,6 +298,15 @@ impl EngineMetrics {
     /// [`EngineMetrics::source_call`] counts it among all calls).
     pub fn fallback_refresh(&self, backend: Backend) {
         self.fallback_refreshes
+            .get_or_create(&SourceLabels {
+                source: backend.label().to_string(),
+            })
+            .inc();
+    }
+
+    /// Count one look of `backend`'s lane at its queue.
+    pub fn lane_cycle(&self, backend: Backend) {
+        self.lane_cycles
             .get_or_create(&SourceLabels {
                 source: backend.label().to_string(),
             })

@@ -5,7 +5,8 @@
 //! other replicas, which [`apply`](super::Engine::apply) them to their tables. So a follower
 //! holds every active series, its value and its due time, and becomes a warm leader. A follower
 //! that hears from no leader for long enough falls back to reading what it is asked for itself
-//! ([`Role::Fallback`]), within a small budget.
+//! ([`Role::Fallback`]), within a small budget; while the leader's stream is merely silent
+//! ([`Role::Waiting`]), it reads only first values asked for here, within the same budget.
 //!
 //! The engine knows nothing of Leases or of the peer link: `leader` decides the role, `peer`
 //! carries the changes.
@@ -25,6 +26,11 @@ pub enum Role {
     Lead,
     /// Leave refreshes to the leader; values arrive from it.
     Follow,
+    /// Following, but the leader's stream has been silent for a few seconds (a leader killed,
+    /// a reconnect, a pod that started during a failover): what is held waits for the leader,
+    /// and only a series asked for here that has no value yet is read here, within the
+    /// fallback budget, so its first read does not wait out the failover.
+    Waiting,
     /// No leader has been heard from for too long: refresh the series asked for here, within
     /// the fallback budget.
     Fallback,

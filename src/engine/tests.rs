@@ -1362,3 +1362,126 @@ async fn metrics_of_names_that_went_away_leave_the_scrape() {
     );
     stop.cancel();
 }
+
+/// A role a test sets by hand, as the election and the peer link would.
+#[derive(Debug)]
+struct SetRole(Mutex<Role>);
+
+impl SetRole {
+    fn set(&self, role: Role) {
+        *self.0.lock().unwrap() = role;
+    }
+}
+
+impl Roles for SetRole {
+    fn role(&self) -> Role {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// One number from the scrape text (0 when absent).
+fn scraped(metrics: &AdapterMetrics, line_start: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_neither_spins_on_due_series_nor_makes_first_reads_wait_out_a_failover() {
+    let fake = Arc::new(Fake::default());
+    let metrics = Arc::new(AdapterMetrics::default());
+    let cache = Engine::with_wall_clock(
+        Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap())),
+        sources(&fake, 10.0),
+        EngineConfig::default(),
+        metrics.clone(),
+        grid_anchor(),
+    );
+    let roles = Arc::new(SetRole(Mutex::new(Role::Lead)));
+    cache.set_roles(roles.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(cache.clone_handle().run(stop.clone()));
+    let cycles = || {
+        scraped(
+            &metrics,
+            r#"cloudwatch_adapter_lane_cycles_total{source="cloudwatch"} "#,
+        )
+    };
+    let fallbacks = || {
+        scraped(
+            &metrics,
+            r#"cloudwatch_adapter_fallback_refreshes_total{source="cloudwatch"} "#,
+        )
+    };
+    assert_eq!(value(&cache, "q1").await.unwrap(), 1.0);
+    assert_eq!(fake.calls().len(), 1);
+
+    // Following a leader that has gone silent: q1 falls due (on the grid, 30 s in) and stays
+    // due, as no leader's value moves it. The lane must not look at it in a tight loop.
+    // Time moves by hand here: a spinning lane would keep the paused clock from moving by
+    // itself. Then the lane gets 1,000 chances to run with no time passing.
+    roles.set(Role::Follow);
+    tokio::time::advance(Duration::from_secs(40)).await;
+    let before = cycles();
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    let looked = cycles() - before;
+    assert!(
+        looked <= 2.0,
+        "{looked} looks at the queue with no time passing and a series past due: the lane spins"
+    );
+    assert_eq!(fake.calls().len(), 1, "a follower called CloudWatch");
+    // A series never seen here waits for the leader while following...
+    let pending = value(&cache, "q2").await;
+    assert!(
+        matches!(pending, Err(ProviderError::FirstFetchPending(_))),
+        "{pending:?}"
+    );
+    assert_eq!(fake.calls().len(), 1);
+
+    // ...and once the leader's stream is silent (Waiting), a series asked for here with no
+    // value yet is read here, alone, within the fallback budget; what has a value still waits.
+    roles.set(Role::Waiting);
+    assert_eq!(value(&cache, "q3").await.unwrap(), 3.0);
+    let calls = fake.calls();
+    let fetched: Vec<Vec<String>> = calls[1..]
+        .iter()
+        .map(|(_, request)| {
+            request
+                .metric_data_queries
+                .iter()
+                .map(|q| match &q.kind {
+                    QueryKind::MetricStat(stat) => stat.dimensions[0].value.clone(),
+                    QueryKind::Expression(_) => String::new(),
+                })
+                .collect()
+        })
+        .collect();
+    // q2 (asked for here, never answered) and q3 are first values; q1 is not.
+    assert!(
+        fetched.iter().flatten().all(|queue| queue != "q1"),
+        "a series that has a value was refreshed while waiting for the leader: {fetched:?}"
+    );
+    assert!(fetched.iter().flatten().any(|queue| queue == "q3"));
+    assert_eq!(fallbacks(), (calls.len() - 1) as f64);
+    let waiting_calls = calls.len();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        fake.calls().len(),
+        waiting_calls,
+        "series with values were refreshed while waiting for the leader"
+    );
+
+    // A leader again: everything is refreshed, together.
+    roles.set(Role::Lead);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let after: Vec<usize> = fake.calls()[waiting_calls..]
+        .iter()
+        .map(|(_, request)| request.metric_data_queries.len())
+        .collect();
+    assert!(after.contains(&3), "{after:?}");
+    stop.cancel();
+}

@@ -10,7 +10,9 @@
 //! Degrade, never fail: a follower whose stream breaks keeps serving what it holds until max
 //! age and reconnects; if no leader streams to it for the lease duration plus the retry period,
 //! its role becomes [`Role::Fallback`] and it reads what it is asked for itself, within a small
-//! budget ([`PeerRoles`]). Readiness never depends on any of this.
+//! budget ([`PeerRoles`]). Before that, once the stream has been silent for [`SILENT_STREAM`]
+//! ([`Role::Waiting`]), it reads only the first value of a series asked for here, so a read of a
+//! series it has never seen does not wait out a failover. Readiness never depends on any of this.
 
 pub mod client;
 pub mod server;
@@ -39,6 +41,11 @@ pub const MAX_DEMAND_SERIES: usize = 1000;
 /// The largest demand body accepted (1,000 keys of labels well within CloudWatch's limits).
 pub const MAX_DEMAND_BYTES: usize = 2 * 1024 * 1024;
 
+/// How long the leader's stream (a heartbeat each second) may be silent before a follower reads
+/// first values itself ([`Role::Waiting`]): long enough for a starting replica to connect and
+/// take the leader's snapshot.
+pub const SILENT_STREAM: Duration = Duration::from_secs(3);
+
 /// This replica's role from the election and the link: the leader leads (checked against its
 /// local deadline); a follower follows while it hears from a leader, and falls back when it has
 /// heard nothing for `patience` (the lease duration plus the retry period).
@@ -56,6 +63,7 @@ fn role_code(role: Role) -> u8 {
         Role::Lead => 0,
         Role::Follow => 1,
         Role::Fallback => 2,
+        Role::Waiting => 3,
     }
 }
 
@@ -76,8 +84,10 @@ impl PeerRoles {
             // A leader that loses the Lease starts its patience then, not from its last stream.
             self.link.heard_now();
             Role::Lead
-        } else if self.link.heard_within(self.patience) {
+        } else if self.link.heard_within(SILENT_STREAM.min(self.patience)) {
             Role::Follow
+        } else if self.link.heard_within(self.patience) {
+            Role::Waiting
         } else {
             Role::Fallback
         }
@@ -95,6 +105,10 @@ impl Roles for PeerRoles {
                 Role::Follow => {
                     tracing::info!("leaving AWS calls to the leader; serving its values")
                 }
+                Role::Waiting => tracing::info!(
+                    silent = ?SILENT_STREAM,
+                    "the leader's stream is silent: reading here only first values asked for here, within the fallback budget"
+                ),
                 Role::Fallback => tracing::warn!(
                     patience = ?self.patience,
                     "no leader heard from: reading what is asked here, within the fallback budget"
