@@ -9,14 +9,17 @@ pub mod status;
 pub mod types;
 
 use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::middleware::Next;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -80,36 +83,95 @@ pub fn router<P: ExternalMetricsProvider>(state: Arc<ApiState<P>>) -> Router {
 /// small so undeclared data cannot pile up either), and the rest is [`contain`]ed. Each refusal
 /// is a `metav1.Status`, and counted in `api_rejections_total`.
 pub fn guard(router: Router, request_timeout: Duration, metrics: Arc<AdapterMetrics>) -> Router {
-    let counted = metrics.clone();
-    let router = router.layer(axum::middleware::from_fn(
-        move |request: Request, next: Next| {
-            let metrics = counted.clone();
-            async move {
-                if declares_body(&request) {
-                    metrics.edge().rejection("request_body");
-                    return ApiError::request_body_refused().into_response();
-                }
-                next.run(request).await
-            }
-        },
-    ));
-    contain(router, request_timeout, metrics)
+    router.layer(GuardLayer {
+        refuse_bodies: true,
+        request_timeout,
+        metrics,
+    })
 }
 
 /// A request not answered within `request_timeout` gets `504 Timeout`, and a handler that
 /// panics gets `500` instead of a dropped stream (a streamed response counts as answered once
 /// its head is sent). Each is a `metav1.Status`, and counted in `api_rejections_total`.
 pub fn contain(router: Router, request_timeout: Duration, metrics: Arc<AdapterMetrics>) -> Router {
-    router.layer(axum::middleware::from_fn(move |request: Request, next: Next| {
+    router.layer(GuardLayer {
+        refuse_bodies: false,
+        request_timeout,
+        metrics,
+    })
+}
+
+/// [`guard`] and [`contain`] as one tower layer: `axum::middleware::from_fn` would box and clone
+/// the rest of the stack on every request, once per layer.
+#[derive(Debug, Clone)]
+struct GuardLayer {
+    refuse_bodies: bool,
+    request_timeout: Duration,
+    metrics: Arc<AdapterMetrics>,
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// A route behind [`GuardLayer`].
+#[derive(Debug, Clone)]
+struct Guarded<S> {
+    inner: S,
+    guard: GuardLayer,
+}
+
+impl<S> tower::Service<Request> for Guarded<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let GuardLayer {
+            refuse_bodies,
+            request_timeout,
+            ref metrics,
+        } = self.guard;
         let metrics = metrics.clone();
-        async move {
-            let handled = std::panic::AssertUnwindSafe(next.run(request));
-            match tokio::time::timeout(request_timeout, futures_util::FutureExt::catch_unwind(handled)).await {
-                Ok(Ok(response)) => response,
+        if refuse_bodies && declares_body(&request) {
+            metrics.edge().rejection("request_body");
+            return Box::pin(std::future::ready(Ok(
+                ApiError::request_body_refused().into_response()
+            )));
+        }
+        // Polled ready by `poll_ready` (axum's routes always are).
+        let handled = std::panic::AssertUnwindSafe(self.inner.call(request));
+        Box::pin(async move {
+            let outcome = tokio::time::timeout(
+                request_timeout,
+                futures_util::FutureExt::catch_unwind(handled),
+            )
+            .await;
+            Ok(match outcome {
+                Ok(Ok(Ok(response))) => response,
+                Ok(Ok(Err(infallible))) => match infallible {},
                 Ok(Err(_)) => {
                     tracing::error!("a request handler panicked");
                     metrics.edge().rejection("panic");
-                    ApiError::internal("the server failed while handling this request; the failure is in its log").into_response()
+                    ApiError::internal(
+                        "the server failed while handling this request; the failure is in its log",
+                    )
+                    .into_response()
                 }
                 Err(_) => {
                     metrics.edge().rejection("timeout");
@@ -119,9 +181,9 @@ pub fn contain(router: Router, request_timeout: Duration, metrics: Arc<AdapterMe
                     ))
                     .into_response()
                 }
-            }
-        }
-    }))
+            })
+        })
+    }
 }
 
 /// Whether a request says it carries a body: a non-zero `Content-Length`, or any
@@ -138,8 +200,10 @@ fn json<T: Serialize>(value: &T) -> Response {
 }
 
 fn json_as<T: Serialize>(value: &T, content_type: &'static str) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
+    // A value list is a few hundred bytes: one allocation, no regrowth.
+    let mut body = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => {
             let mut response = (StatusCode::OK, body).into_response();
             response
                 .headers_mut()
@@ -267,10 +331,11 @@ async fn api_resources<P: ExternalMetricsProvider>(
 async fn metric_values<P: ExternalMetricsProvider>(
     State(state): State<Arc<ApiState<P>>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    uri: Uri,
+    // The request itself, rather than copies of its headers and URI.
+    request: Request,
 ) -> Response {
+    let (uri, headers) = (request.uri(), request.headers());
+    let query = uri.query();
     let started = Instant::now();
     let (namespace, metric) = match path {
         Ok(Path(segments)) => segments,
@@ -297,15 +362,8 @@ async fn metric_values<P: ExternalMetricsProvider>(
     // delegate (the caller was authorized for this path before the handler ran).
     if segments_ok
         && !defined
-        && let Some(response) = forward(
-            &state,
-            &namespace,
-            &metric,
-            uri.path(),
-            query.as_deref(),
-            &headers,
-        )
-        .await
+        && let Some(response) =
+            forward(&state, &namespace, &metric, uri.path(), query, headers).await
     {
         state.metrics.api().observe_request(
             "forwarded",
@@ -325,7 +383,7 @@ async fn metric_values<P: ExternalMetricsProvider>(
         );
         return response;
     }
-    let outcome = answer(&state.provider, namespace, metric.clone(), query.as_deref()).await;
+    let outcome = answer(&state.provider, namespace, metric.clone(), query).await;
     let (label, response) = match outcome {
         Ok(list) => (metric, json(&list)),
         Err((known, error)) => {
