@@ -554,3 +554,86 @@ async fn method_not_allowed() -> ApiError {
         "the server does not allow this method on the requested resource (external metrics are read with GET)",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn routes() -> Router {
+        Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/panics",
+                get(|| async {
+                    panic!("a handler bug");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            .route(
+                "/hangs",
+                get(|| async {
+                    std::future::pending::<()>().await;
+                    ""
+                }),
+            )
+    }
+
+    async fn call(router: &Router, path: &str, body: Option<&'static str>) -> (u16, Value) {
+        let mut request = axum::http::Request::builder().uri(path);
+        if let Some(body) = body {
+            request = request.header(header::CONTENT_LENGTH, body.len());
+        }
+        let request = request
+            .body(body.map_or_else(Body::empty, Body::from))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, body)
+    }
+
+    fn rejections(metrics: &AdapterMetrics, reason: &str) -> String {
+        let line = format!("cloudwatch_adapter_api_rejections_total{{reason=\"{reason}\"}} ");
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()).map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_guard_answers_bodies_panics_and_hangs_with_a_status_and_counts_them() {
+        let metrics = Arc::new(AdapterMetrics::default());
+        let router = guard(routes(), Duration::from_secs(30), metrics.clone());
+        assert_eq!(call(&router, "/ok", None).await, (200, Value::from("ok")));
+        let (code, status) = call(&router, "/ok", Some("{}")).await;
+        assert_eq!(
+            (code, &status["kind"], &status["code"]),
+            (413, &"Status".into(), &413.into())
+        );
+        let (code, status) = call(&router, "/panics", None).await;
+        assert_eq!((code, &status["code"]), (500, &500.into()), "{status}");
+        let (code, status) = call(&router, "/hangs", None).await;
+        assert_eq!((code, &status["code"]), (504, &504.into()), "{status}");
+        assert!(
+            status["message"].as_str().unwrap().contains("30s"),
+            "{status}"
+        );
+        for reason in ["request_body", "panic", "timeout"] {
+            assert_eq!(rejections(&metrics, reason), "1", "{reason}");
+        }
+        // `contain` (the peer link's routes) takes bodies, and still contains panics.
+        let contained = contain(routes(), Duration::from_secs(30), metrics.clone());
+        assert_eq!(call(&contained, "/ok", Some("{}")).await.0, 200);
+        assert_eq!(call(&contained, "/panics", None).await.0, 500);
+        assert_eq!(rejections(&metrics, "panic"), "2");
+    }
+}
