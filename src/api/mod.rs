@@ -556,6 +556,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use axum::body::Body;
     use http_body_util::BodyExt;
