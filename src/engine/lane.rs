@@ -36,6 +36,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// How often a following lane looks again while series it holds are past due (the leader's
 /// values for them not yet in): it must not spin on a due time it leaves to the leader.
 const FOLLOW_RECHECK: Duration = Duration::from_millis(100);
+/// While the leader's stream is silent ([`Role::Waiting`]), first values asked for here are
+/// gathered this long into one call, so a failover costs a few calls, not one per second.
+const WAITING_GATHER: Duration = Duration::from_secs(3);
 
 /// What the engine needs of a lane, whatever its source.
 pub(crate) trait Lane: Send + Sync + std::fmt::Debug {
@@ -67,6 +70,8 @@ pub(crate) struct SourceLane<S> {
     /// Calls under way, by id, with the due time of their oldest member (for the lag).
     in_flight: Mutex<HashMap<u64, Instant>>,
     call_ids: AtomicU64,
+    /// When the last cycle in [`Role::Waiting`] took first values (see [`WAITING_GATHER`]).
+    waiting_taken: Mutex<Option<Instant>>,
 }
 
 impl<S> std::fmt::Debug for SourceLane<S> {
@@ -125,6 +130,7 @@ impl<S: Source> SourceLane<S> {
             isolation: Isolation::default(),
             in_flight: Mutex::new(HashMap::new()),
             call_ids: AtomicU64::new(0),
+            waiting_taken: Mutex::new(None),
         }
     }
 
@@ -183,6 +189,18 @@ impl<S: Source> SourceLane<S> {
             // until the leader's value moves it: look again soon, not at once.
             return next_wake.clamp(now + FOLLOW_RECHECK, now + MAX_SLEEP);
         }
+        if role == Role::Waiting {
+            let mut taken_at = self
+                .waiting_taken
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(at) = *taken_at
+                && now < at + WAITING_GATHER
+            {
+                return at + WAITING_GATHER;
+            }
+            *taken_at = Some(now);
+        }
         let fallback = matches!(role, Role::Fallback | Role::Waiting);
         self.isolation.tidy(now);
         let mut taken = Taken::new(core.clone());
@@ -207,22 +225,19 @@ impl<S: Source> SourceLane<S> {
                 core.drop_series(&series);
                 continue;
             }
-            if fallback
-                && state
-                    .requested_here
-                    .is_none_or(|at| now.saturating_duration_since(at) > core.config.idle_timeout)
-            {
-                // Falling back, a replica reads only what it is asked for; the rest waits for
-                // a leader (or a request here) until its next grid point.
-                let next = core
-                    .clock
-                    .next_tick(now, series.definition.refresh_interval);
-                core.schedule(&series, &mut state, next);
+            let asked_here = state
+                .requested_here
+                .is_some_and(|at| now.saturating_duration_since(at) <= core.config.idle_timeout);
+            if role == Role::Waiting && (series.fetched_once() || !asked_here) {
+                // The leader's stream is only silent: what has a value (or is not asked for
+                // here) keeps its due time, so the next leader refreshes it at once, as it
+                // would have; a failover costs no extra calls for it.
+                core.schedule(&series, &mut state, at);
                 continue;
             }
-            if role == Role::Waiting && series.fetched_once() {
-                // The leader's stream is only silent: what has a value waits for it (a new
-                // leader takes over the due times), so a failover costs no extra calls.
+            if fallback && !asked_here {
+                // Falling back, a replica reads only what it is asked for; the rest waits for
+                // a leader (or a request here) until its next grid point.
                 let next = core
                     .clock
                     .next_tick(now, series.definition.refresh_interval);

@@ -1475,8 +1475,22 @@ async fn a_follower_neither_spins_on_due_series_nor_makes_first_reads_wait_out_a
         "series with values were refreshed while waiting for the leader"
     );
 
-    // A leader again: everything is refreshed, together.
+    // A leader again: what fell due while waiting kept its due time, so it is refreshed at
+    // once (a warm failover), then everything together on the grid.
     roles.set(Role::Lead);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_once: Vec<String> = fake.calls()[waiting_calls..]
+        .iter()
+        .flat_map(|(_, request)| request.metric_data_queries.clone())
+        .filter_map(|q| match q.kind {
+            QueryKind::MetricStat(stat) => Some(stat.dimensions[0].value.clone()),
+            QueryKind::Expression(_) => None,
+        })
+        .collect();
+    assert!(
+        at_once.iter().any(|queue| queue == "q1"),
+        "the overdue series waited for the grid after the failover: {at_once:?}"
+    );
     tokio::time::sleep(Duration::from_secs(61)).await;
     let after: Vec<usize> = fake.calls()[waiting_calls..]
         .iter()
