@@ -148,6 +148,9 @@ pub struct Readiness {
     definitions_loaded: AtomicBool,
     external_metrics_synced: AtomicBool,
     certificates_loaded: AtomicBool,
+    /// With `--leader-elect`: this replica holds a leader's values, leads, or waited for either
+    /// as long as a failover takes. Without it, set at once.
+    replica_warm: AtomicBool,
     shutting_down: AtomicBool,
 }
 
@@ -163,6 +166,11 @@ impl Readiness {
         }
         if !self.certificates_loaded.load(Ordering::Acquire) {
             blockers.push("serving certificate not loaded");
+        }
+        if !self.replica_warm.load(Ordering::Acquire) {
+            blockers.push(
+                "no leader's values yet (waiting for the first snapshot of its stream, at most the lease duration plus the retry period)",
+            );
         }
         if self.shutting_down.load(Ordering::Acquire) {
             blockers.push("shutting down");
@@ -268,7 +276,8 @@ pub async fn serve_until(
     .await?;
     let engine = build_engine(&config, &sdk, definitions.clone(), &metrics);
     // With --leader-elect: one replica leads (calls AWS, writes status), every one serves.
-    let replication = start_replication(&config, &engine, kube.as_ref(), &metrics, &stop)?;
+    let replication =
+        start_replication(&config, &engine, kube.as_ref(), &metrics, &readiness, &stop)?;
     let external_metrics = start_external_metrics(
         &config,
         kube.clone(),
@@ -687,6 +696,42 @@ fn status_config(flags: &CrdFlags, leadership: Leadership) -> status::StatusConf
     }
 }
 
+/// A starting replica turns ready once it can answer from a leader's values: it holds the first
+/// complete snapshot of a leader's stream, or it leads, or `patience` (the lease duration plus the
+/// retry period) passed with neither, after which it reads what it is asked for itself. A new
+/// leader observed meanwhile restarts the wait for its stream (up to twice `patience` in all).
+/// So while a killed leader's Lease stands, a new pod is not sent reads it could answer only by
+/// calling AWS beside the leader-to-be, or not at all; the survivors answer them from memory.
+/// Only at start: once ready, leadership never takes readiness away.
+async fn warm_up(
+    mut synced: tokio::sync::watch::Receiver<bool>,
+    mut changes: tokio::sync::watch::Receiver<crate::leader::LeaderState>,
+    patience: std::time::Duration,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) {
+    let started = tokio::time::Instant::now();
+    let cap = started + patience * 2;
+    let mut deadline = started + patience;
+    let how = loop {
+        if changes.borrow_and_update().leading {
+            break "leading";
+        }
+        tokio::select! {
+            Ok(_) = synced.wait_for(|synced| *synced) => break "holding the leader's values",
+            Ok(()) = changes.changed() => {
+                if changes.borrow().leader.is_some() {
+                    deadline = (tokio::time::Instant::now() + patience).min(cap);
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break "no leader's stream within the lease duration plus the retry period; reading here what is asked here",
+            () = stop.cancelled() => return,
+        }
+    };
+    tracing::info!(after = ?started.elapsed(), "ready: {how}");
+    readiness.replica_warm.store(true, Ordering::Release);
+}
+
 /// Leader election and the peer link, as started.
 struct Replication {
     /// Whether this replica leads (always, without --leader-elect).
@@ -707,12 +752,14 @@ fn start_replication(
     engine: &Engine,
     kube: Option<&kube::Client>,
     metrics: &Arc<AdapterMetrics>,
+    readiness: &Arc<Readiness>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Replication> {
     // Also cancelled with `stop`, so however serving ends the Lease is released.
     let resign = stop.child_token();
     let flags = &config.leader_election;
     let Some(election) = flags.to_config()? else {
+        readiness.replica_warm.store(true, Ordering::Release);
         metrics.leader().set_always_leading();
         return Ok(Replication {
             leadership: Leadership::always(),
@@ -767,6 +814,16 @@ fn start_replication(
         },
         metrics.peer().clone(),
     );
+    tasks.push(tokio::spawn(
+        warm_up(
+            follower.synced(),
+            leadership.changes(),
+            patience,
+            readiness.clone(),
+            stop.clone(),
+        )
+        .instrument(tracing::info_span!("task", name = "warm-up")),
+    ));
     tasks.push(tokio::spawn(
         follower
             .run(demanded, stop.clone())

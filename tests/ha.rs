@@ -132,8 +132,15 @@ impl Cluster {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
-    /// Start a replica named `name` with `extra` flags.
+    /// Start a replica named `name` with `extra` flags, and wait until it is ready.
     async fn replica(&self, name: &str, extra: &[&str]) -> Replica {
+        let mut replica = self.start_replica(name, extra).await;
+        replica.wait_ready().await;
+        replica
+    }
+
+    /// Start a replica named `name` with `extra` flags, and wait until its admin port answers.
+    async fn start_replica(&self, name: &str, extra: &[&str]) -> Replica {
         let n = self.replicas.fetch_add(1, Ordering::Relaxed);
         let token = format!("{name}-token-{n}");
         // Its ServiceAccount token: the Lease API accepts it, and TokenReview says who it is.
@@ -202,7 +209,7 @@ impl Cluster {
         }
         let child = command.spawn().unwrap();
         let client = client_trusting(&self.ca.pem).build().unwrap();
-        let mut replica = Replica {
+        let replica = Replica {
             name: name.to_string(),
             child,
             secure,
@@ -211,7 +218,10 @@ impl Cluster {
             token_file,
             client,
         };
-        replica.wait_ready().await;
+        until("the admin port", Duration::from_secs(15), || async {
+            replica.readyz().await.is_some()
+        })
+        .await;
         replica
     }
 
@@ -262,6 +272,15 @@ impl Replica {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// `/readyz`: its status and body, once the admin port answers.
+    async fn readyz(&self) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.admin))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.unwrap_or_default()))
     }
 
     /// The value of queue `q<n>`, or the error status.
@@ -580,8 +599,68 @@ async fn a_leader_cut_off_from_the_lease_api_stops_calling_within_its_renew_dead
     assert_eq!(leader.own_calls().await, calls, "a follower kept calling");
 }
 
+/// Whether `/readyz` names the warm-up as what keeps the replica from being ready.
+fn waits_for_leader(readyz: &Option<(u16, String)>) -> bool {
+    matches!(readyz, Some((503, body)) if body.contains("no leader's values yet"))
+}
+
 #[tokio::test]
-async fn a_replica_started_while_the_killed_leader_still_holds_the_lease_serves_first_reads() {
+async fn a_pod_replacing_a_killed_leader_turns_ready_with_the_new_leaders_values_not_its_own_calls()
+{
+    let lease = [
+        "--leader-elect-lease-duration",
+        "5s",
+        "--leader-elect-renew-deadline",
+        "3s",
+    ];
+    let cluster = Cluster::start(3).await;
+    let a = cluster.replica("replica-a", &lease).await;
+    let leader = cluster.leader(&[&a]).await;
+    let b = cluster.replica("replica-b", &lease).await;
+    for queue in 0..3 {
+        assert_eq!(leader.value(queue).await, Ok(queue as f64));
+    }
+    until(
+        "the follower holds the values",
+        Duration::from_secs(10),
+        || async { b.value(2).await == Ok(2.0) },
+    )
+    .await;
+    a.signal("-KILL");
+    // The pod that replaces it starts while the Lease still names the dead leader: were it
+    // ready now, the aggregator would send it reads it could answer only by calling AWS beside
+    // the leader-to-be (or not at all), while the survivor answers them from memory.
+    let c = cluster.start_replica("replica-c", &lease).await;
+    let readyz = c.readyz().await;
+    assert!(
+        waits_for_leader(&readyz),
+        "a replica started mid-failover is ready before it holds any leader's values: {readyz:?}"
+    );
+    until(
+        "the new pod turns ready",
+        Duration::from_secs(20),
+        || async { c.readyz().await.is_some_and(|(status, _)| status == 200) },
+    )
+    .await;
+    // Ready because the survivor leads and streamed it the table: the values are there, and it
+    // called AWS for none of them.
+    assert!(b.is_leader().await, "the survivor does not lead");
+    assert!(!c.is_leader().await);
+    for queue in 0..3 {
+        assert_eq!(c.value(queue).await, Ok(queue as f64));
+    }
+    assert_eq!(c.own_calls().await, 0.0, "the new pod called AWS itself");
+    assert_eq!(
+        c.metric(r#"cloudwatch_adapter_fallback_refreshes_total{source="cloudwatch"}"#)
+            .await,
+        0.0
+    );
+    drop(a);
+}
+
+#[tokio::test]
+async fn a_replica_started_while_the_killed_leader_still_holds_the_lease_is_not_ready_yet_serves_first_reads()
+ {
     // A lease long enough that the whole test runs while the killed leader's record stands.
     let lease = [
         "--leader-elect-lease-duration",
@@ -595,10 +674,14 @@ async fn a_replica_started_while_the_killed_leader_still_holds_the_lease_serves_
     assert_eq!(leader.value(0).await.unwrap(), 0.0);
     a.signal("-KILL");
     // A new pod (as a Deployment replaces the killed one): the Lease names a leader that is
-    // gone, so no stream comes, and none will for a minute.
-    let b = cluster.replica("replica-b", &lease).await;
-    // A series it has never seen is read here once the stream has been silent a few seconds,
-    // within the fallback budget: not a 503 after the 15 s first-value wait.
+    // gone, so no stream comes, and none will for a minute. It says it is not ready (for at
+    // most the lease duration plus the retry period) ...
+    let b = cluster.start_replica("replica-b", &lease).await;
+    let readyz = b.readyz().await;
+    assert!(waits_for_leader(&readyz), "{readyz:?}");
+    // ... yet a read sent to it anyway (no other replica is left) is answered: a series it has
+    // never seen is read here once the stream has been silent a few seconds, within the
+    // fallback budget, not a 503 after the 15 s first-value wait.
     let read = b.value(3).await;
     assert_eq!(read, Ok(3.0), "a first read on a pod started mid-failover");
     assert!(
@@ -615,6 +698,7 @@ async fn a_replica_started_while_the_killed_leader_still_holds_the_lease_serves_
     assert_eq!(b.value(3).await, Ok(3.0));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(b.own_calls().await, calls, "refreshed a series it holds");
+    assert!(waits_for_leader(&b.readyz().await));
     drop(a);
 }
 

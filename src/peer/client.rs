@@ -202,6 +202,8 @@ pub struct Follower {
     fingerprints: Arc<Fingerprints>,
     /// Told after every complete snapshot: announce everything asked for here.
     resync: Arc<tokio::sync::Notify>,
+    /// True from the first complete snapshot of a leader's stream on.
+    synced: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Follower {
@@ -221,7 +223,14 @@ impl Follower {
             metrics,
             fingerprints: Arc::new(Fingerprints::default()),
             resync: Arc::new(tokio::sync::Notify::new()),
+            synced: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Turns true once this replica holds a leader's whole table (the first complete snapshot of
+    /// its stream), and stays true.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     /// Read the leader's stream and send demand until `stop`.
@@ -373,9 +382,11 @@ impl Follower {
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(BACKOFF_MAX),
+                // A new leader observed (a failover): connect to it now, not after the back-off
+                // that retrying the dead one built up.
+                Ok(()) = changes.changed() => backoff = BACKOFF_MIN,
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -465,6 +476,8 @@ impl Follower {
             }
             // A new leader may not know what is asked for here: tell it.
             self.resync.notify_one();
+            self.synced
+                .send_if_modified(|synced| !std::mem::replace(synced, true));
         }
     }
 

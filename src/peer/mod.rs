@@ -12,7 +12,8 @@
 //! its role becomes [`Role::Fallback`] and it reads what it is asked for itself, within a small
 //! budget ([`PeerRoles`]). Before that, once the stream has been silent for [`SILENT_STREAM`]
 //! ([`Role::Waiting`]), it reads only the first value of a series asked for here, so a read of a
-//! series it has never seen does not wait out a failover. Readiness never depends on any of this.
+//! series it has never seen does not wait out a failover. Readiness depends on this only at start
+//! (a starting replica waits, within bounds, for a leader's snapshot: see `app::warm_up`).
 
 pub mod client;
 pub mod server;
