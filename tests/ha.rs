@@ -642,19 +642,21 @@ async fn a_pod_replacing_a_killed_leader_turns_ready_with_the_new_leaders_values
         || async { c.readyz().await.is_some_and(|(status, _)| status == 200) },
     )
     .await;
-    // Ready because the survivor leads and streamed it the table: the values are there, and it
-    // called AWS for none of them.
-    assert!(b.is_leader().await, "the survivor does not lead");
-    assert!(!c.is_leader().await);
+    // Ready because a new leader holds the Lease: the survivor, which then streamed it the table
+    // (or the new pod itself, when its first look at the Lease came after the survivor's last).
+    // Either way it serves the values, and fetched none of them outside a leader's budget.
+    let leader = cluster.leader(&[&b, &c]).await;
     for queue in 0..3 {
         assert_eq!(c.value(queue).await, Ok(queue as f64));
     }
-    assert_eq!(c.own_calls().await, 0.0, "the new pod called AWS itself");
     assert_eq!(
         c.metric(r#"cloudwatch_adapter_fallback_refreshes_total{source="cloudwatch"}"#)
             .await,
         0.0
     );
+    if leader.name == b.name {
+        assert_eq!(c.own_calls().await, 0.0, "the new pod called AWS itself");
+    }
     drop(a);
 }
 

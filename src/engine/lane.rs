@@ -72,6 +72,8 @@ pub(crate) struct SourceLane<S> {
     call_ids: AtomicU64,
     /// When the last cycle in [`Role::Waiting`] took first values (see [`WAITING_GATHER`]).
     waiting_taken: Mutex<Option<Instant>>,
+    /// The role of the last cycle, to catch up once on becoming the leader.
+    last_role: Mutex<Option<Role>>,
 }
 
 impl<S> std::fmt::Debug for SourceLane<S> {
@@ -131,6 +133,7 @@ impl<S: Source> SourceLane<S> {
             in_flight: Mutex::new(HashMap::new()),
             call_ids: AtomicU64::new(0),
             waiting_taken: Mutex::new(None),
+            last_role: Mutex::new(None),
         }
     }
 
@@ -183,6 +186,14 @@ impl<S: Source> SourceLane<S> {
         let mut next_wake = self.queue.first_due().unwrap_or(now + MAX_SLEEP);
         core.sweep_orphans();
         let role = core.role();
+        let last_role = self
+            .last_role
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(role);
+        if role == Role::Lead && last_role.is_some_and(|last| last != Role::Lead) {
+            self.catch_up(core, now);
+        }
         if role == Role::Follow {
             // The leader refreshes; values arrive from it, and the queue keeps their due times
             // for when this replica leads. A due time already passed stays first in the queue
@@ -353,6 +364,37 @@ impl<S: Source> SourceLane<S> {
         }
         // Whatever was taken and not handed on goes back to the queue when `taken` drops.
         next_wake.min(now + MAX_SLEEP)
+    }
+
+    /// On becoming the leader: every series past the grid point after its last fetch is due
+    /// now. Falling back put series nobody asked for here off to their next grid point, and the
+    /// old leader would have refreshed them already; so would a replica that led all along.
+    fn catch_up(&self, core: &Core, now: Instant) {
+        let mut caught = 0usize;
+        for (at, series) in self.queue.entries() {
+            if at <= now {
+                continue;
+            }
+            let mut state = series.lock();
+            // One backing off after failures keeps its back-off.
+            if !state.queued || state.in_flight || state.next_refresh != at || state.failures > 0 {
+                continue;
+            }
+            let fetched = state
+                .latest
+                .as_ref()
+                .map(|(_, fetched)| *fetched)
+                .or(state.last_attempt);
+            // Due where a leader all along would have put it: the grid point after its fetch.
+            let interval = series.definition.refresh_interval;
+            if fetched.is_none_or(|fetched| core.clock.next_tick(fetched, interval) <= now) {
+                core.schedule(&series, &mut state, now);
+                caught += 1;
+            }
+        }
+        if caught > 0 {
+            tracing::info!(backend = %self.profile.backend, series = caught, "leading: refreshing now what fell due while no replica led");
+        }
     }
 
     /// Group the prepared series by route and plan each group into calls: shared series

@@ -273,7 +273,8 @@ impl Engine {
 
     /// Take over a series as another replica holds it: its values, failures and due time. Its
     /// definition must be the one this replica serves under its key. False if it was not
-    /// applied (no room).
+    /// applied (no room). A value fetched here later than the other replica's (falling back
+    /// while no leader streamed, then a new leader's snapshot) is kept: newer fetches win.
     pub fn apply(&self, snapshot: &SeriesSnapshot) -> bool {
         let core = &self.core;
         let now = Instant::now();
@@ -293,15 +294,26 @@ impl Engine {
         let mut state = series.lock();
         // The leader refreshes only what is wanted somewhere: it stays active here too.
         state.last_requested = now;
-        state.failures = snapshot.failures;
-        state.latest = snapshot
+        let theirs = snapshot
             .latest
             .clone()
             .map(|(result, at)| (result, core.clock.instant_of(at)));
-        state.last_good = snapshot
+        let ours_newer = match (&state.latest, &theirs) {
+            (Some((_, ours)), Some((_, theirs))) => ours > theirs,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !ours_newer {
+            state.failures = snapshot.failures;
+            state.latest = theirs;
+        }
+        let their_good = snapshot
             .last_good
             .map(|(reading, at)| (reading, core.clock.instant_of(at)));
-        if !state.in_flight {
+        if their_good.as_ref().map(|(_, at)| *at) > state.last_good.as_ref().map(|(_, at)| *at) {
+            state.last_good = their_good;
+        }
+        if !state.in_flight && !ours_newer {
             let due = core.clock.instant_of(snapshot.next_refresh);
             core.schedule(&series, &mut state, due);
         }

@@ -47,6 +47,14 @@ impl DueQueue {
             .collect()
     }
 
+    /// Every entry, soonest first (a copy: the queue is not held while the caller looks).
+    pub(crate) fn entries(&self) -> Vec<(Instant, Arc<Series>)> {
+        self.lock()
+            .iter()
+            .map(|((at, _), series)| (*at, series.clone()))
+            .collect()
+    }
+
     /// When the next entry falls due.
     pub(crate) fn first_due(&self) -> Option<Instant> {
         self.lock().first_key_value().map(|((at, _), _)| *at)

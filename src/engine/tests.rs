@@ -1499,3 +1499,116 @@ async fn a_follower_neither_spins_on_due_series_nor_makes_first_reads_wait_out_a
     assert!(after.contains(&3), "{after:?}");
     stop.cancel();
 }
+
+/// An engine on the fake with `roles`, started; its refreshes go to `fake`.
+fn replica(fake: &Arc<Fake>, roles: Arc<SetRole>, stop: &CancellationToken) -> Engine {
+    let engine = Engine::with_wall_clock(
+        Arc::new(ArcSwap::from_pointee(parse(SQS).unwrap())),
+        sources(fake, 10.0),
+        EngineConfig::default(),
+        Arc::new(AdapterMetrics::default()),
+        grid_anchor(),
+    );
+    engine.set_roles(roles);
+    tokio::spawn(engine.clone_handle().run(stop.clone()));
+    engine
+}
+
+/// `leader`'s table as `follower` takes it from the stream: under its own definitions.
+fn as_read_by(leader: &Engine, follower: &Engine) -> Vec<SeriesSnapshot> {
+    leader
+        .snapshot()
+        .iter()
+        .map(|snapshot| SeriesSnapshot {
+            definition: follower.definition_of(&snapshot.key).unwrap(),
+            ..(**snapshot).clone()
+        })
+        .collect()
+}
+
+/// The queues named in `fake`'s calls from the `from`th on.
+fn queues_called(fake: &Fake, from: usize) -> Vec<String> {
+    fake.calls()[from..]
+        .iter()
+        .flat_map(|(_, request)| request.metric_data_queries.clone())
+        .filter_map(|q| match q.kind {
+            QueryKind::MetricStat(stat) => Some(stat.dimensions[0].value.clone()),
+            QueryKind::Expression(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_falls_back_then_leads_refreshes_at_once_what_falling_back_put_off() {
+    let stop = CancellationToken::new();
+    let leader_fake = Arc::new(Fake::default());
+    let leader = replica(
+        &leader_fake,
+        Arc::new(SetRole(Mutex::new(Role::Lead))),
+        &stop,
+    );
+    assert_eq!(value(&leader, "q1").await.unwrap(), 1.0);
+    // A follower holds q1 as the leader streamed it; nobody asks for it here.
+    let fake = Arc::new(Fake::default());
+    let roles = Arc::new(SetRole(Mutex::new(Role::Follow)));
+    let follower = replica(&fake, roles.clone(), &stop);
+    for snapshot in as_read_by(&leader, &follower) {
+        assert!(follower.apply(&snapshot));
+    }
+    // The leader is gone: falling back past q1's grid point (30 s in), the follower reads only
+    // what is asked for here, so q1 waits ...
+    roles.set(Role::Fallback);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(fake.calls().is_empty(), "{:?}", queues_called(&fake, 0));
+    // ... and once it leads, q1 is refreshed at once, as the old leader would have done 10 s
+    // ago: not at the next grid point, 50 s on (its value would then be 90 s old).
+    roles.set(Role::Lead);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        queues_called(&fake, 0),
+        vec!["q1".to_string()],
+        "the new leader left a series past its grid point for the next one"
+    );
+    // Then on the grid as usual: the next refresh at 90 s, not before.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(fake.calls().len(), 1);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(fake.calls().len(), 2);
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_fetched_here_is_not_replaced_by_an_older_one_from_a_new_leaders_snapshot() {
+    let stop = CancellationToken::new();
+    // The new leader's value of q1 was fetched at the start ...
+    let leader_fake = Arc::new(Fake::default());
+    let leader = replica(
+        &leader_fake,
+        Arc::new(SetRole(Mutex::new(Role::Lead))),
+        &stop,
+    );
+    assert_eq!(value(&leader, "q1").await.unwrap(), 1.0);
+    let fake = Arc::new(Fake::default());
+    let follower = replica(&fake, Arc::new(SetRole(Mutex::new(Role::Fallback))), &stop);
+    let old = as_read_by(&leader, &follower);
+    let timestamp = |engine: &Engine| {
+        let engine = engine.clone_handle();
+        async move { engine.get_values(request("q1")).await.unwrap()[0].timestamp }
+    };
+    let leaders = timestamp(&leader).await;
+    // ... while this replica, with no leader streaming to it, read q1 itself a minute later.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(value(&follower, "q1").await.unwrap(), 1.0);
+    let own = timestamp(&follower).await;
+    assert!(own > leaders);
+    // The new leader's snapshot arrives: its older value must not replace the newer one.
+    for snapshot in old {
+        assert!(follower.apply(&snapshot));
+    }
+    assert_eq!(
+        timestamp(&follower).await,
+        own,
+        "an older value from the leader's snapshot replaced a newer one fetched here"
+    );
+    stop.cancel();
+}
