@@ -169,7 +169,7 @@ impl Readiness {
         }
         if !self.replica_warm.load(Ordering::Acquire) {
             blockers.push(
-                "no leader's values yet (waiting for the first snapshot of its stream, at most the lease duration plus the retry period)",
+                "no leader's values yet (waiting for the first snapshot of its stream, at most the lease duration plus three retry periods)",
             );
         }
         if self.shutting_down.load(Ordering::Acquire) {
@@ -697,22 +697,24 @@ fn status_config(flags: &CrdFlags, leadership: Leadership) -> status::StatusConf
 }
 
 /// A starting replica turns ready once it can answer from a leader's values: it holds the first
-/// complete snapshot of a leader's stream, or it leads, or `patience` (the lease duration plus the
-/// retry period) passed with neither, after which it reads what it is asked for itself. A new
-/// leader observed meanwhile restarts the wait for its stream (up to twice `patience` in all).
-/// So while a killed leader's Lease stands, a new pod is not sent reads it could answer only by
-/// calling AWS beside the leader-to-be, or not at all; the survivors answer them from memory.
-/// Only at start: once ready, leadership never takes readiness away.
+/// complete snapshot of a leader's stream, or it leads, or `limit` passed with neither, after
+/// which it reads what it is asked for itself. The limit is the lease duration plus three retry
+/// periods: a dead holder's record expires on this replica's clock a lease after it first saw
+/// it, some replica takes it at its next retry, and this one sees the new holder at its own.
+/// A new leader observed meanwhile restarts the wait for its stream (up to twice the limit in
+/// all). So while a killed leader's Lease stands, a new pod is not sent reads it could answer
+/// only by calling AWS beside the leader-to-be, or not at all; the survivors answer them from
+/// memory. Only at start: once ready, leadership never takes readiness away.
 async fn warm_up(
     mut synced: tokio::sync::watch::Receiver<bool>,
     mut changes: tokio::sync::watch::Receiver<crate::leader::LeaderState>,
-    patience: std::time::Duration,
+    limit: std::time::Duration,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) {
     let started = tokio::time::Instant::now();
-    let cap = started + patience * 2;
-    let mut deadline = started + patience;
+    let cap = started + limit * 2;
+    let mut deadline = started + limit;
     let how = loop {
         if changes.borrow_and_update().leading {
             break "leading";
@@ -721,10 +723,10 @@ async fn warm_up(
             Ok(_) = synced.wait_for(|synced| *synced) => break "holding the leader's values",
             Ok(()) = changes.changed() => {
                 if changes.borrow().leader.is_some() {
-                    deadline = (tokio::time::Instant::now() + patience).min(cap);
+                    deadline = (tokio::time::Instant::now() + limit).min(cap);
                 }
             }
-            () = tokio::time::sleep_until(deadline) => break "no leader's stream within the lease duration plus the retry period; reading here what is asked here",
+            () = tokio::time::sleep_until(deadline) => break "no leader's stream within the lease duration plus three retry periods; reading here what is asked here",
             () = stop.cancelled() => return,
         }
     };
@@ -773,6 +775,7 @@ fn start_replication(
         .clone();
     let lease = (election.namespace.clone(), election.name.clone());
     let patience = election.lease_duration + election.retry_period;
+    let warm_up_limit = election.lease_duration + election.retry_period * 3;
     tracing::info!(
         identity = %election.identity,
         lease = %format!("{}/{}", lease.0, lease.1),
@@ -818,7 +821,7 @@ fn start_replication(
         warm_up(
             follower.synced(),
             leadership.changes(),
-            patience,
+            warm_up_limit,
             readiness.clone(),
             stop.clone(),
         )
