@@ -50,6 +50,8 @@ pub(crate) trait Lane: Send + Sync + std::fmt::Debug {
     fn queue(&self) -> &DueQueue;
     /// How late the oldest due series is (waiting in the queue, or in a call not yet answered).
     fn lag(&self, now: Instant) -> Duration;
+    /// Series due or waiting for budget (not yet in a call).
+    fn queued(&self) -> usize;
     /// Definitions with something learned from rejected calls, and those rejected as a whole.
     fn isolation_counts(&self) -> (usize, usize);
     /// Refresh this backend's series until `stop`, restarting after a panic.
@@ -74,6 +76,8 @@ pub(crate) struct SourceLane<S> {
     waiting_taken: Mutex<Option<Instant>>,
     /// The role of the last cycle, to catch up once on becoming the leader.
     last_role: Mutex<Option<Role>>,
+    /// Due series the budget has not reached yet (taken from the queue: in flight), by tenant.
+    backlog: Mutex<fair::Backlog<Due>>,
 }
 
 impl<S> std::fmt::Debug for SourceLane<S> {
@@ -85,6 +89,7 @@ impl<S> std::fmt::Debug for SourceLane<S> {
 }
 
 /// A due series taken for this cycle, and how it is read.
+#[derive(Clone)]
 struct Due {
     at: Instant,
     series: Arc<Series>,
@@ -134,7 +139,14 @@ impl<S: Source> SourceLane<S> {
             call_ids: AtomicU64::new(0),
             waiting_taken: Mutex::new(None),
             last_role: Mutex::new(None),
+            backlog: Mutex::new(fair::Backlog::default()),
         }
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, fair::Backlog<Due>> {
+        self.backlog
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
@@ -191,6 +203,13 @@ impl<S: Source> SourceLane<S> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .replace(role);
+        if last_role.is_some_and(|last| last != role) {
+            // What waited for budget was taken under the old role (a follower must not hold
+            // series in flight, a fallback reads only what is asked here): back to the queue.
+            for due in self.backlog().drain() {
+                core.requeue(&due.series, due.at);
+            }
+        }
         if role == Role::Lead && last_role.is_some_and(|last| last != Role::Lead) {
             self.catch_up(core, now);
         }
@@ -261,7 +280,7 @@ impl<S: Source> SourceLane<S> {
             taken.take(Due { at, series, route });
         }
         let due = taken.pending();
-        if due.is_empty() {
+        if due.is_empty() && self.backlog().is_empty() {
             return next_wake.min(now + MAX_SLEEP);
         }
         // Series of a definition rejected whatever the selector are answered without a call.
@@ -284,30 +303,47 @@ impl<S: Source> SourceLane<S> {
             }
         }
         let whole_call = self.profile.max_items_per_call;
-        let (admitted, deferred) = fair::share(to_plan, self.items_per_cycle, |due| {
-            let size = match due.route {
-                Route::Group(suspect) => {
-                    whole_call.div_ceil(group_sizes.get(&suspect.group).copied().unwrap_or(1))
-                }
-                route if route.alone() => whole_call,
-                _ => self.source.size(&due.series.definition),
-            };
-            (due.series.tenant(), size)
-        });
-        if !deferred.is_empty() {
-            tracing::debug!(
-                backend = %self.profile.backend,
-                deferred = deferred.len(),
-                "refresh budget spent for this cycle; the rest waits for the next"
-            );
-            // Still due, under the same due time (so the lag shows it): the next cycle, as soon
-            // as the budget allows.
-            for due in deferred {
-                core.requeue(&due.series, due.at);
+        let admitted = {
+            let mut backlog = self.backlog();
+            // Weighed once, as they join the backlog; taken out of `taken` (the backlog holds
+            // them until the budget reaches them) ...
+            for due in to_plan {
+                let size = match due.route {
+                    Route::Group(suspect) => {
+                        whole_call.div_ceil(group_sizes.get(&suspect.group).copied().unwrap_or(1))
+                    }
+                    route if route.alone() => whole_call,
+                    _ => self.source.size(&due.series.definition),
+                };
                 taken.done(&due.series);
+                backlog.push(due.series.tenant(), size, due);
             }
-            next_wake = now;
+            let admitted = backlog.take(self.items_per_cycle);
+            if !backlog.is_empty() {
+                tracing::debug!(
+                    backend = %self.profile.backend,
+                    waiting = backlog.len(),
+                    "refresh budget spent for this cycle; the rest waits for the next"
+                );
+                // The next cycle, as soon as the budget allows.
+                next_wake = now;
+            }
+            admitted
+        };
+        // ... and back in `taken` once admitted, so a cycle cut short requeues them.
+        let mut live = Vec::with_capacity(admitted.len());
+        for due in admitted {
+            let mut state = due.series.lock();
+            if state.removed {
+                // Dropped from the table while it waited.
+                state.in_flight = false;
+                continue;
+            }
+            drop(state);
+            taken.take(due.clone());
+            live.push(due);
         }
+        let admitted = live;
         let wall = core.clock.wall_now();
         let mut prepared = Vec::with_capacity(admitted.len());
         for due in admitted {
@@ -797,12 +833,17 @@ impl<S: Source> Lane for SourceLane<S> {
 
     fn lag(&self, now: Instant) -> Duration {
         let queued = self.queue.first_due();
+        let waiting = self.backlog().firsts().map(|due| due.at).min();
         let calling = self.in_flight().values().min().copied();
-        let oldest = match (queued, calling) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        oldest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+        [queued, waiting, calling]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len() + self.backlog().len()
     }
 
     fn isolation_counts(&self) -> (usize, usize) {

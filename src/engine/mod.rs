@@ -469,7 +469,7 @@ impl Engine {
                     metrics.engine().set_lane(
                         lane.backend(),
                         lane.lag(instant),
-                        lane.queue().len(),
+                        lane.queued(),
                         learned,
                         whole,
                     );

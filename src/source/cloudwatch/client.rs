@@ -1,6 +1,8 @@
 //! The AWS SDK behind [`MetricDataSource`]: the only CloudWatch file that imports `aws-sdk-*`
 //! types.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::SystemTime;
 
 use aws_config::SdkConfig;
@@ -61,17 +63,22 @@ impl MetricDataSource for AwsCloudWatch {
         request: &MetricDataRequest,
     ) -> Result<Vec<QueryResult>, SourceError> {
         let client = self.client(&request.target).await;
-        let queries: Vec<MetricDataQuery> = request
-            .metric_data_queries
-            .iter()
-            .map(to_sdk_query)
-            .collect();
+        let queries = || -> Vec<MetricDataQuery> {
+            request
+                .metric_data_queries
+                .iter()
+                .map(to_sdk_query)
+                .collect()
+        };
         let mut merged: Vec<QueryResult> = Vec::new();
+        // Where each (id, label) is in `merged`, so pages merge in O(1) per result.
+        let mut index: HashMap<(String, Option<String>), usize> = HashMap::new();
         let mut next_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
+            // Built per page (another page is rare): no copy of 500 queries for every call.
             let output = client
                 .get_metric_data()
-                .set_metric_data_queries(Some(queries.clone()))
+                .set_metric_data_queries(Some(queries()))
                 .start_time(DateTime::from(request.start_time))
                 .end_time(DateTime::from(request.end_time))
                 .scan_by(ScanBy::from(request.scan_by))
@@ -100,19 +107,24 @@ impl MetricDataSource for AwsCloudWatch {
                     .map(|m| format!("{}: {}", m.code().unwrap_or("?"), m.value().unwrap_or("")))
                     .collect();
                 // Pages continue a result with the same id and label.
-                match merged.iter_mut().find(|r| r.id == id && r.label == label) {
-                    Some(existing) => {
+                match index.entry((id, label)) {
+                    Entry::Occupied(at) => {
+                        let existing = &mut merged[*at.get()];
                         existing.points.extend(points);
                         existing.status = status;
                         existing.messages.extend(messages);
                     }
-                    None => merged.push(QueryResult {
-                        id,
-                        label,
-                        points: points.collect(),
-                        status,
-                        messages,
-                    }),
+                    Entry::Vacant(slot) => {
+                        let (id, label) = slot.key().clone();
+                        slot.insert(merged.len());
+                        merged.push(QueryResult {
+                            id,
+                            label,
+                            points: points.collect(),
+                            status,
+                            messages,
+                        });
+                    }
                 }
             }
             next_token = output.next_token().map(str::to_string);
