@@ -236,6 +236,8 @@ impl<S: Source> SourceLane<S> {
         let mut taken = Taken::new(core.clone());
         let definitions = core.definitions.load();
         for (at, series) in self.queue.pop_due(now) {
+            // Hand the worker back now and then: thousands of due series must not hold up requests.
+            tokio::task::consume_budget().await;
             let mut state = series.lock();
             if !state.queued || state.next_refresh != at {
                 // Rescheduled since it was popped: its new entry is in the queue.
@@ -347,6 +349,7 @@ impl<S: Source> SourceLane<S> {
         let wall = core.clock.wall_now();
         let mut prepared = Vec::with_capacity(admitted.len());
         for due in admitted {
+            tokio::task::consume_budget().await;
             let labels = due.series.labels.to_map();
             let definition = &due.series.definition;
             let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -604,6 +607,7 @@ impl<S: Source> SourceLane<S> {
                 let answered = outcomes.len();
                 let mut outcomes = outcomes.into_iter();
                 for member in &series {
+                    tokio::task::consume_budget().await;
                     let result = outcomes.next().unwrap_or_else(|| {
                         Err(backend_error(
                             &self.profile,
