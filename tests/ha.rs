@@ -677,7 +677,7 @@ async fn a_replica_started_while_the_killed_leader_still_holds_the_lease_is_not_
     a.signal("-KILL");
     // A new pod (as a Deployment replaces the killed one): the Lease names a leader that is
     // gone, so no stream comes, and none will for a minute. It says it is not ready (for at
-    // most the lease duration plus the retry period) ...
+    // most the lease duration plus three retry periods) ...
     let b = cluster.start_replica("replica-b", &lease).await;
     let readyz = b.readyz().await;
     assert!(waits_for_leader(&readyz), "{readyz:?}");

@@ -3,9 +3,9 @@
 //! Each lane cycle may spend about one second of its source's budget. When the due series need
 //! more, the budget is divided max-min fairly between tenants (an `ExternalMetric` namespace, or
 //! a definitions-file metric): every tenant gets what it needs up to an equal share, and what
-//! small tenants leave is shared among the big ones. Series past the share stay due for the
-//! next cycle, so a tenant asking for thousands of new selector values delays only its own
-//! series. The admitted series are interleaved tenant by tenant, smallest first, so the first
+//! small tenants leave is shared among the big ones. Series past the share wait in the
+//! [`Backlog`] for the next cycle, so a tenant asking for thousands of new selector values delays
+//! only its own series. The admitted series are interleaved tenant by tenant, smallest first, so the first
 //! call of a cycle carries every small tenant's series.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -135,27 +135,26 @@ impl<T> Backlog<T> {
     }
 }
 
-/// Split `items` (oldest due first) into what fits `budget` fairly, in the order to plan them,
-/// and what waits (see [`Backlog::take`]). `weigh` gives an item's tenant and its size in budget
-/// units.
-#[cfg(test)]
-pub(crate) fn share<T>(
-    items: Vec<T>,
-    budget: usize,
-    weigh: impl Fn(&T) -> (Tenant, usize),
-) -> (Vec<T>, Vec<T>) {
-    let mut backlog = Backlog::default();
-    for item in items {
-        let (tenant, size) = weigh(&item);
-        backlog.push(tenant, size, item);
-    }
-    let admitted = backlog.take(budget);
-    (admitted, backlog.drain())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Split `items` (oldest due first) into what fits `budget` fairly, in the order to plan them,
+    /// and what waits (see `Backlog::take`). `weigh` gives an item's tenant and its size in budget
+    /// units.
+    fn share<T>(
+        items: Vec<T>,
+        budget: usize,
+        weigh: impl Fn(&T) -> (Tenant, usize),
+    ) -> (Vec<T>, Vec<T>) {
+        let mut backlog = Backlog::default();
+        for item in items {
+            let (tenant, size) = weigh(&item);
+            backlog.push(tenant, size, item);
+        }
+        let admitted = backlog.take(budget);
+        (admitted, backlog.drain())
+    }
 
     fn tenant(name: &str) -> Tenant {
         Tenant::Namespace(name.to_string())

@@ -48,7 +48,8 @@ pub(crate) trait Lane: Send + Sync + std::fmt::Debug {
     fn wake(&self);
     /// Its timer queue.
     fn queue(&self) -> &DueQueue;
-    /// How late the oldest due series is (waiting in the queue, or in a call not yet answered).
+    /// How late the oldest due series is (in the queue, in the backlog, or in a call not yet
+    /// answered).
     fn lag(&self, now: Instant) -> Duration;
     /// Series due or waiting for budget (not yet in a call).
     fn queued(&self) -> usize;

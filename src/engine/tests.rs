@@ -1514,6 +1514,17 @@ fn replica(fake: &Arc<Fake>, roles: Arc<SetRole>, stop: &CancellationToken) -> E
     engine
 }
 
+/// A leading replica (on a fake of its own) that has read q1.
+async fn leader_holding_q1(stop: &CancellationToken) -> Engine {
+    let leader = replica(
+        &Arc::new(Fake::default()),
+        Arc::new(SetRole(Mutex::new(Role::Lead))),
+        stop,
+    );
+    assert_eq!(value(&leader, "q1").await.unwrap(), 1.0);
+    leader
+}
+
 /// `leader`'s table as `follower` takes it from the stream: under its own definitions.
 fn as_read_by(leader: &Engine, follower: &Engine) -> Vec<SeriesSnapshot> {
     leader
@@ -1541,13 +1552,7 @@ fn queues_called(fake: &Fake, from: usize) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_falls_back_then_leads_refreshes_at_once_what_falling_back_put_off() {
     let stop = CancellationToken::new();
-    let leader_fake = Arc::new(Fake::default());
-    let leader = replica(
-        &leader_fake,
-        Arc::new(SetRole(Mutex::new(Role::Lead))),
-        &stop,
-    );
-    assert_eq!(value(&leader, "q1").await.unwrap(), 1.0);
+    let leader = leader_holding_q1(&stop).await;
     // A follower holds q1 as the leader streamed it; nobody asks for it here.
     let fake = Arc::new(Fake::default());
     let roles = Arc::new(SetRole(Mutex::new(Role::Follow)));
@@ -1581,13 +1586,7 @@ async fn a_replica_that_falls_back_then_leads_refreshes_at_once_what_falling_bac
 async fn a_value_fetched_here_is_not_replaced_by_an_older_one_from_a_new_leaders_snapshot() {
     let stop = CancellationToken::new();
     // The new leader's value of q1 was fetched at the start ...
-    let leader_fake = Arc::new(Fake::default());
-    let leader = replica(
-        &leader_fake,
-        Arc::new(SetRole(Mutex::new(Role::Lead))),
-        &stop,
-    );
-    assert_eq!(value(&leader, "q1").await.unwrap(), 1.0);
+    let leader = leader_holding_q1(&stop).await;
     let fake = Arc::new(Fake::default());
     let follower = replica(&fake, Arc::new(SetRole(Mutex::new(Role::Fallback))), &stop);
     let old = as_read_by(&leader, &follower);
