@@ -66,6 +66,17 @@ pub const MASTERS: &str = "system:masters";
 
 /// How many token and decision answers are remembered at most.
 const CACHE_CAPACITY: u64 = 10_000;
+/// Reviews in flight at once, TokenReviews and SubjectAccessReviews together. kube's client
+/// speaks HTTP/1.1, so each review in flight is a connection to the API server, which the
+/// client's pool then keeps idle for 90 s. Without a bound, a burst of distinct reviews (a
+/// thousand HPAs in a thousand namespaces at start-up, or a client sending made-up bearer
+/// tokens) opens as many connections: about 25 KB each here, and a connection each on the API
+/// server. Identical reviews already share one call (see [`cache`]), so waiting for a slot
+/// only queues distinct ones.
+const MAX_REVIEWS_IN_FLIGHT: usize = 32;
+/// How long a review waits for a slot before its request is answered 503 (kube's delegating
+/// timeout for the review itself).
+const REVIEW_SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// A caller's identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -201,6 +212,8 @@ pub struct Auth {
     /// TokenReview answers by the token's SHA-256 (never the token itself).
     tokens: ReviewCache<[u8; 32], TokenAnswer>,
     decisions: ReviewCache<AccessKey, Decision>,
+    /// [`MAX_REVIEWS_IN_FLIGHT`] permits.
+    slots: tokio::sync::Semaphore,
     metrics: AuthMetrics,
 }
 
@@ -222,7 +235,30 @@ impl Auth {
                 CACHE_CAPACITY,
                 metrics.review_waiting("SubjectAccessReview"),
             ),
+            slots: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
             metrics,
+        }
+    }
+
+    /// A slot for one `review` call, or the error its request is answered with when none
+    /// frees up in time.
+    async fn slot(
+        &self,
+        review: &'static str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ReviewError> {
+        match tokio::time::timeout(REVIEW_SLOT_WAIT, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a closed one is as good as no slot.
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.review(review, "error");
+                Err(ReviewError {
+                    review,
+                    detail: format!(
+                        "no slot within {} s: {MAX_REVIEWS_IN_FLIGHT} reviews were already waiting for the API server, which answers too slowly",
+                        REVIEW_SLOT_WAIT.as_secs()
+                    ),
+                })
+            }
         }
     }
 
@@ -290,6 +326,7 @@ impl Auth {
         let (answer, lookup) = self
             .tokens
             .get_or_review(&key, async {
+                let _slot = self.slot("TokenReview").await?;
                 let status = match reviewer.review_token(token).await {
                     Ok(status) => status,
                     Err(err) => {
@@ -358,6 +395,7 @@ impl Auth {
         let (decision, lookup) = self
             .decisions
             .get_or_review(&key, async {
+                let _slot = self.slot("SubjectAccessReview").await?;
                 let spec = access_review_spec(user, attributes);
                 let status = match reviewer.review_access(spec).await {
                     Ok(status) => status,

@@ -11,6 +11,7 @@ use axum::http::{Request as HttpRequest, StatusCode};
 use axum::routing::get;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo as KubeUser};
 use k8s_openapi::api::authorization::v1::SubjectAccessReviewStatus;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::review::ReviewFuture;
@@ -24,8 +25,13 @@ struct FakeReviewer {
     down: AtomicBool,
     /// Reviews take 100 ms (of paused time), so concurrent callers overlap.
     slow: AtomicBool,
+    /// Reviews never answer.
+    hang: AtomicBool,
     token_calls: AtomicUsize,
     access_calls: AtomicUsize,
+    /// Access reviews under way now, and the most there ever were.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
     specs: Mutex<Vec<SubjectAccessReviewSpec>>,
 }
 
@@ -86,9 +92,15 @@ impl Reviewer for FakeReviewer {
     ) -> ReviewFuture<'_, SubjectAccessReviewStatus> {
         Box::pin(async move {
             self.access_calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if self.slow.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
                 return Err(Self::unreachable());
             }
@@ -421,6 +433,67 @@ async fn the_middleware_answers_401_403_and_503_as_status_objects() {
     assert!(
         !body["message"].as_str().unwrap().contains("unseen-token"),
         "{body}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_distinct_reviews_holds_at_most_32_calls_open_and_each_is_answered() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    reviewer.slow.store(true, Ordering::SeqCst);
+    reviewer.allow("alice");
+    let auth = Arc::new(auth(&reviewer, settings(false)));
+    let mut requests = tokio::task::JoinSet::new();
+    for metric in 0..200 {
+        let auth = auth.clone();
+        requests.spawn(async move {
+            auth.authorize(&user("alice"), &value_request(&format!("metric-{metric}")))
+                .await
+        });
+    }
+    while let Some(decision) = requests.join_next().await {
+        assert_eq!(decision.unwrap().unwrap(), Decision::Allow);
+    }
+    assert_eq!(reviewer.access_calls.load(Ordering::SeqCst), 200);
+    assert_eq!(
+        reviewer.most_in_flight.load(Ordering::SeqCst),
+        MAX_REVIEWS_IN_FLIGHT
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_review_that_finds_no_slot_while_the_api_server_hangs_is_unavailable_and_says_why() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    reviewer.hang.store(true, Ordering::SeqCst);
+    reviewer.allow("alice");
+    let auth = Arc::new(auth(&reviewer, settings(false)));
+    let mut hung = tokio::task::JoinSet::new();
+    for metric in 0..MAX_REVIEWS_IN_FLIGHT {
+        let auth = auth.clone();
+        hung.spawn(async move {
+            auth.authorize(&user("alice"), &value_request(&format!("metric-{metric}")))
+                .await
+        });
+    }
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let refused = auth
+        .authorize(&user("alice"), &value_request("one-more"))
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), REVIEW_SLOT_WAIT);
+    assert!(refused.to_string().contains("no slot within 10 s"), "{refused}");
+    assert_eq!(
+        reviewer.access_calls.load(Ordering::SeqCst),
+        MAX_REVIEWS_IN_FLIGHT
+    );
+    // The hung reviews give their slots back when their requests go away.
+    hung.shutdown().await;
+    reviewer.hang.store(false, Ordering::SeqCst);
+    assert_eq!(
+        auth.authorize(&user("alice"), &value_request("one-more"))
+            .await
+            .unwrap(),
+        Decision::Allow
     );
 }
 
