@@ -280,7 +280,7 @@ impl Engine {
         let now = Instant::now();
         let series = match core
             .table
-            .get_or_insert(&snapshot.key, &snapshot.definition, now)
+            .get_or_insert(&snapshot.definition, &snapshot.key.labels, now)
         {
             Ok(Found::Existing(series)) => series,
             Ok(Found::Created { series, dropped }) => {
@@ -339,7 +339,7 @@ impl Engine {
         let Some(definition) = self.definition_of(key) else {
             return;
         };
-        if let Some(series) = self.core.table.get(key, &definition) {
+        if let Some(series) = self.core.table.get(&definition, &key.labels) {
             self.core.drop_series(&series);
         }
     }
@@ -363,7 +363,7 @@ impl Engine {
                 ));
                 continue;
             };
-            match core.table.get_or_insert(key, &definition, now) {
+            match core.table.get_or_insert(&definition, &key.labels, now) {
                 Ok(Found::Existing(series)) => {
                     let mut state = series.lock();
                     state.last_requested = now;
@@ -402,7 +402,7 @@ impl Engine {
         let Some(definition) = self.definition_of(key) else {
             return;
         };
-        let Some(series) = self.core.table.get(key, &definition) else {
+        let Some(series) = self.core.table.get(&definition, &key.labels) else {
             return;
         };
         {
@@ -509,12 +509,11 @@ impl Engine {
             });
         };
         let labels = selector_labels(definition, &request.selector)?;
-        let key = SeriesKey::new(definition, &labels);
         let now = Instant::now();
         // Fast path: the series exists for this very definition.
-        let series = match core.table.get(&key, definition) {
+        let series = match core.table.get(definition, &labels) {
             Some(series) => series,
-            None => match core.table.get_or_insert(&key, definition, now) {
+            None => match core.table.get_or_insert(definition, &labels, now) {
                 Ok(Found::Created { series, dropped }) => {
                     if let Some(dropped) = dropped {
                         core.unschedule(&dropped);
@@ -522,7 +521,7 @@ impl Engine {
                     core.schedule_now(&series);
                     if let Some(demand) = core.demand.get() {
                         // Full: the next keep-alive of series asked for here carries it.
-                        let _ = demand.try_send(key.clone());
+                        let _ = demand.try_send(series.key());
                     }
                     series
                 }
@@ -547,7 +546,7 @@ impl Engine {
         } else {
             core.metrics.engine().cache_lookup("miss");
             if !series.wait_first(core.config.first_fetch_timeout).await {
-                if !core.table.contains(&key) {
+                if !core.table.contains(definition, &labels) {
                     // Dropped before its first fetch to make room for another tenant.
                     return Err(capacity_error(
                         definition,

@@ -12,11 +12,13 @@
 
 mod capacity;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use hashbrown::HashTable;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -337,6 +339,60 @@ pub fn max_age(definition: &Definition, default_max_age: Duration) -> Duration {
         .unwrap_or_else(|| default_max_age.max(definition.refresh_interval.saturating_mul(3)))
 }
 
+/// The labels a series is looked up by: a request's selector, or the labels of a key, without
+/// building a [`Labels`] (a lookup allocates nothing).
+#[derive(Debug, Clone, Copy)]
+pub enum LabelsRef<'a> {
+    /// A selector's label map.
+    Map(&'a BTreeMap<String, String>),
+    /// A series' (or a key's) labels.
+    Labels(&'a Labels),
+}
+
+impl<'a> From<&'a BTreeMap<String, String>> for LabelsRef<'a> {
+    fn from(map: &'a BTreeMap<String, String>) -> Self {
+        LabelsRef::Map(map)
+    }
+}
+
+impl<'a> From<&'a Labels> for LabelsRef<'a> {
+    fn from(labels: &'a Labels) -> Self {
+        LabelsRef::Labels(labels)
+    }
+}
+
+impl LabelsRef<'_> {
+    fn hash_into(self, state: &mut impl Hasher) {
+        match self {
+            LabelsRef::Map(map) => map.iter().for_each(|(k, v)| {
+                k.as_str().hash(state);
+                v.as_str().hash(state);
+            }),
+            LabelsRef::Labels(labels) => labels.iter().for_each(|(k, v)| {
+                k.hash(state);
+                v.hash(state);
+            }),
+        }
+    }
+
+    fn matches(self, labels: &Labels) -> bool {
+        match self {
+            LabelsRef::Map(map) => map
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .eq(labels.iter()),
+            LabelsRef::Labels(other) => other == labels,
+        }
+    }
+
+    fn to_labels(self) -> Labels {
+        match self {
+            LabelsRef::Map(map) => Labels::new(map),
+            LabelsRef::Labels(labels) => labels.clone(),
+        }
+    }
+}
+
 /// The table: series by key, bounded by `max_series`, shared fairly between tenants.
 ///
 /// Below the bound anyone may add series. At the bound, a tenant holding less than an equal
@@ -345,9 +401,15 @@ pub fn max_age(definition: &Definition, default_max_age: Duration) -> Duration {
 /// refused at once. So one caller asking for many selector values can fill the table only until
 /// others need room, and never takes another tenant's fair share. Making room costs O(log n):
 /// the accounts keep tenants ordered by size and each tenant's series by last request.
+///
+/// The table holds the series themselves, hashed by their key (definition namespace, metric
+/// name, labels) as the series knows it: a key is not stored beside each series, and looking
+/// one up builds none.
 #[derive(Debug)]
 pub struct SeriesTable {
-    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
+    series: RwLock<HashTable<Arc<Series>>>,
+    /// Keyed (randomly seeded) SipHash: the labels are whatever callers ask for.
+    hasher: RandomState,
     max_series: u64,
     /// Series per tenant and their eviction order, under one lock taken by inserts and
     /// removals only: requests for existing series never take it.
@@ -369,11 +431,20 @@ pub enum Found {
     },
 }
 
+/// Whether `series` has the key of `definition` read with `labels` (whatever the version of
+/// the definition).
+fn has_key(series: &Series, definition: &Definition, labels: LabelsRef<'_>) -> bool {
+    series.definition.spec.name == definition.spec.name
+        && series.definition.namespace == definition.namespace
+        && labels.matches(&series.labels)
+}
+
 impl SeriesTable {
     /// An empty table holding at most `max_series` series.
     pub fn new(max_series: u64) -> Self {
         Self {
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::new(HashTable::new()),
+            hasher: RandomState::new(),
             max_series,
             accounts: Mutex::new(Accounts::default()),
         }
@@ -384,49 +455,84 @@ impl SeriesTable {
         self.max_series
     }
 
+    fn hash_of(&self, definition: &Definition, labels: LabelsRef<'_>) -> u64 {
+        let mut state = self.hasher.build_hasher();
+        definition.namespace.as_deref().hash(&mut state);
+        definition.spec.name.as_str().hash(&mut state);
+        labels.hash_into(&mut state);
+        state.finish()
+    }
+
+    fn hash_of_series(&self, series: &Series) -> u64 {
+        self.hash_of(&series.definition, LabelsRef::Labels(&series.labels))
+    }
+
     fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
         self.accounts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SeriesKey, Arc<Series>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashTable<Arc<Series>>> {
         self.series
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SeriesKey, Arc<Series>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashTable<Arc<Series>>> {
         self.series
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The series of `key` if it exists for `definition` itself.
-    pub fn get(&self, key: &SeriesKey, definition: &Arc<Definition>) -> Option<Arc<Series>> {
+    /// Take `series` itself out of `map`, if it is there.
+    fn take_out(&self, map: &mut HashTable<Arc<Series>>, series: &Arc<Series>) -> bool {
+        match map.find_entry(self.hash_of_series(series), |s| Arc::ptr_eq(s, series)) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The series of `definition` read with `labels`, if it exists for `definition` itself.
+    pub fn get<'a>(
+        &self,
+        definition: &Arc<Definition>,
+        labels: impl Into<LabelsRef<'a>>,
+    ) -> Option<Arc<Series>> {
+        let labels = labels.into();
         self.read()
-            .get(key)
+            .find(self.hash_of(definition, labels), |s| {
+                has_key(s, definition, labels)
+            })
             .filter(|series| Arc::ptr_eq(&series.definition, definition))
             .cloned()
     }
 
-    /// The series of `key` for `definition`, created if it is new, or replacing one left from
-    /// an edited definition (whose values must not be served). Concurrent first requests agree
-    /// on one series. Refused at once when the table is full for this tenant.
-    pub fn get_or_insert(
+    /// The series of `definition` read with `labels`, created if it is new, or replacing one
+    /// left from an edited definition (whose values must not be served). Concurrent first
+    /// requests agree on one series. Refused at once when the table is full for this tenant.
+    pub fn get_or_insert<'a>(
         &self,
-        key: &SeriesKey,
         definition: &Arc<Definition>,
+        labels: impl Into<LabelsRef<'a>>,
         now: Instant,
     ) -> Result<Found, AtCapacity> {
+        let labels = labels.into();
+        let hash = self.hash_of(definition, labels);
         let mut accounts = self.accounts();
-        let existing = self.read().get(key).cloned();
+        let existing = self
+            .read()
+            .find(hash, |s| has_key(s, definition, labels))
+            .cloned();
         if let Some(series) = &existing
             && Arc::ptr_eq(&series.definition, definition)
         {
             return Ok(Found::Existing(series.clone()));
         }
-        let series = Arc::new(Series::new(definition.clone(), key.labels.clone(), now));
+        let series = Arc::new(Series::new(definition.clone(), labels.to_labels(), now));
         let tenant = series.tenant();
         let dropped = match existing {
             // A replaced series (same key, so same tenant) gives its place to the new one.
@@ -437,12 +543,7 @@ impl SeriesTable {
             }
             None => match accounts.make_room(self.max_series, &tenant) {
                 Ok(victim) => victim.inspect(|victim| {
-                    let key = victim.key();
-                    let mut map = self.write();
-                    if map.get(&key).is_some_and(|current| Arc::ptr_eq(current, victim)) {
-                        map.remove(&key);
-                    }
-                    drop(map);
+                    self.take_out(&mut self.write(), victim);
                     tracing::info!(
                         metric = %victim.definition.spec.name,
                         tenant = %victim.tenant(),
@@ -454,29 +555,35 @@ impl SeriesTable {
             },
         };
         accounts.add(tenant, &series, now);
-        self.write().insert(key.clone(), series.clone());
+        let mut map = self.write();
+        match map.find_entry(hash, |s| has_key(s, definition, labels)) {
+            Ok(mut entry) => *entry.get_mut() = series.clone(),
+            Err(_) => {
+                map.insert_unique(hash, series.clone(), |s| self.hash_of_series(s));
+            }
+        }
         Ok(Found::Created { series, dropped })
     }
 
-    /// Whether `key` is in the table.
-    pub fn contains(&self, key: &SeriesKey) -> bool {
-        self.read().contains_key(key)
+    /// Whether a series of `definition` read with `labels` is in the table (for this
+    /// definition or an earlier version of it).
+    pub fn contains<'a>(&self, definition: &Definition, labels: impl Into<LabelsRef<'a>>) -> bool {
+        let labels = labels.into();
+        self.read()
+            .find(self.hash_of(definition, labels), |s| {
+                has_key(s, definition, labels)
+            })
+            .is_some()
     }
 
     /// Remove `series`, unless a request replaced it meanwhile. Marks it removed either way, so
     /// it is never scheduled again.
     pub fn remove(&self, series: &Arc<Series>) {
         let mut accounts = self.accounts();
-        let key = series.key();
-        let mut map = self.write();
-        if map
-            .get(&key)
-            .is_some_and(|current| Arc::ptr_eq(current, series))
-        {
-            map.remove(&key);
+        let removed = self.take_out(&mut self.write(), series);
+        if removed {
             accounts.forget(&series.tenant());
         }
-        drop(map);
         // Under the accounts lock, so making room never picks a series already gone.
         series.lock().removed = true;
         drop(accounts);
@@ -484,7 +591,7 @@ impl SeriesTable {
 
     /// Every series, as of now.
     pub fn snapshot(&self) -> Vec<Arc<Series>> {
-        self.read().values().cloned().collect()
+        self.read().iter().cloned().collect()
     }
 
     /// How many series there are.

@@ -36,16 +36,13 @@ metrics:
     Arc::new(definition)
 }
 
-fn key(definition: &Definition, queue: &str) -> SeriesKey {
-    SeriesKey::new(
-        definition,
-        &BTreeMap::from([("QueueName".to_string(), queue.to_string())]),
-    )
+fn key(queue: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("QueueName".to_string(), queue.to_string())])
 }
 
 fn insert(table: &SeriesTable, definition: &Arc<Definition>, queue: &str) -> Found {
     table
-        .get_or_insert(&key(definition, queue), definition, Instant::now())
+        .get_or_insert(definition, &key(queue), Instant::now())
         .unwrap()
 }
 
@@ -70,7 +67,7 @@ async fn making_room_drops_the_least_recently_requested_series_of_the_largest_te
     // g0 is the oldest insert but was asked for again since: g1 is now the least recent.
     tokio::time::advance(Duration::from_secs(1)).await;
     table
-        .get(&key(&greedy, "g0"), &greedy)
+        .get(&greedy, &key("g0"))
         .unwrap()
         .lock()
         .last_requested = Instant::now();
@@ -78,8 +75,8 @@ async fn making_room_drops_the_least_recently_requested_series_of_the_largest_te
     let victim = dropped(insert(&table, &newcomer, "n0")).unwrap();
     assert_eq!(victim.labels.to_map()["QueueName"], "g1");
     assert!(victim.lock().removed);
-    assert!(!table.contains(&key(&greedy, "g1")));
-    assert!(table.contains(&key(&greedy, "g0")));
+    assert!(!table.contains(&greedy, &key("g1")));
+    assert!(table.contains(&greedy, &key("g0")));
     assert_eq!(table.len(), 6);
     // Next: g2 (g0 was re-queued behind it with its newer time).
     let victim = dropped(insert(&table, &newcomer, "n1")).unwrap();
@@ -95,7 +92,7 @@ async fn at_the_bound_a_tenant_at_its_share_is_refused_and_a_series_that_left_is
         tokio::time::advance(Duration::from_secs(1)).await;
     }
     // a0, the least recent, leaves on its own (idle): it must not be "evicted" a second time.
-    let a0 = table.get(&key(&a, "a0"), &a).unwrap();
+    let a0 = table.get(&a, &key("a0")).unwrap();
     table.remove(&a0);
     assert_eq!(table.len(), 3);
     insert(&table, &a, "a4");
@@ -105,13 +102,13 @@ async fn at_the_bound_a_tenant_at_its_share_is_refused_and_a_series_that_left_is
     insert(&table, &b, "b1");
     // b holds its share (2 of 4): refused, nothing dropped.
     let refused = table
-        .get_or_insert(&key(&b, "b2"), &b, Instant::now())
+        .get_or_insert(&b, &key("b2"), Instant::now())
         .unwrap_err();
     assert_eq!(refused, AtCapacity::FairShare { share: 2 });
     assert_eq!(table.len(), 4);
     // And a, now at its share too, is refused rather than evicting b.
     assert!(matches!(
-        table.get_or_insert(&key(&a, "a9"), &a, Instant::now()),
+        table.get_or_insert(&a, &key("a9"), Instant::now()),
         Err(AtCapacity::FairShare { .. })
     ));
 }
@@ -166,8 +163,12 @@ async fn a_series_holds_its_labels_once_and_answers_with_its_own_name_and_labels
     assert_eq!(value.metric_name, "depth");
     assert_eq!(value.labels["QueueName"], "orders");
     assert_eq!(value.value, 1.5);
-    // The key and the series share one label allocation.
-    let stored = table.read();
-    let (stored_key, stored_series) = stored.get_key_value(&key(&a, "orders")).unwrap();
-    assert!(Arc::ptr_eq(&stored_key.labels.0, &stored_series.labels.0));
+    // The table keeps no key beside the series: a lookup by selector finds the series itself,
+    // and a key's labels find it too.
+    assert!(Arc::ptr_eq(&table.get(&a, &key("orders")).unwrap(), &series));
+    assert!(Arc::ptr_eq(
+        &table.get(&a, &series.key().labels).unwrap(),
+        &series
+    ));
+    assert!(table.get(&a, &key("other")).is_none());
 }
