@@ -168,10 +168,13 @@ impl Isolation {
     pub(crate) fn route(
         &self,
         series: &Series,
-        suspect: &mut Option<Suspect>,
+        suspect: &mut Option<Box<Suspect>>,
         now: Instant,
     ) -> Route {
-        if suspect.is_some_and(|s| now.saturating_duration_since(s.since) >= MEMORY) {
+        if suspect
+            .as_deref()
+            .is_some_and(|s| now.saturating_duration_since(s.since) >= MEMORY)
+        {
             *suspect = None;
         }
         let mut learned = self.learned();
@@ -200,7 +203,7 @@ impl Isolation {
         }
         drop(learned);
         match suspect {
-            Some(suspect) => Route::Group(*suspect),
+            Some(suspect) => Route::Group(**suspect),
             None => Route::Shared,
         }
     }

@@ -626,11 +626,10 @@ impl<S: Source> SourceLane<S> {
             }
             Err(error) if error.blames_members() => {
                 core.metrics.engine().call_bisected(self.profile.backend);
-                let metrics = metric_names(&series);
                 tracing::warn!(
                     backend = %self.profile.backend,
                     series = series.len(),
-                    metrics = ?metrics,
+                    metrics = %CallMetrics::of(&series),
                     error = %Chain(&error),
                     "{} call rejected as a bad request",
                     self.profile.operation
@@ -656,11 +655,10 @@ impl<S: Source> SourceLane<S> {
                 }
             }
             Err(error) => {
-                let metrics = metric_names(&series);
                 tracing::warn!(
                     backend = %self.profile.backend,
                     series = series.len(),
-                    metrics = ?metrics,
+                    metrics = %CallMetrics::of(&series),
                     error = %Chain(&error),
                     "{} call failed",
                     self.profile.operation
@@ -679,15 +677,48 @@ impl<S: Source> SourceLane<S> {
     }
 }
 
-/// Metric names in a call and how many series each has there, for logs.
-fn metric_names(series: &[Arc<Series>]) -> BTreeMap<&str, usize> {
-    let mut names = BTreeMap::new();
-    for member in series {
-        *names
-            .entry(member.definition.spec.name.as_str())
-            .or_default() += 1;
+/// Metric names in a call and how many series each has there, for logs: the
+/// [`CallMetrics::SHOWN`] with the most series, then how many more. A call holds up to 500
+/// series of as many metrics, and during an outage one line per failed call listing them all
+/// was 10 KB a line, 2 MB a refresh.
+struct CallMetrics<'a>(Vec<(&'a str, usize)>);
+
+impl<'a> CallMetrics<'a> {
+    const SHOWN: usize = 5;
+
+    fn of(series: &'a [Arc<Series>]) -> Self {
+        Self::counted(
+            series
+                .iter()
+                .map(|member| member.definition.spec.name.as_str()),
+        )
     }
-    names
+
+    fn counted(members: impl Iterator<Item = &'a str>) -> Self {
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in members {
+            *names.entry(name).or_default() += 1;
+        }
+        let mut names: Vec<(&str, usize)> = names.into_iter().collect();
+        // The most series first; names in order among equals (the map gave them sorted).
+        names.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        Self(names)
+    }
+}
+
+impl std::fmt::Display for CallMetrics<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, (name, count)) in self.0.iter().take(Self::SHOWN).enumerate() {
+            if index > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{name} ({count})")?;
+        }
+        if let Some(more) = self.0.len().checked_sub(Self::SHOWN).filter(|n| *n > 0) {
+            write!(f, " and {more} more metrics")?;
+        }
+        Ok(())
+    }
 }
 
 /// The error a rejected series gets: for one label set, or (`whole`) for its whole definition.
@@ -857,5 +888,28 @@ impl<S: Source> Lane for SourceLane<S> {
 
     fn run(self: Arc<Self>, core: Arc<Core>, stop: CancellationToken) -> BoxFuture<'static, ()> {
         Box::pin(self.supervise(core, stop))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CallMetrics;
+
+    #[test]
+    fn a_failed_call_logs_the_metrics_with_the_most_series_and_counts_the_rest() {
+        let names: Vec<String> = (0..500).map(|n| format!("tenant-{n:04}")).collect();
+        let members = names
+            .iter()
+            .map(String::as_str)
+            .chain(["orders"; 3])
+            .chain(["jobs"; 2]);
+        assert_eq!(
+            CallMetrics::counted(members).to_string(),
+            "orders (3), jobs (2), tenant-0000 (1), tenant-0001 (1), tenant-0002 (1) and 497 more metrics"
+        );
+        assert_eq!(
+            CallMetrics::counted(["b", "a", "b"].into_iter()).to_string(),
+            "b (2), a (1)"
+        );
     }
 }

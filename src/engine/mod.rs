@@ -297,7 +297,7 @@ impl Engine {
         let theirs = snapshot
             .latest
             .clone()
-            .map(|(result, at)| (result, core.clock.instant_of(at)));
+            .map(|(result, at)| (result.map_err(Box::new), core.clock.instant_of(at)));
         let ours_newer = match (&state.latest, &theirs) {
             (Some((_, ours)), Some((_, theirs))) => ours > theirs,
             (Some(_), None) => true,
@@ -323,7 +323,7 @@ impl Engine {
             let result = result
                 .as_ref()
                 .map(|reading| series.value(reading))
-                .map_err(Clone::clone);
+                .map_err(|error| (**error).clone());
             observer.observe(&series.definition, &series.labels.to_map(), &result);
         }
         let answered = state.latest.is_some();
@@ -408,7 +408,7 @@ impl Engine {
         {
             let mut state = series.lock();
             if state.latest.is_none() {
-                state.latest = Some((Err(error), Instant::now()));
+                state.latest = Some((Err(Box::new(error)), Instant::now()));
             }
         }
         series.publish();
@@ -689,8 +689,13 @@ impl Core {
             definition: series.definition.clone(),
             latest: state
                 .latest
-                .clone()
-                .map(|(result, at)| (result, self.clock.wall_of(at))),
+                .as_ref()
+                .map(|(result, at)| {
+                    (
+                        result.clone().map_err(|error| *error),
+                        self.clock.wall_of(*at),
+                    )
+                }),
             last_good: state
                 .last_good
                 .map(|(reading, at)| (reading, self.clock.wall_of(at))),
@@ -749,7 +754,7 @@ impl Core {
     fn retry_as_suspect(&self, series: &Arc<Series>, suspect: Suspect, now: Instant) {
         let mut state = series.lock();
         state.in_flight = false;
-        state.suspect = Some(suspect);
+        state.suspect = Some(Box::new(suspect));
         self.schedule(series, &mut state, now);
     }
 
@@ -801,7 +806,10 @@ impl Core {
         if let Some(observer) = self.observer.get() {
             observer.observe(definition, &series.labels.to_map(), &result);
         }
-        state.latest = Some((result.map(|value| Reading::of(&value)), fetched));
+        state.latest = Some((
+            result.map(|value| Reading::of(&value)).map_err(Box::new),
+            fetched,
+        ));
         if self.changes.receiver_count() > 0 {
             let snapshot = self.snapshot_of(series, &state);
             let _ = self.changes.send(Change::Updated(Arc::new(snapshot)));

@@ -111,9 +111,23 @@ pub struct Series {
     /// The selector's labels.
     pub labels: Labels,
     state: Mutex<SeriesState>,
-    /// Set, and waiters woken, when the first fetch completes.
+    /// Set, and waiters woken (see [`FIRST_FETCH`]), when the first fetch completes.
     fetched: AtomicBool,
-    first: Notify,
+}
+
+/// Shards of [`FIRST_FETCH`].
+const FIRST_FETCH_SHARDS: usize = 1024;
+
+/// Who waits for a series' first value waits here, in the shard of the series' id. A `Notify`
+/// in each series would cost 32 bytes on every one of them for a wait that happens once; a
+/// waiter woken for another series of its shard looks at its own flag and waits again. With a
+/// first fill of thousands of concurrent first requests, a shard holds a few waiters.
+static FIRST_FETCH: [Notify; FIRST_FETCH_SHARDS] =
+    [const { Notify::const_new() }; FIRST_FETCH_SHARDS];
+
+fn first_fetch(id: u64) -> &'static Notify {
+    // The remainder is below the shard count, so the cast cannot truncate.
+    &FIRST_FETCH[(id % FIRST_FETCH_SHARDS as u64) as usize]
 }
 
 /// A group of series searched together after the backend rejected a call they shared (see the
@@ -146,14 +160,16 @@ pub struct SeriesState {
     pub removed: bool,
     /// Consecutive failed refreshes.
     pub failures: u32,
-    /// The latest outcome and when it was fetched.
-    pub latest: Option<(Result<Reading, ProviderError>, Instant)>,
+    /// The latest outcome and when it was fetched (an error boxed: most series hold a
+    /// reading, which then needs no room for one).
+    pub latest: Option<(Result<Reading, Box<ProviderError>>, Instant)>,
     /// The last good reading and when it was fetched, kept while refreshes fail.
     pub last_good: Option<(Reading, Instant)>,
     /// When the last refresh (or probe) finished.
     pub last_attempt: Option<Instant>,
-    /// It is being searched for after a rejected shared call.
-    pub suspect: Option<Suspect>,
+    /// It is being searched for after a rejected shared call (rare: boxed, so the others do
+    /// not carry its room).
+    pub suspect: Option<Box<Suspect>>,
 }
 
 /// Ids for new series.
@@ -180,7 +196,6 @@ impl Series {
                 suspect: None,
             }),
             fetched: AtomicBool::new(false),
-            first: Notify::new(),
         }
     }
 
@@ -215,7 +230,7 @@ impl Series {
     pub async fn wait_first(&self, timeout: Duration) -> bool {
         let waited = tokio::time::timeout(timeout, async {
             loop {
-                let notified = self.first.notified();
+                let notified = first_fetch(self.id).notified();
                 if self.fetched_once() {
                     return;
                 }
@@ -228,7 +243,7 @@ impl Series {
     /// A fetch outcome was stored (the engine has updated the schedule): wake waiters.
     pub fn publish(&self) {
         if !self.fetched.swap(true, Ordering::AcqRel) {
-            self.first.notify_waiters();
+            first_fetch(self.id).notify_waiters();
         }
     }
 
@@ -249,10 +264,10 @@ impl Series {
         state.removed = true;
         if state.latest.is_none() {
             state.latest = Some((
-                Err(ProviderError::AtCapacity(format!(
+                Err(Box::new(ProviderError::AtCapacity(format!(
                     "metric {}: the adapter tracks its maximum of {max_series} series (--max-series), and this series was dropped to make room for another tenant's",
                     self.definition.spec.name
-                ))),
+                )))),
                 Instant::now(),
             ));
         }
@@ -281,7 +296,7 @@ pub fn answer(
             false,
         );
     };
-    match latest {
+    match latest.as_ref().map_err(|error| &**error) {
         Ok(reading) if now.saturating_duration_since(*fetched) <= max_age => {
             (Ok(series.value(reading)), false)
         }

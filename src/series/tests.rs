@@ -172,3 +172,15 @@ async fn a_series_holds_its_labels_once_and_answers_with_its_own_name_and_labels
     ));
     assert!(table.get(&a, &key("other")).is_none());
 }
+
+/// RSS per active series is a goal (`scripts/bench-scale.sh`): a series with its `Arc` counts
+/// fits mimalloc's 256-byte size class; 8 more bytes would take the next one, 320.
+#[test]
+fn a_series_with_its_reference_counts_fits_in_256_bytes() {
+    let arc_counts = 2 * std::mem::size_of::<usize>();
+    assert!(
+        std::mem::size_of::<Series>() + arc_counts <= 256,
+        "Series is {} bytes",
+        std::mem::size_of::<Series>()
+    );
+}
