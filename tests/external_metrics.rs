@@ -23,6 +23,7 @@ use cloudwatch_metrics_adapter::controller::{self, Reconciler};
 use cloudwatch_metrics_adapter::definition::{self, Definition, DefinitionSet};
 use cloudwatch_metrics_adapter::engine::OutcomeObserver;
 use cloudwatch_metrics_adapter::provider::{BackendFailure, MetricValue, ProviderError};
+use cloudwatch_metrics_adapter::series::Labels;
 use common::{DEFINITIONS, TestServer, eventually, minute, put, rfc3339};
 use fake_kube::{ADAPTER_TOKEN, FakeKube, external_metric};
 use serde_json::{Value, json};
@@ -391,7 +392,10 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
     .await;
     let definition = controller.lookup("team-a", "orders").unwrap();
     let observer = controller.sender.clone().unwrap();
-    let labels = BTreeMap::from([("QueueName".to_string(), "orders".to_string())]);
+    let labels = Labels::new(&BTreeMap::from([(
+        "QueueName".to_string(),
+        "orders".to_string(),
+    )]));
     let status = || api.object("team-a", "orders").unwrap()["status"].clone();
 
     // Started failing: Failing, the reason, the error and when, and a Warning Event.
@@ -492,7 +496,10 @@ async fn refresh_outcomes_drive_ready_value_and_events_with_rate_limited_writes(
     // Outcomes of the old definition (a value, and a failure of another queue), then a value of
     // the new one. They reach the writer in that order, so once the new value is written, the
     // old ones would show in the same status had they been applied: a second, failing series.
-    let payments = BTreeMap::from([("QueueName".to_string(), "payments".to_string())]);
+    let payments = Labels::new(&BTreeMap::from([(
+        "QueueName".to_string(),
+        "payments".to_string(),
+    )]));
     observer.observe(&definition, &labels, &outcome_value(7.0, at));
     observer.observe(
         &definition,

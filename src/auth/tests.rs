@@ -481,7 +481,10 @@ async fn a_review_that_finds_no_slot_while_the_api_server_hangs_is_unavailable_a
         .await
         .unwrap_err();
     assert_eq!(started.elapsed(), REVIEW_SLOT_WAIT);
-    assert!(refused.to_string().contains("no slot within 10 s"), "{refused}");
+    assert!(
+        refused.to_string().contains("no slot within 10 s"),
+        "{refused}"
+    );
     assert_eq!(
         reviewer.access_calls.load(Ordering::SeqCst),
         MAX_REVIEWS_IN_FLIGHT

@@ -38,6 +38,7 @@ use crate::definition::{Definition, HumanDuration};
 use crate::engine::OutcomeObserver;
 use crate::pacer::Pacer;
 use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::series::Labels;
 use queue::ObjectQueue;
 
 /// How many outcomes may wait for the status writer before new ones are dropped.
@@ -168,7 +169,7 @@ impl OutcomeObserver for StatusSender {
     fn observe(
         &self,
         definition: &Arc<Definition>,
-        labels: &BTreeMap<String, String>,
+        labels: &Labels,
         outcome: &Result<MetricValue, ProviderError>,
     ) {
         if definition.namespace.is_none() {
@@ -888,7 +889,7 @@ fn reason_of(error: &ProviderError) -> &'static str {
 }
 
 /// `k=v,k2=v2`, as an HPA's `matchLabels` would be written in a selector.
-fn selector_text(labels: &BTreeMap<String, String>) -> String {
+fn selector_text(labels: &Labels) -> String {
     labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))

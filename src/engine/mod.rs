@@ -116,7 +116,7 @@ pub trait OutcomeObserver: Send + Sync + std::fmt::Debug + 'static {
     fn observe(
         &self,
         definition: &Arc<Definition>,
-        labels: &BTreeMap<String, String>,
+        labels: &series::Labels,
         outcome: &Result<MetricValue, ProviderError>,
     );
 }
@@ -324,7 +324,7 @@ impl Engine {
                 .as_ref()
                 .map(|reading| series.value(reading))
                 .map_err(|error| (**error).clone());
-            observer.observe(&series.definition, &series.labels.to_map(), &result);
+            observer.observe(&series.definition, &series.labels, &result);
         }
         let answered = state.latest.is_some();
         drop(state);
@@ -687,15 +687,12 @@ impl Core {
         SeriesSnapshot {
             key: series.key(),
             definition: series.definition.clone(),
-            latest: state
-                .latest
-                .as_ref()
-                .map(|(result, at)| {
-                    (
-                        result.clone().map_err(|error| *error),
-                        self.clock.wall_of(*at),
-                    )
-                }),
+            latest: state.latest.as_ref().map(|(result, at)| {
+                (
+                    result.clone().map_err(|error| *error),
+                    self.clock.wall_of(*at),
+                )
+            }),
             last_good: state
                 .last_good
                 .map(|(reading, at)| (reading, self.clock.wall_of(at))),
@@ -804,7 +801,7 @@ impl Core {
         };
         self.schedule(series, &mut state, due);
         if let Some(observer) = self.observer.get() {
-            observer.observe(definition, &series.labels.to_map(), &result);
+            observer.observe(definition, &series.labels, &result);
         }
         state.latest = Some((
             result.map(|value| Reading::of(&value)).map_err(Box::new),

@@ -165,7 +165,10 @@ async fn a_series_holds_its_labels_once_and_answers_with_its_own_name_and_labels
     assert_eq!(value.value, 1.5);
     // The table keeps no key beside the series: a lookup by selector finds the series itself,
     // and a key's labels find it too.
-    assert!(Arc::ptr_eq(&table.get(&a, &key("orders")).unwrap(), &series));
+    assert!(Arc::ptr_eq(
+        &table.get(&a, &key("orders")).unwrap(),
+        &series
+    ));
     assert!(Arc::ptr_eq(
         &table.get(&a, &series.key().labels).unwrap(),
         &series

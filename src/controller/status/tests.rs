@@ -367,7 +367,7 @@ async fn coalesced_updates_leave_the_writer_where_every_update_would() {
             let definition = definitions.load().lookup("team-a", name).cloned().unwrap();
             writer.apply_outcome(Observation {
                 definition,
-                selector: selector_text(&labels),
+                selector: selector_text(&Labels::new(&labels)),
                 outcome: Observed::Value {
                     value: 12.0,
                     timestamp: SystemTime::UNIX_EPOCH,
