@@ -90,6 +90,18 @@ pub struct MetricValue {
     pub value: f64,
 }
 
+/// A value as a source read it, without what its series already knows (its name and labels):
+/// the answer's name and labels are built when it is served.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// The datapoint's own time.
+    pub timestamp: SystemTime,
+    /// The period it was aggregated over.
+    pub window: Option<Duration>,
+    /// The value.
+    pub value: f64,
+}
+
 /// What kind of backend failure happened: decides the HTTP code and the user's next step. The
 /// backend is the one the metric's definition reads (CloudWatch, SQS); the message names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -22,7 +22,7 @@ use cloudwatch_metrics_adapter::controller::status::{self, StatusConfig, StatusW
 use cloudwatch_metrics_adapter::controller::{self, Reconciler};
 use cloudwatch_metrics_adapter::definition::{self, Definition, DefinitionSet};
 use cloudwatch_metrics_adapter::engine::OutcomeObserver;
-use cloudwatch_metrics_adapter::provider::{BackendFailure, MetricValue, ProviderError};
+use cloudwatch_metrics_adapter::provider::{BackendFailure, ProviderError, Reading};
 use cloudwatch_metrics_adapter::series::Labels;
 use common::{DEFINITIONS, TestServer, eventually, minute, put, rfc3339};
 use fake_kube::{ADAPTER_TOKEN, FakeKube, external_metric};
@@ -369,10 +369,8 @@ async fn bad_and_hostile_objects_get_a_clear_status_and_affect_nothing_else() {
     controller.stop().await;
 }
 
-fn outcome_value(value: f64, timestamp: SystemTime) -> Result<MetricValue, ProviderError> {
-    Ok(MetricValue {
-        metric_name: "orders".into(),
-        labels: BTreeMap::new(),
+fn outcome_value(value: f64, timestamp: SystemTime) -> Result<Reading, ProviderError> {
+    Ok(Reading {
         timestamp,
         window: Some(Duration::from_secs(60)),
         value,

@@ -37,7 +37,7 @@ use crate::crd::{self, CONDITION_READY, CONDITION_VALID, ExternalMetricStatus};
 use crate::definition::{Definition, HumanDuration};
 use crate::engine::OutcomeObserver;
 use crate::pacer::Pacer;
-use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::provider::{BackendFailure, ProviderError, Reading};
 use crate::series::Labels;
 use queue::ObjectQueue;
 
@@ -170,7 +170,7 @@ impl OutcomeObserver for StatusSender {
         &self,
         definition: &Arc<Definition>,
         labels: &Labels,
-        outcome: &Result<MetricValue, ProviderError>,
+        outcome: &Result<Reading, ProviderError>,
     ) {
         if definition.namespace.is_none() {
             return; // a definitions-file metric has no object to report on

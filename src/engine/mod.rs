@@ -117,7 +117,7 @@ pub trait OutcomeObserver: Send + Sync + std::fmt::Debug + 'static {
         &self,
         definition: &Arc<Definition>,
         labels: &series::Labels,
-        outcome: &Result<MetricValue, ProviderError>,
+        outcome: &Result<Reading, ProviderError>,
     );
 }
 
@@ -320,10 +320,7 @@ impl Engine {
         // The status writer learns what the leader learned, so it is warm when this replica
         // leads (it writes only then).
         if let (Some(observer), Some((result, _))) = (core.observer.get(), &state.latest) {
-            let result = result
-                .as_ref()
-                .map(|reading| series.value(reading))
-                .map_err(|error| (**error).clone());
+            let result = result.clone().map_err(|error| *error);
             observer.observe(&series.definition, &series.labels, &result);
         }
         let answered = state.latest.is_some();
@@ -777,7 +774,7 @@ impl Core {
     fn record(
         &self,
         series: &Arc<Series>,
-        result: Result<MetricValue, ProviderError>,
+        result: Result<Reading, ProviderError>,
         fetched: Instant,
         next: Next,
     ) {
@@ -795,7 +792,7 @@ impl Core {
         } else {
             state.failures = 0;
             if let Ok(value) = &result {
-                state.last_good = Some((Reading::of(value), fetched));
+                state.last_good = Some((*value, fetched));
             }
             self.clock.next_tick(fetched, definition.refresh_interval)
         };
@@ -803,10 +800,7 @@ impl Core {
         if let Some(observer) = self.observer.get() {
             observer.observe(definition, &series.labels, &result);
         }
-        state.latest = Some((
-            result.map(|value| Reading::of(&value)).map_err(Box::new),
-            fetched,
-        ));
+        state.latest = Some((result.map_err(Box::new), fetched));
         if self.changes.receiver_count() > 0 {
             let snapshot = self.snapshot_of(series, &state);
             let _ = self.changes.send(Change::Updated(Arc::new(snapshot)));

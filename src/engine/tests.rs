@@ -1163,9 +1163,7 @@ impl Source for Arc<Flaky> {
             outcome: Ok(members
                 .iter()
                 .map(|m| {
-                    Ok(MetricValue {
-                        metric_name: m.definition.spec.name.clone(),
-                        labels: m.labels.clone(),
+                    Ok(Reading {
                         timestamp: now,
                         window: None,
                         value: m.request[1..].parse().unwrap(),

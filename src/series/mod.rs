@@ -16,13 +16,14 @@ use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hashbrown::HashTable;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::definition::{Backend, Definition, HumanDuration, Tenant};
+pub use crate::provider::Reading;
 use crate::provider::{MetricValue, ProviderError};
 use capacity::Accounts;
 pub use capacity::AtCapacity;
@@ -75,28 +76,6 @@ impl SeriesKey {
             namespace: definition.namespace.clone(),
             metric: definition.spec.name.clone(),
             labels,
-        }
-    }
-}
-
-/// A value as read, without what the series already knows (its name and labels).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reading {
-    /// The datapoint's own time.
-    pub timestamp: SystemTime,
-    /// The period it was aggregated over.
-    pub window: Option<Duration>,
-    /// The value.
-    pub value: f64,
-}
-
-impl Reading {
-    /// The reading of a value.
-    pub fn of(value: &MetricValue) -> Self {
-        Self {
-            timestamp: value.timestamp,
-            window: value.window,
-            value: value.value,
         }
     }
 }

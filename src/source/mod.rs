@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::definition::{Backend, Definition};
-use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::provider::{BackendFailure, ProviderError, Reading};
 
 /// How a source batches and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,7 +127,7 @@ pub struct Fetched {
     /// What it used (also when it failed).
     pub usage: Usage,
     /// One outcome per member, in order, or why the call failed as a whole.
-    pub outcome: Result<Vec<Result<MetricValue, ProviderError>>, SourceError>,
+    pub outcome: Result<Vec<Result<Reading, ProviderError>>, SourceError>,
 }
 
 /// A backend the engine reads series from.

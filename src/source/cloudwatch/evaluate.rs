@@ -2,11 +2,10 @@
 //!
 //! Pure: the same function serves the refresh engine and the `query` subcommand.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::definition::{Definition, HumanDuration};
-use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::provider::{BackendFailure, ProviderError, Reading};
 use crate::source::backend_error;
 
 use super::translate::{cloudwatch_read, describe_query, newest_point};
@@ -19,11 +18,10 @@ use super::{MetricDataRequest, PROFILE, QueryResult, ResultStatus};
 /// never gets here: the engine answers its members.
 pub fn evaluate(
     definition: &Definition,
-    labels: &BTreeMap<String, String>,
     request: &MetricDataRequest,
     results: &[QueryResult],
     now: SystemTime,
-) -> Result<MetricValue, ProviderError> {
+) -> Result<Reading, ProviderError> {
     let name = &definition.spec.name;
     let read = cloudwatch_read(definition)?;
     let series = results.iter().filter(|r| r.id == read.value_query).count();
@@ -73,9 +71,7 @@ pub fn evaluate(
             }
         },
     };
-    Ok(MetricValue {
-        metric_name: name.clone(),
-        labels: labels.clone(),
+    Ok(Reading {
         timestamp,
         window,
         value,
@@ -122,7 +118,7 @@ metrics:
         metric: &str,
         queue: Option<&str>,
         results: Vec<QueryResult>,
-    ) -> Result<MetricValue, ProviderError> {
+    ) -> Result<Reading, ProviderError> {
         let set = parse(DEFS).unwrap();
         let definition: Arc<Definition> = set.get(metric).unwrap().clone();
         let selector = Selector {
@@ -137,7 +133,7 @@ metrics:
         };
         let labels = selector_labels(&definition, &selector).unwrap();
         let request = build_request(&definition, &labels, now()).unwrap();
-        evaluate(&definition, &labels, &request, &results, now())
+        evaluate(&definition, &request, &results, now())
     }
 
     fn result(points: Vec<(SystemTime, f64)>, status: ResultStatus) -> QueryResult {
@@ -165,7 +161,6 @@ metrics:
         assert_eq!(value.value, 12.5);
         assert_eq!(value.timestamp, t);
         assert_eq!(value.window, Some(Duration::from_secs(60)));
-        assert_eq!(value.labels["QueueName"], "orders");
     }
 
     #[test]

@@ -250,13 +250,7 @@ impl<C: MetricDataSource> Source for CloudWatchSource<C> {
             .zip(members)
             .map(|(index, member)| {
                 let results = by_member.remove(index).unwrap_or_default();
-                evaluate::evaluate(
-                    member.definition,
-                    member.labels,
-                    member.request,
-                    &results,
-                    now,
-                )
+                evaluate::evaluate(member.definition, member.request, &results, now)
             })
             .collect();
         Fetched {

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::definition::sqs::render_queue;
 use crate::definition::{Backend, Definition, QueueCount, QueueRef};
-use crate::provider::{BackendFailure, MetricValue, ProviderError};
+use crate::provider::{BackendFailure, ProviderError, Reading};
 use crate::source::aws::{CREDENTIALS_HINT, Target};
 use crate::source::{Fetched, Member, Planned, Profile, Source, SourceError, Usage, backend_error};
 
@@ -327,7 +327,7 @@ fn value(
     member: &Member<'_, SqsRequest>,
     counts: &QueueCounts,
     now: SystemTime,
-) -> Result<MetricValue, ProviderError> {
+) -> Result<Reading, ProviderError> {
     let mut sum = 0u64;
     for count in &member.request.counts {
         match counts.get(count) {
@@ -343,9 +343,7 @@ fn value(
             }
         }
     }
-    Ok(MetricValue {
-        metric_name: member.definition.spec.name.clone(),
-        labels: member.labels.clone(),
+    Ok(Reading {
         timestamp: now,
         window: None,
         value: sum as f64,

@@ -111,7 +111,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 async fn read(
     source: &SqsSource<Arc<FakeSqs>>,
     reads: &[(&str, BTreeMap<String, String>)],
-) -> Vec<Result<MetricValue, ProviderError>> {
+) -> Vec<Result<Reading, ProviderError>> {
     let set = parse(DEFINITIONS).unwrap();
     let now = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
     let prepared: Vec<(Arc<Definition>, BTreeMap<String, String>, SqsRequest)> = reads
@@ -123,7 +123,7 @@ async fn read(
         })
         .collect();
     let items: Vec<&SqsRequest> = prepared.iter().map(|(_, _, request)| request).collect();
-    let mut results: Vec<Option<Result<MetricValue, ProviderError>>> =
+    let mut results: Vec<Option<Result<Reading, ProviderError>>> =
         (0..prepared.len()).map(|_| None).collect();
     for planned in source.plan(&items) {
         let members: Vec<Member<'_, SqsRequest>> = planned
