@@ -66,13 +66,14 @@ pub const MASTERS: &str = "system:masters";
 
 /// How many token and decision answers are remembered at most.
 const CACHE_CAPACITY: u64 = 10_000;
-/// Reviews in flight at once, TokenReviews and SubjectAccessReviews together. kube's client
-/// speaks HTTP/1.1, so each review in flight is a connection to the API server, which the
-/// client's pool then keeps idle for 90 s. Without a bound, a burst of distinct reviews (a
-/// thousand HPAs in a thousand namespaces at start-up, or a client sending made-up bearer
-/// tokens) opens as many connections: about 25 KB each here, and a connection each on the API
-/// server. Identical reviews already share one call (see [`cache`]), so waiting for a slot
-/// only queues distinct ones.
+/// Reviews of each kind in flight at once. kube's client speaks HTTP/1.1, so each review in
+/// flight is a connection to the API server, which the client's pool then keeps idle for 90 s.
+/// Without a bound, a burst of distinct reviews (a thousand HPAs in a thousand namespaces at
+/// start-up, or a client sending made-up bearer tokens) opens as many connections: about 25 KB
+/// each here, and a connection each on the API server. Identical reviews already share one
+/// call (see [`cache`]), so waiting for a slot only queues distinct ones. TokenReviews and
+/// SubjectAccessReviews have a bound each: made-up tokens, which anyone can send, never hold
+/// the slots the aggregator's requests are authorized with.
 const MAX_REVIEWS_IN_FLIGHT: usize = 32;
 /// How long a review waits for a slot before its request is answered 503 (kube's delegating
 /// timeout for the review itself).
@@ -212,8 +213,10 @@ pub struct Auth {
     /// TokenReview answers by the token's SHA-256 (never the token itself).
     tokens: ReviewCache<[u8; 32], TokenAnswer>,
     decisions: ReviewCache<AccessKey, Decision>,
-    /// [`MAX_REVIEWS_IN_FLIGHT`] permits.
-    slots: tokio::sync::Semaphore,
+    /// [`MAX_REVIEWS_IN_FLIGHT`] permits for TokenReviews, and as many for
+    /// SubjectAccessReviews.
+    token_slots: tokio::sync::Semaphore,
+    access_slots: tokio::sync::Semaphore,
     metrics: AuthMetrics,
 }
 
@@ -235,18 +238,20 @@ impl Auth {
                 CACHE_CAPACITY,
                 metrics.review_waiting("SubjectAccessReview"),
             ),
-            slots: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
+            token_slots: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
+            access_slots: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
             metrics,
         }
     }
 
-    /// A slot for one `review` call, or the error its request is answered with when none
-    /// frees up in time.
-    async fn slot(
+    /// A slot among `slots` for one `review` call, or the error its request is answered with
+    /// when none frees up in time.
+    async fn slot<'a>(
         &self,
+        slots: &'a tokio::sync::Semaphore,
         review: &'static str,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, ReviewError> {
-        match tokio::time::timeout(REVIEW_SLOT_WAIT, self.slots.acquire()).await {
+    ) -> Result<tokio::sync::SemaphorePermit<'a>, ReviewError> {
+        match tokio::time::timeout(REVIEW_SLOT_WAIT, slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; a closed one is as good as no slot.
             Ok(Err(_)) | Err(_) => {
@@ -326,7 +331,7 @@ impl Auth {
         let (answer, lookup) = self
             .tokens
             .get_or_review(&key, async {
-                let _slot = self.slot("TokenReview").await?;
+                let _slot = self.slot(&self.token_slots, "TokenReview").await?;
                 let status = match reviewer.review_token(token).await {
                     Ok(status) => status,
                     Err(err) => {
@@ -395,7 +400,7 @@ impl Auth {
         let (decision, lookup) = self
             .decisions
             .get_or_review(&key, async {
-                let _slot = self.slot("SubjectAccessReview").await?;
+                let _slot = self.slot(&self.access_slots, "SubjectAccessReview").await?;
                 let spec = access_review_spec(user, attributes);
                 let status = match reviewer.review_access(spec).await {
                     Ok(status) => status,

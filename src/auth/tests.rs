@@ -25,8 +25,10 @@ struct FakeReviewer {
     down: AtomicBool,
     /// Reviews take 100 ms (of paused time), so concurrent callers overlap.
     slow: AtomicBool,
-    /// Reviews never answer.
+    /// Access reviews never answer.
     hang: AtomicBool,
+    /// Token reviews never answer.
+    tokens_hang: AtomicBool,
     token_calls: AtomicUsize,
     access_calls: AtomicUsize,
     /// Access reviews under way now, and the most there ever were.
@@ -64,6 +66,9 @@ impl Reviewer for FakeReviewer {
     fn review_token<'a>(&'a self, token: &'a str) -> ReviewFuture<'a, TokenReviewStatus> {
         Box::pin(async move {
             self.token_calls.fetch_add(1, Ordering::SeqCst);
+            if self.tokens_hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if self.down.load(Ordering::SeqCst) {
                 return Err(Self::unreachable());
             }
@@ -461,7 +466,8 @@ async fn a_burst_of_distinct_reviews_holds_at_most_32_calls_open_and_each_is_ans
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_review_that_finds_no_slot_while_the_api_server_hangs_is_unavailable_and_says_why() {
+async fn a_review_that_finds_no_slot_while_the_api_server_hangs_is_unavailable_and_made_up_tokens_hold_only_token_slots()
+ {
     let reviewer = Arc::new(FakeReviewer::default());
     reviewer.hang.store(true, Ordering::SeqCst);
     reviewer.allow("alice");
@@ -489,9 +495,36 @@ async fn a_review_that_finds_no_slot_while_the_api_server_hangs_is_unavailable_a
         reviewer.access_calls.load(Ordering::SeqCst),
         MAX_REVIEWS_IN_FLIGHT
     );
+    // Made-up tokens, which anyone can send, hold only the TokenReview slots.
+    reviewer.tokens_hang.store(true, Ordering::SeqCst);
+    let mut tokens = tokio::task::JoinSet::new();
+    for n in 0..2 * MAX_REVIEWS_IN_FLIGHT {
+        let auth = auth.clone();
+        tokens.spawn(async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::AUTHORIZATION,
+                format!("Bearer made-up-{n}").parse().unwrap(),
+            );
+            auth.authenticate(&headers, None).await.map(|_| ())
+        });
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(
+        reviewer.token_calls.load(Ordering::SeqCst),
+        MAX_REVIEWS_IN_FLIGHT
+    );
     // The hung reviews give their slots back when their requests go away.
     hung.shutdown().await;
     reviewer.hang.store(false, Ordering::SeqCst);
+    // An access review goes ahead while every TokenReview slot is held.
+    assert_eq!(
+        auth.authorize(&user("alice"), &value_request("another"))
+            .await
+            .unwrap(),
+        Decision::Allow
+    );
+    tokens.shutdown().await;
     assert_eq!(
         auth.authorize(&user("alice"), &value_request("one-more"))
             .await
