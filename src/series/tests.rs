@@ -187,3 +187,33 @@ fn a_series_with_its_reference_counts_fits_in_256_bytes() {
         std::mem::size_of::<Series>()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_first_value_for_another_series_of_the_same_waiting_shard_does_not_end_the_wait() {
+    let depth = definition("a");
+    let labels = Labels::new(&key("orders"));
+    let first = Arc::new(Series::new(depth.clone(), labels.clone(), Instant::now()));
+    // Ids are consecutive: the series FIRST_FETCH_SHARDS later waits in the same shard.
+    let same_shard = loop {
+        let series = Arc::new(Series::new(depth.clone(), labels.clone(), Instant::now()));
+        if series.id % FIRST_FETCH_SHARDS as u64 == first.id % FIRST_FETCH_SHARDS as u64 {
+            break series;
+        }
+    };
+    let waiter = tokio::spawn({
+        let same_shard = same_shard.clone();
+        async move { same_shard.wait_first(Duration::from_secs(5)).await }
+    });
+    tokio::task::yield_now().await;
+    first.publish();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiter.is_finished(),
+        "woken by another series' first value"
+    );
+    same_shard.publish();
+    assert!(waiter.await.unwrap());
+    // And one nobody publishes times out.
+    let silent = Series::new(depth, labels, Instant::now());
+    assert!(!silent.wait_first(Duration::from_secs(5)).await);
+}
