@@ -428,9 +428,11 @@ pub enum Found {
 /// Whether `series` has the key of `definition` read with `labels` (whatever the version of
 /// the definition).
 fn has_key(series: &Series, definition: &Definition, labels: LabelsRef<'_>) -> bool {
-    series.definition.spec.name == definition.spec.name
-        && series.definition.namespace == definition.namespace
-        && labels.matches(&series.labels)
+    // The same definition (the common case) has the same name and namespace.
+    let same_name = std::ptr::eq(&*series.definition, definition)
+        || (series.definition.spec.name == definition.spec.name
+            && series.definition.namespace == definition.namespace);
+    same_name && labels.matches(&series.labels)
 }
 
 impl SeriesTable {
