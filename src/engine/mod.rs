@@ -163,8 +163,10 @@ pub(crate) struct Core {
     swept: std::sync::Mutex<Option<Arc<DefinitionSet>>>,
     /// Who may call backends (always this replica, unless set).
     roles: OnceLock<Arc<dyn Roles>>,
-    /// Every change to the table, for peers (cheap when nobody listens).
-    changes: broadcast::Sender<Change>,
+    /// Every change to the table, for peers (cheap when nobody listens). Made by the first
+    /// subscriber: its buffer of [`CHANGES_BUFFER`] slots is 5.8 MB, committed up front, which
+    /// a replica without followers never needs.
+    changes: OnceLock<broadcast::Sender<Change>>,
     /// Series first asked for here, for the leader (set on replicas that may follow).
     demand: OnceLock<mpsc::Sender<SeriesKey>>,
     /// The budget of calls made while falling back.
@@ -211,7 +213,7 @@ impl Engine {
             lanes: sources.lanes,
             swept: std::sync::Mutex::new(None),
             roles: OnceLock::new(),
-            changes: broadcast::channel(CHANGES_BUFFER).0,
+            changes: OnceLock::new(),
             demand: OnceLock::new(),
             fallback: Pacer::new(fallback_rate),
             config,
@@ -245,7 +247,10 @@ impl Engine {
 
     /// Every change to the table from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.core.changes.subscribe()
+        self.core
+            .changes
+            .get_or_init(|| broadcast::channel(CHANGES_BUFFER).0)
+            .subscribe()
     }
 
     /// Every series, as of now, with wall-clock times.
@@ -671,11 +676,18 @@ impl Core {
     }
 
     /// Drop `series` from the table and its queue, and tell peers.
+    /// The change stream, if anyone listens to it now.
+    fn listened_changes(&self) -> Option<&broadcast::Sender<Change>> {
+        self.changes
+            .get()
+            .filter(|changes| changes.receiver_count() > 0)
+    }
+
     fn drop_series(&self, series: &Arc<Series>) {
         self.table.remove(series);
         self.unschedule(series);
-        if self.changes.receiver_count() > 0 {
-            let _ = self.changes.send(Change::Removed(series.key()));
+        if let Some(changes) = self.listened_changes() {
+            let _ = changes.send(Change::Removed(series.key()));
         }
     }
 
@@ -801,9 +813,9 @@ impl Core {
             observer.observe(definition, &series.labels, &result);
         }
         state.latest = Some((result.map_err(Box::new), fetched));
-        if self.changes.receiver_count() > 0 {
+        if let Some(changes) = self.listened_changes() {
             let snapshot = self.snapshot_of(series, &state);
-            let _ = self.changes.send(Change::Updated(Arc::new(snapshot)));
+            let _ = changes.send(Change::Updated(Arc::new(snapshot)));
         }
         drop(state);
         series.publish();

@@ -1609,3 +1609,24 @@ async fn a_value_fetched_here_is_not_replaced_by_an_older_one_from_a_new_leaders
     );
     stop.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_change_stream_exists_only_once_a_peer_subscribes_and_then_carries_every_refresh() {
+    let (cache, _fake, stop) = setup(EngineConfig::default());
+    assert_eq!(value(&cache, "q7").await.unwrap(), 7.0);
+    // A replica without followers holds no buffer for them.
+    assert!(cache.core.changes.get().is_none());
+    let mut changes = cache.subscribe();
+    assert_eq!(value(&cache, "q8").await.unwrap(), 8.0);
+    match changes.recv().await.unwrap() {
+        Change::Updated(snapshot) => {
+            assert_eq!(
+                snapshot.key.labels.to_map()["QueueName"],
+                "q8",
+                "the first change after subscribing is the new series' refresh"
+            );
+        }
+        Change::Removed(key) => panic!("unexpected removal of {key:?}"),
+    }
+    stop.cancel();
+}
