@@ -441,20 +441,29 @@ async fn the_middleware_answers_401_403_and_503_as_status_objects() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_burst_of_distinct_reviews_holds_at_most_32_calls_open_and_each_is_answered() {
-    let reviewer = Arc::new(FakeReviewer::default());
-    reviewer.slow.store(true, Ordering::SeqCst);
-    reviewer.allow("alice");
-    let auth = Arc::new(auth(&reviewer, settings(false)));
+/// `count` concurrent authorizations of alice, each for another metric (so none share a review).
+fn distinct_reviews(
+    auth: &Arc<Auth>,
+    count: usize,
+) -> tokio::task::JoinSet<Result<Decision, Unavailable>> {
     let mut requests = tokio::task::JoinSet::new();
-    for metric in 0..200 {
+    for metric in 0..count {
         let auth = auth.clone();
         requests.spawn(async move {
             auth.authorize(&user("alice"), &value_request(&format!("metric-{metric}")))
                 .await
         });
     }
+    requests
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_distinct_reviews_holds_at_most_32_calls_open_and_each_is_answered() {
+    let reviewer = Arc::new(FakeReviewer::default());
+    reviewer.slow.store(true, Ordering::SeqCst);
+    reviewer.allow("alice");
+    let auth = Arc::new(auth(&reviewer, settings(false)));
+    let mut requests = distinct_reviews(&auth, 200);
     while let Some(decision) = requests.join_next().await {
         assert_eq!(decision.unwrap().unwrap(), Decision::Allow);
     }
@@ -472,14 +481,7 @@ async fn a_review_that_finds_no_slot_while_the_api_server_hangs_is_unavailable_a
     reviewer.hang.store(true, Ordering::SeqCst);
     reviewer.allow("alice");
     let auth = Arc::new(auth(&reviewer, settings(false)));
-    let mut hung = tokio::task::JoinSet::new();
-    for metric in 0..MAX_REVIEWS_IN_FLIGHT {
-        let auth = auth.clone();
-        hung.spawn(async move {
-            auth.authorize(&user("alice"), &value_request(&format!("metric-{metric}")))
-                .await
-        });
-    }
+    let mut hung = distinct_reviews(&auth, MAX_REVIEWS_IN_FLIGHT);
     tokio::task::yield_now().await;
     let started = Instant::now();
     let refused = auth

@@ -325,7 +325,7 @@ impl Engine {
         // The status writer learns what the leader learned, so it is warm when this replica
         // leads (it writes only then).
         if let (Some(observer), Some((result, _))) = (core.observer.get(), &state.latest) {
-            let result = result.clone().map_err(|error| *error);
+            let result = series::unboxed(result);
             observer.observe(&series.definition, &series.labels, &result);
         }
         let answered = state.latest.is_some();
@@ -675,7 +675,6 @@ impl Core {
         self.role() != Role::Follow
     }
 
-    /// Drop `series` from the table and its queue, and tell peers.
     /// The change stream, if anyone listens to it now.
     fn listened_changes(&self) -> Option<&broadcast::Sender<Change>> {
         self.changes
@@ -683,6 +682,7 @@ impl Core {
             .filter(|changes| changes.receiver_count() > 0)
     }
 
+    /// Drop `series` from the table and its queue, and tell peers.
     fn drop_series(&self, series: &Arc<Series>) {
         self.table.remove(series);
         self.unschedule(series);
@@ -696,12 +696,10 @@ impl Core {
         SeriesSnapshot {
             key: series.key(),
             definition: series.definition.clone(),
-            latest: state.latest.as_ref().map(|(result, at)| {
-                (
-                    result.clone().map_err(|error| *error),
-                    self.clock.wall_of(*at),
-                )
-            }),
+            latest: state
+                .latest
+                .as_ref()
+                .map(|(result, at)| (series::unboxed(result), self.clock.wall_of(*at))),
             last_good: state
                 .last_good
                 .map(|(reading, at)| (reading, self.clock.wall_of(at))),

@@ -255,6 +255,12 @@ impl Series {
     }
 }
 
+/// A stored outcome as sources and peers speak it (the error out of its box, without copying
+/// the box first).
+pub fn unboxed(outcome: &Result<Reading, Box<ProviderError>>) -> Result<Reading, ProviderError> {
+    outcome.as_ref().copied().map_err(|error| (**error).clone())
+}
+
 /// The answer a series gives now: the latest value if fresh, else the last good one within its
 /// max age, else an error that says why. The flag says whether a value was refused as too old.
 pub fn answer(
