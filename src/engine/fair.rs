@@ -81,8 +81,10 @@ impl<T> Backlog<T> {
     /// big ones (water-filling, smallest demand first), and each tenant's items leave oldest
     /// first. A tenant's first item always goes, even if larger than its allowance: an item is
     /// never split, and every tenant makes progress. The admitted items are interleaved tenant
-    /// by tenant, smallest demand first. Costs O(tenants log tenants + admitted).
-    pub(crate) fn take(&mut self, budget: usize) -> Vec<T> {
+    /// by tenant, smallest demand first. Items no longer `live` (their series left the table
+    /// while they waited) are dropped as they come up, taking no budget. Costs
+    /// O(tenants log tenants + admitted + dropped).
+    pub(crate) fn take(&mut self, budget: usize, mut live: impl FnMut(&T) -> bool) -> Vec<T> {
         let mut tenants: Vec<(usize, Tenant)> = self
             .tenants
             .iter()
@@ -100,18 +102,24 @@ impl<T> Backlog<T> {
             };
             let mut used = 0;
             let mut mine = Vec::new();
-            while let Some((size, _)) = waiting.items.front() {
-                if !mine.is_empty() && used + size > allowance {
+            let mut dropped = 0;
+            while let Some((size, item)) = waiting.items.front() {
+                let gone = !live(item);
+                if !gone && !mine.is_empty() && used + size > allowance {
                     break;
                 }
                 let Some((size, item)) = waiting.items.pop_front() else {
                     break;
                 };
-                used += size;
                 waiting.demand -= size;
+                if gone {
+                    dropped += 1;
+                    continue;
+                }
+                used += size;
                 mine.push(item);
             }
-            self.len -= mine.len();
+            self.len -= mine.len() + dropped;
             if waiting.items.is_empty() {
                 self.tenants.remove(&tenant);
             }
@@ -152,7 +160,7 @@ mod tests {
             let (tenant, size) = weigh(&item);
             backlog.push(tenant, size, item);
         }
-        let admitted = backlog.take(budget);
+        let admitted = backlog.take(budget, |_| true);
         (admitted, backlog.drain())
     }
 
@@ -206,7 +214,7 @@ mod tests {
         for i in 0..1000 {
             backlog.push(tenant("flood"), 1, ("flood", i));
         }
-        let first = backlog.take(10);
+        let first = backlog.take(10, |_| true);
         assert_eq!(
             first,
             (0..10).map(|i| ("flood", i)).collect::<Vec<_>>(),
@@ -218,7 +226,7 @@ mod tests {
         for i in 0..3 {
             backlog.push(tenant("victim"), 1, ("victim", i));
         }
-        let second = backlog.take(10);
+        let second = backlog.take(10, |_| true);
         assert_eq!(&second[..2], &[("victim", 0), ("flood", 10)]);
         assert_eq!(second.iter().filter(|(t, _)| *t == "victim").count(), 3);
         assert_eq!(second.iter().filter(|(t, _)| *t == "flood").count(), 7);
@@ -231,6 +239,27 @@ mod tests {
         let rest = backlog.drain();
         assert_eq!(rest.len(), 983);
         assert!(backlog.is_empty());
-        assert!(backlog.take(10).is_empty());
+        assert!(backlog.take(10, |_| true).is_empty());
+    }
+
+    #[test]
+    fn items_that_left_while_they_waited_take_no_budget_and_leave_the_backlog() {
+        let mut backlog = Backlog::default();
+        for i in 0..100 {
+            backlog.push(tenant("deleted"), 1, ("deleted", i));
+        }
+        for i in 0..5 {
+            backlog.push(tenant("live"), 1, ("live", i));
+        }
+        // The deleted tenant's items are dropped as they come up, all in this cycle, taking none
+        // of the budget; the live tenant had its equal share of it (2 of 4) ...
+        let admitted = backlog.take(4, |(tenant, _)| *tenant != "deleted");
+        assert_eq!(admitted, [("live", 0), ("live", 1)]);
+        assert_eq!(backlog.len(), 3);
+        assert_eq!(backlog.firsts().copied().collect::<Vec<_>>(), [("live", 2)]);
+        // ... and from the next cycle on, all of it.
+        let admitted = backlog.take(4, |(tenant, _)| *tenant != "deleted");
+        assert_eq!(admitted, [("live", 2), ("live", 3), ("live", 4)]);
+        assert!(backlog.is_empty());
     }
 }

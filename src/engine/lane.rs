@@ -321,7 +321,14 @@ impl<S: Source> SourceLane<S> {
                 taken.done(&due.series);
                 backlog.push(due.series.tenant(), size, due);
             }
-            let admitted = backlog.take(self.items_per_cycle);
+            // A series that left the table while it waited takes no budget.
+            let admitted = backlog.take(self.items_per_cycle, |due| {
+                let mut state = due.series.lock();
+                if state.removed {
+                    state.in_flight = false;
+                }
+                !state.removed
+            });
             if !backlog.is_empty() {
                 tracing::debug!(
                     backend = %self.profile.backend,
@@ -338,7 +345,7 @@ impl<S: Source> SourceLane<S> {
         for due in admitted {
             let mut state = due.series.lock();
             if state.removed {
-                // Dropped from the table while it waited.
+                // Dropped from the table since the backlog let it through.
                 state.in_flight = false;
                 continue;
             }
